@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sparkann",
+    version="0.1.0",
+    description="Distributed approximate nearest-neighbour search on Apache Spark "
+    "(IVF partitioning with per-partition HNSW graphs).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sparkann", "sparkann.*"]),
+    package_data={"sparkann": ["py.typed"]},
+    install_requires=[
+        "pyspark>=4.0,<5",
+        "pyarrow>=15",
+        "numpy>=1.24",
+        "pandas>=2.2,<3",
+        "scikit-learn>=1.3",
+        "hnswlib>=0.8,<0.9",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6"],
+        "connect": ["pyspark[connect]>=4.0,<5"],
+        "hdf5": ["h5py>=3"],
+        "bench": ["matplotlib>=3.7", "faiss-cpu>=1.8"],
+    },
+    entry_points={"console_scripts": ["sparkann=sparkann.cli:main"]},
+)

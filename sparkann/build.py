@@ -1,0 +1,250 @@
+"""Build an index with Spark: sample, train centroids, assign, shard, build, store.
+
+Spark code here only moves data; the algorithms are in :mod:`partitioner`,
+:mod:`router` and :mod:`hnsw`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from . import hnsw, partitioner, storage
+from .router import ShardPlan, nearest_centroids
+from .tasks import task_cpus
+from .vectors import id_type, normalize_rows, to_matrix, vector_column
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    vector_col: str
+    id_col: str
+    metric: str
+    num_clusters: int | None
+    hnsw_m: int
+    ef_construction: int
+    sample_size: int | None
+    max_partition_rows: int | None
+    seed: int
+    num_threads: int
+
+
+class StageTimer:
+    """Times named stages, logs them and labels the Spark jobs they run."""
+
+    def __init__(self, spark):
+        self.spark, self.seconds = spark, {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        set_job_description(self.spark, f"sparkann: {name}")
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+            set_job_description(self.spark, None)
+            log.info("%s: %.2f s", name, self.seconds[name])
+
+
+def set_job_description(spark, text: str | None) -> None:
+    """Name the following Spark jobs in the UI (classic Spark only)."""
+    context = getattr(spark, "_sc", None)
+    if context is not None:
+        context.setJobDescription(text)
+
+
+def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict) -> storage.Manifest:
+    """Build the index of ``df`` under ``root`` and publish it; returns its manifest."""
+    spark = df.sparkSession
+    stage = StageTimer(spark)
+    kind = id_type(df, settings.id_col)
+    rows = df.select(
+        F.col(settings.id_col).cast("long" if kind == "long" else "string").alias("id"),
+        vector_column(df, settings.vector_col).alias("vector"),
+    )
+    with stage("validate input"):
+        num_vectors, dim = check_rows(rows, settings)
+    num_clusters = settings.num_clusters or partitioner.default_num_clusters(num_vectors)
+    if num_clusters > num_vectors:
+        raise ValueError(
+            f"numPartitions={num_clusters} is larger than the number of rows ({num_vectors})"
+        )
+    with stage("train centroids"):
+        sample = sample_vectors(rows, settings, num_clusters, num_vectors, dim)
+        centroids = partitioner.train_centroids(sample, num_clusters, settings.seed)
+    metric = settings.metric
+    assigned = rows.mapInArrow(
+        _assign_fn(centroids, metric, dim), "id " + kind + ", vector array<float>, cluster int"
+    )
+    with stage("count clusters"):
+        sizes = cluster_sizes(assigned, num_clusters)
+    max_rows = settings.max_partition_rows or partitioner.default_max_partition_rows(
+        dim, settings.hnsw_m
+    )
+    plan = ShardPlan.from_cluster_sizes(sizes, max_rows)
+    data_dir = storage.new_data_dir()
+    with stage("build partition indexes"):
+        table = with_partition_ids(assigned, plan).groupBy("partition_id").applyInArrow(
+            _build_fn(settings, metric, kind), _table_schema(kind)
+        )
+        storage.write_table(table, storage.join(root, data_dir))
+    with stage("check partitions"):
+        stats = storage.table_stats(spark, storage.join(root, data_dir))
+    _check_stats(stats, plan)
+    manifest = storage.Manifest(
+        root=root,
+        data_dir=data_dir,
+        params={**params, "numPartitions": num_clusters, "maxPartitionRows": max_rows},
+        dim=dim,
+        num_vectors=num_vectors,
+        id_type=kind,
+        centroids=centroids,
+        cluster_sizes=[int(s) for s in sizes],
+        shard_counts=[int(c) for c in plan.counts],
+        partition_rows=[s[1] for s in stats],
+        checksums=[s[2] for s in stats],
+        build_seconds=stage.seconds,
+        index_bytes=int(sum(s[3] for s in stats)),
+    )
+    with stage("publish"):
+        return storage.publish(spark, manifest)
+
+
+def check_rows(rows: DataFrame, settings: BuildSettings) -> tuple[int, int]:
+    """One pass of checks before any expensive work; returns (count, dim)."""
+    vec = F.col("vector")
+    bad_value = F.exists(vec, lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
+    stats = rows.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.min(F.size(vec)).alias("min_dim"),
+        F.max(F.size(vec)).alias("max_dim"),
+        F.sum(vec.isNull().cast("long")).alias("null_vectors"),
+        F.sum(F.col("id").isNull().cast("long")).alias("null_ids"),
+        F.min(F.when(bad_value, F.col("id"))).alias("bad_id"),
+        F.sum(bad_value.cast("long")).alias("bad_values"),
+    ).collect()[0]
+    col, idc = settings.vector_col, settings.id_col
+    if stats.n == 0:
+        raise ValueError("the input DataFrame is empty; there is nothing to index")
+    if stats.null_vectors:
+        raise ValueError(f"column {col!r} holds {stats.null_vectors} null vector(s)")
+    if stats.null_ids:
+        raise ValueError(f"column {idc!r} holds {stats.null_ids} null id(s)")
+    if stats.bad_values:
+        raise ValueError(
+            f"column {col!r} holds NaN or infinite values in {stats.bad_values} row(s), "
+            f"for example {idc}={stats.bad_id!r}"
+        )
+    if stats.min_dim != stats.max_dim:
+        raise ValueError(
+            f"column {col!r} holds vectors of differing lengths "
+            f"({stats.min_dim} to {stats.max_dim})"
+        )
+    if stats.min_dim == 0:
+        raise ValueError(f"column {col!r} holds empty vectors")
+    return int(stats.n), int(stats.min_dim)
+
+
+def sample_vectors(rows, settings, num_clusters, num_vectors, dim) -> np.ndarray:
+    """A seeded random sample of vectors, collected to the driver as Arrow."""
+    size = settings.sample_size or partitioner.default_sample_size(num_clusters)
+    fraction = min(1.0, 1.2 * size / num_vectors)
+    picked = rows.select("vector")
+    if fraction < 1.0:
+        picked = picked.sample(fraction=fraction, seed=settings.seed)
+    table = picked.limit(size).toArrow()
+    sample = to_matrix(table.column("vector"), dim)
+    return normalize_rows(sample) if settings.metric == "cosine" else sample
+
+
+def cluster_sizes(assigned: DataFrame, num_clusters: int) -> np.ndarray:
+    sizes = np.zeros(num_clusters, dtype=np.int64)
+    for row in assigned.groupBy("cluster").count().collect():
+        sizes[row["cluster"]] = row["count"]
+    return sizes
+
+
+def with_partition_ids(assigned: DataFrame, plan: ShardPlan) -> DataFrame:
+    """Partition id = first shard of the row's cluster + hash(id) mod its shard count."""
+    offsets = F.array(*map(F.lit, plan.offsets.tolist()))
+    counts = F.array(*map(F.lit, plan.counts.tolist()))
+    cluster = F.col("cluster") + 1
+    shard = F.pmod(F.xxhash64("id"), F.element_at(counts, cluster))
+    return assigned.withColumn("partition_id", (F.element_at(offsets, cluster) + shard).cast("int"))
+
+
+def _table_schema(kind: str) -> str:
+    return (
+        f"partition_id int, num_rows long, ids array<{kind}>, payload binary, checksum string"
+    )
+
+
+def _assign_fn(centroids: np.ndarray, metric: str, dim: int):
+    def assign(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            vectors = to_matrix(batch.column("vector"), dim, "column 'vector'")
+            if metric == "cosine":
+                vectors = normalize_rows(vectors)
+            cluster = nearest_centroids(vectors, centroids, metric, 1)[:, 0]
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), batch.column("vector"), pa.array(cluster, pa.int32())],
+                ["id", "vector", "cluster"],
+            )
+
+    return assign
+
+
+def _build_fn(settings: BuildSettings, metric: str, kind: str):
+    def build_partition(key, table):  # no hints: pyspark infers its eval type from them
+        partition_id = key[0].as_py()
+        vectors = to_matrix(table.column("vector"), None, f"partition {partition_id}")
+        if metric == "cosine":
+            vectors = normalize_rows(vectors)
+        threads = settings.num_threads or task_cpus()
+        graph = hnsw.build(
+            vectors,
+            metric,
+            M=settings.hnsw_m,
+            ef_construction=settings.ef_construction,
+            seed=partition_seed(settings.seed, partition_id),
+            num_threads=threads,
+        )
+        payload = hnsw.to_bytes(graph)
+        ids = table.column("id").combine_chunks()
+        one_list = pa.array([0, len(ids)], pa.int32())
+        return pa.table(
+            {
+                "partition_id": pa.array([partition_id], pa.int32()),
+                "num_rows": pa.array([len(vectors)], pa.int64()),
+                "ids": pa.ListArray.from_arrays(one_list, ids),
+                "payload": pa.array([payload], pa.binary()),
+                "checksum": pa.array([storage.sha256(payload)], pa.string()),
+            }
+        )
+
+    return build_partition
+
+
+def partition_seed(seed: int, partition_id: int) -> int:
+    """A per-partition seed derived from the index seed: retries rebuild alike."""
+    return (seed * 1_000_003 + partition_id * 7919) % (2**31 - 1)
+
+
+def _check_stats(stats, plan: ShardPlan) -> None:
+    found = [s[0] for s in stats]
+    if found != list(range(plan.num_partitions)):
+        raise RuntimeError(
+            f"the index table holds partitions {found[:10]}..., expected "
+            f"0..{plan.num_partitions - 1}; the build output is incomplete"
+        )

@@ -1,0 +1,236 @@
+"""The index directory: versioned data, a manifest log, and atomic publishing.
+
+Layout under an index path (any URI Spark can write)::
+
+    manifests/v00000001/part-*.parquet   one row: manifest JSON + centroids
+    data/<run-id>/partition_id=N/*.parquet   index table (ids, payload, checksum)
+
+Everything is written by Spark's own writer. A version becomes visible only
+when its manifest directory is committed, and the manifest is written after
+the data it names: an interrupted save leaves no visible version, and earlier
+versions stay readable. Nothing is ever pickled; payloads are checked against
+the SHA-256 digests the manifest records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+FORMAT_NAME = "sparkann-index"
+FORMAT_VERSION = 1
+MANIFESTS = "manifests"
+DATA = "data"
+INDEX_COLUMNS = ["partition_id", "num_rows", "ids", "payload", "checksum"]
+
+log = logging.getLogger(__name__)
+
+
+class IndexFormatError(ValueError):
+    """The path does not hold a readable sparkann index."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything about an index except the partition payloads."""
+
+    root: str
+    data_dir: str
+    params: dict
+    dim: int
+    num_vectors: int
+    id_type: str
+    centroids: np.ndarray
+    cluster_sizes: list[int]
+    shard_counts: list[int]
+    partition_rows: list[int]
+    checksums: list[str]
+    build_seconds: dict = field(default_factory=dict)
+    index_bytes: int = 0
+    version: int = 0
+
+    @property
+    def metric(self) -> str:
+        return self.params["metric"]
+
+    @property
+    def table_path(self) -> str:
+        return join(self.root, self.data_dir)
+
+    @property
+    def token(self) -> str:
+        """Identifies this exact index version inside worker caches."""
+        return f"{self.table_path}#{self.version}"
+
+    def to_json(self) -> str:
+        doc = {
+            "format": FORMAT_NAME,
+            "formatVersion": FORMAT_VERSION,
+            "version": self.version,
+            "dataDir": self.data_dir,
+            "params": self.params,
+            "dim": self.dim,
+            "numVectors": self.num_vectors,
+            "idType": self.id_type,
+            "numClusters": len(self.centroids),
+            "centroidsSha256": sha256(self.centroids.astype("<f4").tobytes()),
+            "clusterSizes": self.cluster_sizes,
+            "shardCounts": self.shard_counts,
+            "partitionRows": self.partition_rows,
+            "checksums": self.checksums,
+            "buildSeconds": self.build_seconds,
+            "indexBytes": self.index_bytes,
+        }
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_row(cls, root: str, text: str, centroid_bytes: bytes) -> "Manifest":
+        try:
+            doc = json.loads(text)
+            if doc.get("format") != FORMAT_NAME:
+                raise IndexFormatError(f"{root} is not a sparkann index")
+            if int(doc["formatVersion"]) > FORMAT_VERSION:
+                raise IndexFormatError(
+                    f"{root} was written in index format {doc['formatVersion']}, newer than "
+                    f"the supported {FORMAT_VERSION}; upgrade sparkann to read it"
+                )
+            centroids = _centroids(doc, centroid_bytes)
+            return cls(
+                root=root,
+                data_dir=str(doc["dataDir"]),
+                params=dict(doc["params"]),
+                dim=int(doc["dim"]),
+                num_vectors=int(doc["numVectors"]),
+                id_type=str(doc["idType"]),
+                centroids=centroids,
+                cluster_sizes=[int(x) for x in doc["clusterSizes"]],
+                shard_counts=[int(x) for x in doc["shardCounts"]],
+                partition_rows=[int(x) for x in doc["partitionRows"]],
+                checksums=[str(x) for x in doc["checksums"]],
+                build_seconds=dict(doc.get("buildSeconds", {})),
+                index_bytes=int(doc.get("indexBytes", 0)),
+                version=int(doc["version"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, IndexFormatError):
+                raise
+            raise IndexFormatError(f"{root}: the manifest is damaged ({err!r})") from None
+
+
+def _centroids(doc: dict, data: bytes) -> np.ndarray:
+    rows, dim = int(doc["numClusters"]), int(doc["dim"])
+    if len(data) != rows * dim * 4 or sha256(data) != doc["centroidsSha256"]:
+        raise IndexFormatError("the manifest's centroids are damaged (checksum mismatch)")
+    return np.frombuffer(data, dtype="<f4").reshape(rows, dim).astype(np.float32)
+
+
+def sha256(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def new_data_dir() -> str:
+    return f"{DATA}/{uuid.uuid4().hex}"
+
+
+def write_table(table: DataFrame, path: str) -> None:
+    """Store an index table; each partition in its own directory for pruning."""
+    table.select(*INDEX_COLUMNS).write.mode("errorifexists").partitionBy(
+        "partition_id"
+    ).parquet(path)
+
+
+def read_table(spark: SparkSession, manifest: Manifest) -> DataFrame:
+    return spark.read.parquet(manifest.table_path).select(*INDEX_COLUMNS)
+
+
+def table_stats(spark: SparkSession, path: str) -> list[tuple[int, int, str, int]]:
+    """(partition_id, num_rows, checksum, payload bytes) of a written table."""
+    rows = (
+        spark.read.parquet(path)
+        .select("partition_id", "num_rows", "checksum", F.length("payload").alias("nbytes"))
+        .orderBy("partition_id")
+        .collect()
+    )
+    return [(r.partition_id, r.num_rows, r.checksum, r.nbytes) for r in rows]
+
+
+def publish(spark: SparkSession, manifest: Manifest) -> Manifest:
+    """Commit ``manifest`` as the next version under its root; the commit point."""
+    latest = _latest_version(spark, manifest.root)
+    manifest = replace(manifest, version=latest + 1)
+    row = [(manifest.version, manifest.to_json(), manifest.centroids.astype("<f4").tobytes())]
+    frame = spark.createDataFrame(row, "version long, manifest string, centroids binary")
+    path = join(manifest.root, MANIFESTS, f"v{manifest.version:08d}")
+    frame.coalesce(1).write.mode("errorifexists").parquet(path)
+    log.info("published %s version %d", manifest.root, manifest.version)
+    return manifest
+
+
+def _manifest_rows(spark: SparkSession, root: str) -> DataFrame | None:
+    try:
+        frame = spark.read.option("recursiveFileLookup", "true").parquet(join(root, MANIFESTS))
+        frame.schema  # resolves the path now
+        return frame
+    except AnalysisException:
+        return None
+
+
+def _latest_version(spark: SparkSession, root: str) -> int:
+    frame = _manifest_rows(spark, root)
+    if frame is None:
+        return 0
+    row = frame.agg(F.max("version").alias("v")).collect()[0]
+    return int(row.v or 0)
+
+
+def load(spark: SparkSession, root: str, version: int | None = None) -> Manifest:
+    """Read the newest committed manifest (or ``version``) under ``root``."""
+    frame = _manifest_rows(spark, root)
+    if frame is None:
+        exists = path_exists(spark, root)
+        raise IndexFormatError(
+            f"no sparkann index at {root}: "
+            + ("the directory holds no committed manifest (not an index, or an "
+               "interrupted save)" if exists else "the path does not exist")
+        )
+    wanted = version if version is not None else _latest_version(spark, root)
+    rows = frame.where(F.col("version") == wanted).collect()
+    if not rows:
+        raise IndexFormatError(f"{root} has no committed version {wanted}")
+    return Manifest.from_row(root, rows[0].manifest, bytes(rows[0].centroids))
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    """True if ``path`` exists (file or directory), asked through Spark."""
+    try:
+        spark.read.format("binaryFile").load(path).schema
+        return True
+    except AnalysisException as err:
+        if "PATH_NOT_FOUND" in str(err) or "does not exist" in str(err):
+            return False
+        raise
+
+
+def replace_location(manifest: Manifest, root: str, data_dir: str) -> Manifest:
+    """The same index stored under another root."""
+    return replace(manifest, root=root, data_dir=data_dir, version=0)
+
+
+def with_params(manifest: Manifest, params: dict) -> Manifest:
+    """Store current settings; build-time values already recorded are kept."""
+    fixed = ("numPartitions", "maxPartitionRows", "metric", "indexType", "hnswM",
+             "efConstruction", "seed", "sampleSize", "vectorCol", "idCol")
+    merged = {**params, **{k: manifest.params[k] for k in fixed if k in manifest.params}}
+    return replace(manifest, params=merged)

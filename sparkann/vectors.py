@@ -1,0 +1,78 @@
+"""Vector and id columns: type checks on the driver, numpy views in tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+_NUMERIC = (T.FloatType, T.DoubleType, T.IntegerType, T.LongType, T.ShortType, T.ByteType)
+_ID_TYPES = {T.LongType: "long", T.IntegerType: "long", T.ShortType: "long", T.StringType: "string"}
+
+
+def _field(df: DataFrame, name: str) -> T.StructField:
+    fields = {f.name: f for f in df.schema.fields}
+    if name not in fields:
+        raise ValueError(
+            f"column {name!r} not found; the DataFrame has columns {sorted(fields)}"
+        )
+    return fields[name]
+
+
+def vector_column(df: DataFrame, name: str, param: str = "vectorCol") -> Column:
+    """``name`` as an ``array<float>`` column, from array<numeric> or an ML vector."""
+    dtype = _field(df, name).dataType
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _NUMERIC):
+        return F.col(name).cast("array<float>")
+    if dtype.typeName() == "udt" and dtype.simpleString() == "vector":
+        from pyspark.ml.functions import vector_to_array
+
+        return vector_to_array(F.col(name), "float32")
+    raise TypeError(
+        f"{param}={name!r} has type {dtype.simpleString()}; expected array<float>, "
+        "array<double> or a pyspark.ml.linalg vector"
+    )
+
+
+def id_type(df: DataFrame, name: str) -> str:
+    """``"long"`` or ``"string"``: the id type stored with the index."""
+    dtype = _field(df, name).dataType
+    for spark_type, kind in _ID_TYPES.items():
+        if isinstance(dtype, spark_type):
+            return kind
+    raise TypeError(
+        f"idCol={name!r} has type {dtype.simpleString()}; expected a long, int or string column"
+    )
+
+
+def to_matrix(arrays: pa.Array, dim: int | None = None, what: str = "vector") -> np.ndarray:
+    """A list<float> Arrow column as a (n, d) float32 matrix, zero-copy where possible."""
+    if isinstance(arrays, pa.ChunkedArray):
+        arrays = arrays.combine_chunks()
+    n = len(arrays)
+    if arrays.null_count:
+        raise ValueError(f"{what} column holds {arrays.null_count} null vector(s)")
+    lengths = np.diff(np.asarray(arrays.offsets))
+    width = dim if dim is not None else (int(lengths[0]) if n else 0)
+    if n and (lengths != width).any():
+        bad = int(lengths[lengths != width][0])
+        raise ValueError(f"{what} has dimension {bad}, expected {width}")
+    flat = arrays.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(n, width)
+
+
+def normalize_rows(matrix: np.ndarray, what: str = "vector") -> np.ndarray:
+    """Unit-length rows for the cosine metric; a zero row has no direction."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{what} holds an all-zero vector, which has no cosine direction")
+    return matrix / norms
+
+
+def list_array(matrix: np.ndarray) -> pa.Array:
+    """A (n, d) matrix as an Arrow list<float> column."""
+    n, dim = matrix.shape
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), pa.float32()))
