@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from . import hnsw, partitioner, storage
 from .router import ShardPlan, nearest_centroids
-from .tasks import task_cpus
+from .tasks import resolve_threads, threads_per_task
 from .vectors import id_type, normalize_rows, to_matrix, vector_column
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,10 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
     )
     plan = ShardPlan.from_cluster_sizes(sizes, max_rows)
     data_dir = storage.new_data_dir()
+    threads = threads_per_task(spark, settings.num_threads, plan.num_partitions)
     with stage("build partition indexes"):
         table = with_partition_ids(assigned, plan).groupBy("partition_id").applyInArrow(
-            _build_fn(settings, metric, kind), _table_schema(kind)
+            _build_fn(settings, metric, kind, threads), _table_schema(kind)
         )
         storage.write_table(table, storage.join(root, data_dir))
     with stage("check partitions"):
@@ -205,20 +206,19 @@ def _assign_fn(centroids: np.ndarray, metric: str, dim: int):
     return assign
 
 
-def _build_fn(settings: BuildSettings, metric: str, kind: str):
+def _build_fn(settings: BuildSettings, metric: str, kind: str, threads: int):
     def build_partition(key, table):  # no hints: pyspark infers its eval type from them
         partition_id = key[0].as_py()
         vectors = to_matrix(table.column("vector"), None, f"partition {partition_id}")
         if metric == "cosine":
             vectors = normalize_rows(vectors)
-        threads = settings.num_threads or task_cpus()
         graph = hnsw.build(
             vectors,
             metric,
             M=settings.hnsw_m,
             ef_construction=settings.ef_construction,
             seed=partition_seed(settings.seed, partition_id),
-            num_threads=threads,
+            num_threads=resolve_threads(threads),
         )
         payload = hnsw.to_bytes(graph)
         ids = table.column("id").combine_chunks()

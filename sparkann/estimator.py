@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import replace
 
 from pyspark import keyword_only
 from pyspark.ml.base import Estimator, Model
@@ -17,6 +18,8 @@ from .search import SearchSettings, search
 
 log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
+# Routed query sets estimated above this many bytes are shuffle-joined, not broadcast.
+BROADCAST_CONF = "spark.sparkann.broadcastQueryBytes"
 DEFAULT_MIN_EF = 64
 
 
@@ -112,7 +115,11 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         return copied
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        return search(dataset, self.manifest, self._search_settings())
+        settings = self._search_settings()
+        limit = dataset.sparkSession.conf.get(BROADCAST_CONF, None)
+        if limit:
+            settings = replace(settings, broadcast_bytes=int(limit))
+        return search(dataset, self.manifest, settings)
 
     def _search_settings(self) -> SearchSettings:
         self.validate()

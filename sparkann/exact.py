@@ -39,10 +39,18 @@ def knn(
 
 
 def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of the ``k`` smallest entries per row, ascending."""
+    """Column indices and values of the ``k`` smallest entries per row, ascending.
+
+    Ties are broken by the smaller column index, also at the k-th place.
+    """
     k = min(k, distances.shape[1])
     if k < distances.shape[1]:
         part = np.argpartition(distances, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(distances, part, axis=1).max(axis=1, keepdims=True)
+        ambiguous = ((distances <= kth).sum(axis=1) > k).nonzero()[0]
+        if len(ambiguous):  # ties straddle the cut: settle those rows by a stable sort
+            stable = np.argsort(distances[ambiguous], axis=1, kind="stable")[:, :k]
+            part[ambiguous] = stable
     else:
         part = np.broadcast_to(np.arange(distances.shape[1]), distances.shape).copy()
     values = np.take_along_axis(distances, part, axis=1)

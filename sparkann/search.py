@@ -22,8 +22,8 @@ from pyspark.sql import functions as F
 
 from . import hnsw, storage
 from .router import Router, ShardPlan
-from .tasks import task_cpus
-from .vectors import normalize_rows, to_matrix, vector_column
+from .tasks import resolve_threads, threads_per_task
+from .vectors import list_array, normalize_rows, to_matrix, vector_column
 
 QID = "__sparkann_qid"
 log = logging.getLogger(__name__)
@@ -70,8 +70,9 @@ def search_routed(routed: DataFrame, manifest, settings: SearchSettings, num_que
     estimate = num_queries * min(settings.num_probes + 1, num_partitions) * per_query
     side = F.broadcast(grouped) if estimate <= settings.broadcast_bytes else grouped
     joined = table.join(side, "partition_id")
+    threads = threads_per_task(spark, settings.num_threads, num_partitions)
     return joined.mapInArrow(
-        _search_fn(manifest, settings), f"qid long, id {manifest.id_type}, distance float"
+        _search_fn(manifest, settings, threads), f"qid long, id {manifest.id_type}, distance float"
     )
 
 
@@ -110,7 +111,7 @@ def _route_fn(manifest: storage.Manifest, settings: SearchSettings):
                 [
                     batch.column("qid").take(take),
                     pa.array(partitions, pa.int32()),
-                    batch.column("vector").take(take),
+                    list_array(vectors[rows]),
                 ],
                 ["qid", "partition_id", "vector"],
             )
@@ -130,11 +131,11 @@ def _query_matrix(column: pa.Array, dim: int, metric: str, name: str) -> np.ndar
     return normalize_rows(vectors, f"query column {name!r}") if metric == "cosine" else vectors
 
 
-def _search_fn(manifest: storage.Manifest, settings: SearchSettings):
+def _search_fn(manifest: storage.Manifest, settings: SearchSettings, thread_hint: int):
     metric, dim, checksums = manifest.metric, manifest.dim, manifest.checksums
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        threads = settings.num_threads or task_cpus()
+        threads = resolve_threads(thread_hint)
         for batch in batches:
             for row in range(batch.num_rows):
                 pid = batch.column("partition_id")[row].as_py()

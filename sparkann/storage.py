@@ -215,7 +215,7 @@ def load(spark: SparkSession, root: str, version: int | None = None) -> Manifest
 def path_exists(spark: SparkSession, path: str) -> bool:
     """True if ``path`` exists (file or directory), asked through Spark."""
     try:
-        spark.read.format("binaryFile").load(path).schema
+        spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(path).schema
         return True
     except AnalysisException as err:
         if "PATH_NOT_FOUND" in str(err) or "does not exist" in str(err):

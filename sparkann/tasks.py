@@ -1,4 +1,4 @@
-"""Facts about the Spark task a Python function runs in."""
+"""Facts about the Spark task a Python function runs in, and thread counts."""
 
 from __future__ import annotations
 
@@ -14,3 +14,30 @@ def task_cpus() -> int:
         return max(1, int(context.cpus()))
     except Exception:  # older runtimes without cpus()
         return 1
+
+
+def cluster_cores(spark) -> int:
+    """Cores the session can run tasks on (1 when Spark does not say)."""
+    configured = spark.conf.get("spark.default.parallelism", None)
+    if configured:
+        return int(configured)
+    try:
+        return int(spark.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect has no SparkContext
+        return 1
+
+
+def threads_per_task(spark, requested: int, num_tasks: int) -> int:
+    """``requested`` threads, or (0) enough that ``num_tasks`` tasks fill the cores.
+
+    The result is a floor: tasks use at least their own CPUs (see
+    :func:`resolve_threads`).
+    """
+    if requested:
+        return requested
+    return max(1, cluster_cores(spark) // max(num_tasks, 1))
+
+
+def resolve_threads(hint: int) -> int:
+    """Inside a task: the driver's hint, never fewer than the task's CPUs."""
+    return max(hint, task_cpus())

@@ -26,7 +26,7 @@ def vector_column(df: DataFrame, name: str, param: str = "vectorCol") -> Column:
     dtype = _field(df, name).dataType
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _NUMERIC):
         return F.col(name).cast("array<float>")
-    if dtype.typeName() == "udt" and dtype.simpleString() == "vector":
+    if isinstance(dtype, T.UserDefinedType) and dtype.simpleString() == "vector":
         from pyspark.ml.functions import vector_to_array
 
         return vector_to_array(F.col(name), "float32")

@@ -1,0 +1,19 @@
+"""spark-submit entry point: k-NN search of query vectors (see ``sparkann search --help``).
+
+Example::
+
+    spark-submit --properties-file conf/spark-defaults.conf jobs/search.py \\
+        --index s3://bucket/indexes/items --queries s3://bucket/queries.parquet \\
+        --output s3://bucket/results.parquet --k 10 --conf conf/search.conf
+
+Options: --index INDEX --queries PARQUET --output PARQUET [--k 10] [--num-probes N]
+[--ef-search EF] [--vector-col COL] [--neighbors-col COL] [--mode errorifexists|overwrite]
+[--conf FILE] [--log-level LEVEL].
+"""
+
+import sys
+
+from sparkann.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["search", *sys.argv[1:]]))

@@ -1,0 +1,153 @@
+"""ANNIndex / ANNIndexModel end to end on a local SparkSession."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import neighbor_ids, vectors_frame
+from pyspark.ml.linalg import Vectors
+from pyspark.sql import functions as F
+
+from sparkann import ANNIndex, ANNIndexModel, datasets, exact
+from sparkann.evaluate import exact_neighbors, recall_at_k
+
+
+def _normalized(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _truth(base, queries, k, metric):
+    if metric == "cosine":
+        base, queries = _normalized(base), _normalized(queries)
+    return exact.knn(base, queries, k, metric)
+
+
+@pytest.fixture(scope="module")
+def frames(spark, clustered_data):
+    base, queries = clustered_data
+    return vectors_frame(spark, base), vectors_frame(spark, queries, id_name="qid")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_recall_against_exact_search(frames, clustered_data, metric):
+    base, queries = clustered_data
+    model = ANNIndex(metric=metric, numPartitions=8, seed=3).fit(frames[0])
+    rows = model.transform(frames[1]).collect()
+    found = neighbor_ids(rows, key="qid")
+    truth, truth_d = _truth(base, queries, 10, metric)
+    assert exact.recall_at_k(found, truth, 10) >= 0.95
+    first = sorted(rows, key=lambda r: r.qid)[0].neighbors
+    assert [n.distance for n in first] == sorted(n.distance for n in first)
+    assert first[0].distance == pytest.approx(truth_d[0, 0], abs=1e-3)
+
+
+def test_one_partition_and_many(frames, clustered_data):
+    base, queries = clustered_data
+    truth, _ = exact.knn(base, queries, 10)
+    for parts in (1, 40):
+        model = ANNIndex(numPartitions=parts).fit(frames[0])
+        assert model.summary()["numPartitions"] == parts
+        found = neighbor_ids(model.transform(frames[1]).collect(), key="qid")
+        assert exact.recall_at_k(found, truth, 10) >= 0.95, parts
+
+
+def test_k_larger_than_any_partition(frames, clustered_data):
+    base, queries = clustered_data
+    model = ANNIndex(numPartitions=40, k=400).fit(frames[0])
+    assert max(model.summary()["partitionSizes"]) < 400
+    rows = model.setNumProbes(1).transform(frames[1].limit(20)).collect()
+    for row in rows:
+        ids = [n.id for n in row.neighbors]
+        assert len(ids) == 400 and len(set(ids)) == 400
+
+
+def test_k_larger_than_the_index_returns_every_vector(spark):
+    base = datasets.clustered(30, 8, seed=1)
+    model = ANNIndex(numPartitions=3, k=50).fit(vectors_frame(spark, base))
+    rows = model.transform(vectors_frame(spark, base[:3])).collect()
+    assert all(sorted(n.id for n in r.neighbors) == list(range(30)) for r in rows)
+
+
+def test_neighbours_across_partition_borders(spark):
+    # Two tight clusters; queries halfway between them have neighbours in both.
+    rng = np.random.default_rng(0)
+    left = rng.normal([-1.0, 0.0], 0.3, size=(2000, 2))
+    right = rng.normal([1.0, 0.0], 0.3, size=(2000, 2))
+    base = np.vstack([left, right]).astype(np.float32)
+    queries = np.column_stack([np.zeros(50), np.linspace(-0.5, 0.5, 50)]).astype(np.float32)
+    model = ANNIndex(numPartitions=2, numProbes=2).fit(vectors_frame(spark, base))
+    found = neighbor_ids(model.transform(vectors_frame(spark, queries, id_name="qid")).collect(), "qid")
+    truth, _ = exact.knn(base, queries, 10)
+    assert exact.recall_at_k(found, truth, 10) >= 0.99
+    sides = np.unique(found < 2000)
+    assert len(sides) == 2  # answers come from both partitions
+
+
+def test_save_load_round_trip_gives_identical_answers(frames, tmp_path):
+    model = ANNIndex(numPartitions=4, k=7).fit(frames[0]).setEfSearch(80)
+    before = model.transform(frames[1]).orderBy("qid").collect()
+    path = str(tmp_path / "index")
+    model.save(path)
+    loaded = ANNIndexModel.load(path)
+    assert loaded.getK() == 7 and loaded.getEfSearch() == 80
+    after = loaded.transform(frames[1]).orderBy("qid").collect()
+    assert [r.neighbors for r in after] == [r.neighbors for r in before]
+    assert loaded.summary()["numVectors"] == 6000
+
+
+def test_overwrite_publishes_a_new_version_and_keeps_the_old(frames, tmp_path):
+    path = str(tmp_path / "index")
+    model = ANNIndex(numPartitions=2).fit(frames[0])
+    model.save(path)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        model.save(path)
+    model.setK(3).write().overwrite().save(path)
+    assert ANNIndexModel.load(path).getK() == 3
+    assert ANNIndexModel.load(path, version=1).getK() == 10
+
+
+def test_vector_udt_double_arrays_and_string_ids(spark, clustered_data):
+    base, queries = clustered_data[0][:1500], clustered_data[1][:30]
+    truth, _ = exact.knn(base, queries, 5)
+    udt = spark.createDataFrame(
+        [(f"item-{i}", Vectors.dense(v.tolist())) for i, v in enumerate(base)], ["key", "features"]
+    )
+    doubles = vectors_frame(spark, queries, id_name="qid", vector_type=pa.float64())
+    model = ANNIndex(vectorCol="features", idCol="key", numPartitions=3, k=5).fit(udt)
+    rows = model.setK(5).transform(doubles.withColumnRenamed("vector", "features")).collect()
+    found = [[int(n.id.split("-")[1]) for n in r.neighbors] for r in sorted(rows, key=lambda r: r.qid)]
+    assert exact.recall_at_k(np.array(found), truth, 5) >= 0.95
+
+
+def test_query_columns_are_kept(frames):
+    queries = frames[1].withColumn("label", F.concat(F.lit("q"), F.col("qid").cast("string")))
+    out = ANNIndex(numPartitions=2, neighborsCol="nn").fit(frames[0]).transform(queries)
+    assert out.columns == ["qid", "vector", "label", "nn"]
+    assert out.count() == 200
+    schema = out.schema["nn"].dataType.elementType
+    assert [f.name for f in schema.fields] == ["id", "distance"]
+
+
+def test_large_query_sets_use_a_shuffle_join_and_small_batches(frames, clustered_data, spark):
+    base, queries = clustered_data
+    model = ANNIndex(numPartitions=6, queryBatchRows=16).fit(frames[0])
+    spark.conf.set("spark.sparkann.broadcastQueryBytes", "1")
+    try:
+        plan_rows = model.transform(frames[1])
+        plan = plan_rows._jdf.queryExecution().executedPlan().toString()
+        found = neighbor_ids(plan_rows.collect(), key="qid")
+    finally:
+        spark.conf.unset("spark.sparkann.broadcastQueryBytes")
+    assert "BroadcastHashJoin" not in plan or "SortMergeJoin" in plan
+    truth, _ = exact.knn(base, queries, 10)
+    assert exact.recall_at_k(found, truth, 10) >= 0.95
+
+
+def test_spark_exact_search_and_recall_helpers(frames, clustered_data):
+    base, queries = clustered_data
+    truth = exact_neighbors(frames[0], frames[1], k=10, block_rows=1000, query_block_rows=64)
+    ids = neighbor_ids(truth.collect(), key="qid")
+    np.testing.assert_array_equal(ids, exact.knn(base, queries, 10)[0])
+    model = ANNIndex(numPartitions=8).fit(frames[0])
+    assert recall_at_k(model.transform(frames[1]), truth, "qid", 10) >= 0.95
