@@ -88,7 +88,7 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
         _assign_fn(centroids, metric, dim), "id " + kind + ", vector array<float>, cluster int"
     )
     with stage("count clusters"):
-        sizes = cluster_sizes(assigned, num_clusters)
+        sizes = cluster_sizes(assigned, num_clusters) if num_clusters > 1 else np.array([num_vectors])
     max_rows = settings.max_partition_rows or partitioner.default_max_partition_rows(
         dim, settings.hnsw_m
     )

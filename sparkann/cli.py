@@ -28,6 +28,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 JVM_LOG_LEVELS = {"DEBUG": "INFO", "INFO": "WARN", "WARNING": "WARN", "ERROR": "ERROR",
                   "CRITICAL": "FATAL"}
 WRITE_MODES = ("errorifexists", "overwrite")
+FILE_STREAM_SINK_LOGGER = "org.apache.spark.sql.execution.streaming.sinks.FileStreamSink"
 DEMO_MIN_RECALL = 0.9
 DEMO_PARTITIONS = 8
 CONVERT_CHUNK_BYTES = 64 << 20
@@ -265,11 +266,29 @@ def spark_session(args: argparse.Namespace):
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(JVM_LOG_LEVELS[args.log_level])
+    if args.log_level != "DEBUG":
+        _quiet_missing_path_warnings(spark)
     try:
         yield spark
     finally:
         if existing is None:
             spark.stop()
+
+
+def _quiet_missing_path_warnings(spark) -> None:
+    """Hide the stack trace Spark logs at WARN for each probe of a missing path.
+
+    The CLI and the index storage check paths that often do not exist yet.
+    """
+    from py4j.protocol import Py4JError
+
+    try:
+        jvm = spark.sparkContext._jvm
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+            FILE_STREAM_SINK_LOGGER, jvm.org.apache.logging.log4j.Level.ERROR)
+    except (AttributeError, TypeError, NotImplementedError, Py4JError) as err:
+        # no JVM access (e.g. Spark Connect) or another logging backend
+        log.debug("could not quiet %s: %s", FILE_STREAM_SINK_LOGGER, err)
 
 
 @contextmanager

@@ -35,8 +35,8 @@ def subprocess_env() -> dict:
 
 
 def run_process(args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT)
+    return subprocess.run(args, check=False, cwd=cwd, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=SUBPROCESS_TIMEOUT)
 
 
 def spark_submit(job: str, *args, cwd) -> subprocess.CompletedProcess:

@@ -1,0 +1,34 @@
+"""Recall with default settings on the shared real datasets (skipped when absent)."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import neighbor_ids, shared_dataset, vectors_frame
+
+from sparkann import ANNIndex, exact
+
+
+def _default_recall(spark, data, truth):
+    base = vectors_frame(spark, data["base"])
+    queries = vectors_frame(spark, data["queries"], id_name="qid")
+    start = time.perf_counter()
+    model = ANNIndex().fit(base)
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    found = neighbor_ids(model.transform(queries).collect(), key="qid")
+    searched = time.perf_counter() - start
+    recall = exact.recall_at_k(found, truth, 10)
+    print(f"recall@10={recall:.4f} build={built:.1f}s search={searched:.1f}s")
+    return recall
+
+
+def test_sift10k_default_recall(spark):
+    data = shared_dataset("sift10k")
+    assert _default_recall(spark, data, data["groundtruth"][:, :10]) >= 0.95
+
+
+def test_fashion_mnist_default_recall(spark):
+    data = shared_dataset("fashion-mnist")
+    truth, _ = exact.knn(data["base"], data["queries"], 10)
+    assert _default_recall(spark, data, truth) >= 0.95
