@@ -244,8 +244,9 @@ def session_settings(args: argparse.Namespace) -> dict[str, str]:
     dict
         Settings for ``SparkSession.builder.config``.
     """
-    settings = {"spark.app.name": f"sparkann-{args.command}",
-                "spark.ui.showConsoleProgress": "false"}
+    settings = {"spark.ui.showConsoleProgress": "false"}
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):  # spark-submit names the app itself
+        settings["spark.app.name"] = f"sparkann-{args.command}"
     for path in args.conf:
         settings.update(read_conf_file(path))
     if args.master:
@@ -300,7 +301,7 @@ def _spark_path_errors():
         yield
     except AnalysisException as err:
         condition = err.getCondition() or ""
-        message = _one_line(err.getMessage() if hasattr(err, "getMessage") else str(err))
+        message = _one_line(err)
         if condition.startswith("PATH_NOT_FOUND"):
             raise FileNotFoundError(message) from err
         if condition.startswith("PATH_ALREADY_EXISTS"):
@@ -638,7 +639,6 @@ def _one_line(error) -> str:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("sparkann").setLevel(level)
     if level != "DEBUG":  # py4j reports every connection at INFO
         logging.getLogger("py4j").setLevel(logging.WARNING)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import tempfile
 from dataclasses import replace
 
@@ -239,4 +241,6 @@ def _work_dir(spark: SparkSession) -> str:
             "temporary directory, which executors on other hosts cannot read",
             WORK_DIR_CONF,
         )
-    return tempfile.mkdtemp(prefix="sparkann-")
+    path = tempfile.mkdtemp(prefix="sparkann-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)  # save() to keep the index
+    return path

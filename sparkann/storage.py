@@ -179,6 +179,8 @@ def publish(spark: SparkSession, manifest: Manifest) -> Manifest:
 
 
 def _manifest_rows(spark: SparkSession, root: str) -> DataFrame | None:
+    if _hadoop_fs(spark, root) is not None and not path_exists(spark, join(root, MANIFESTS)):
+        return None
     try:
         frame = spark.read.option("recursiveFileLookup", "true").parquet(join(root, MANIFESTS))
         frame.schema  # resolves the path now
@@ -213,14 +215,27 @@ def load(spark: SparkSession, root: str, version: int | None = None) -> Manifest
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
-    """True if ``path`` exists (file or directory), asked through Spark."""
-    try:
+    """True if ``path`` exists (file or directory)."""
+    fs = _hadoop_fs(spark, path)
+    if fs is not None:
+        return bool(fs[0].exists(fs[1]))
+    try:  # Spark Connect: no JVM access, ask through a read
         spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(path).schema
         return True
     except AnalysisException as err:
         if "PATH_NOT_FOUND" in str(err) or "does not exist" in str(err):
             return False
         raise
+
+
+def _hadoop_fs(spark: SparkSession, path: str):
+    """(FileSystem, Path) through the JVM on classic Spark; None under Spark Connect."""
+    jvm_session = getattr(spark, "_jsparkSession", None)
+    if jvm_session is None:
+        return None
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(jvm_session.sessionState().newHadoopConf()), hpath
 
 
 def replace_location(manifest: Manifest, root: str, data_dir: str) -> Manifest:

@@ -233,7 +233,9 @@ def test_session_master_from_option_conf_file_or_spark_submit(clean_spark_env, t
     assert settings["spark.master"] == "spark://h:7077"
     assert settings["spark.x"] == "2"
     clean_spark_env.setenv("PYSPARK_GATEWAY_PORT", "12345")  # as under spark-submit
-    assert "spark.master" not in _settings()
+    under_spark_submit = _settings()
+    assert "spark.master" not in under_spark_submit
+    assert "spark.app.name" not in under_spark_submit
 
 
 # --------------------------------------------------------------------------
