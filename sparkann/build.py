@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from . import hnsw, partitioner, storage
 from .router import ShardPlan, nearest_centroids
-from .tasks import resolve_threads, threads_per_task
+from .tasks import fail_first_attempt, resolve_threads, threads_per_task
 from .vectors import id_type, normalize_rows, to_matrix, vector_column
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class BuildSettings:
     max_partition_rows: int | None
     seed: int
     num_threads: int
+    deterministic: bool = False
+    fail_first_attempt: frozenset = frozenset()
 
 
 class StageTimer:
@@ -209,6 +211,7 @@ def _assign_fn(centroids: np.ndarray, metric: str, dim: int):
 def _build_fn(settings: BuildSettings, metric: str, kind: str, threads: int):
     def build_partition(key, table):  # no hints: pyspark infers its eval type from them
         partition_id = key[0].as_py()
+        fail_first_attempt("build", settings.fail_first_attempt)
         vectors = to_matrix(table.column("vector"), None, f"partition {partition_id}")
         if metric == "cosine":
             vectors = normalize_rows(vectors)
@@ -218,7 +221,7 @@ def _build_fn(settings: BuildSettings, metric: str, kind: str, threads: int):
             M=settings.hnsw_m,
             ef_construction=settings.ef_construction,
             seed=partition_seed(settings.seed, partition_id),
-            num_threads=resolve_threads(threads),
+            num_threads=1 if settings.deterministic else resolve_threads(threads),
         )
         payload = hnsw.to_bytes(graph)
         ids = table.column("id").combine_chunks()

@@ -17,6 +17,7 @@ from . import partitioner, storage
 from .build import BuildSettings, build_index
 from .params import ANNParams
 from .search import SearchSettings, search
+from .tasks import injected_failures
 
 log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
@@ -56,6 +57,7 @@ class ANNIndex(Estimator, ANNParams):
         maxPartitionRows=0,
         seed=42,
         numThreads=0,
+        deterministic=False,
         indexPath="",
         k=10,
         numProbes=0,
@@ -86,6 +88,8 @@ class ANNIndex(Estimator, ANNParams):
             max_partition_rows=values["maxPartitionRows"] or None,
             seed=values["seed"],
             num_threads=values["numThreads"],
+            deterministic=values["deterministic"],
+            fail_first_attempt=injected_failures(dataset.sparkSession),
         )
         root = values["indexPath"] or _work_dir(dataset.sparkSession)
         manifest = build_index(dataset, settings, root, values)
@@ -121,6 +125,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         limit = dataset.sparkSession.conf.get(BROADCAST_CONF, None)
         if limit:
             settings = replace(settings, broadcast_bytes=int(limit))
+        settings = replace(settings, fail_first_attempt=injected_failures(dataset.sparkSession))
         return search(dataset, self.manifest, settings)
 
     def _search_settings(self) -> SearchSettings:

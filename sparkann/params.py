@@ -46,6 +46,8 @@ class ANNParams(Params):
     seed = _param("seed", "random seed of sampling, k-means and graphs", TypeConverters.toInt)
     numThreads = _param("numThreads", "threads per build/search task (0 = task cpus)",
                         TypeConverters.toInt)
+    deterministic = _param("deterministic", "build each partition single-threaded so a "
+                           "retried task writes identical bytes", TypeConverters.toBoolean)
     indexPath = _param("indexPath", "where fit() writes the index ('' = a temporary directory)",
                        TypeConverters.toString)
     k = _param("k", "neighbours returned per query", TypeConverters.toInt)
@@ -63,7 +65,7 @@ class ANNParams(Params):
         self._setDefault(
             vectorCol="vector", idCol="id", metric="l2", indexType="hnsw", numPartitions=0,
             hnswM=16, efConstruction=200, sampleSize=0, maxPartitionRows=0, seed=42,
-            numThreads=0, indexPath="", k=10, numProbes=0, efSearch=0,
+            numThreads=0, deterministic=False, indexPath="", k=10, numProbes=0, efSearch=0,
             neighborsCol="neighbors", queryBatchRows=20_000,
         )
 

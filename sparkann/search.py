@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from . import hnsw, storage
 from .router import Router, ShardPlan
-from .tasks import resolve_threads, threads_per_task
+from .tasks import fail_first_attempt, resolve_threads, threads_per_task
 from .vectors import list_array, normalize_rows, to_matrix, vector_column
 
 QID = "__sparkann_qid"
@@ -39,6 +39,7 @@ class SearchSettings:
     query_batch_rows: int = 20_000
     broadcast_bytes: int = 256 << 20
     num_threads: int = 0
+    fail_first_attempt: frozenset = frozenset()
 
 
 def search(queries: DataFrame, manifest: storage.Manifest, settings: SearchSettings) -> DataFrame:
@@ -135,6 +136,7 @@ def _search_fn(manifest: storage.Manifest, settings: SearchSettings, thread_hint
     metric, dim, checksums = manifest.metric, manifest.dim, manifest.checksums
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        fail_first_attempt("search", settings.fail_first_attempt)
         threads = resolve_threads(thread_hint)
         for batch in batches:
             for row in range(batch.num_rows):

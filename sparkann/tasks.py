@@ -41,3 +41,22 @@ def threads_per_task(spark, requested: int, num_tasks: int) -> int:
 def resolve_threads(hint: int) -> int:
     """Inside a task: the driver's hint, never fewer than the task's CPUs."""
     return max(hint, task_cpus())
+
+
+# Test-only: stages whose first task attempt raises, e.g. "build,search".
+FAIL_FIRST_ATTEMPT_CONF = "spark.sparkann.test.failFirstAttempt"
+
+
+def injected_failures(spark) -> frozenset[str]:
+    """Stages named in :data:`FAIL_FIRST_ATTEMPT_CONF` (read on the driver)."""
+    value = spark.conf.get(FAIL_FIRST_ATTEMPT_CONF, None) or ""
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def fail_first_attempt(stage: str, stages: frozenset[str]) -> None:
+    """Inside a task: raise on the first attempt of ``stage`` if it is listed."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if stage in stages and context is not None and context.attemptNumber() == 0:
+        raise RuntimeError(f"sparkann: injected failure in the first attempt of {stage}")
