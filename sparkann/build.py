@@ -17,7 +17,9 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from . import hnsw, partitioner, storage
+from . import partitioner, pq, storage
+from .partitions import HNSWPartition, PQPartition, PQSettings, pad, padded_dim
+from .partitions import train_codebook as train_pq_codebook
 from .router import ShardPlan, nearest_centroids
 from .tasks import fail_first_attempt, resolve_threads, threads_per_task
 from .vectors import id_type, normalize_rows, to_matrix, vector_column
@@ -39,6 +41,8 @@ class BuildSettings:
     num_threads: int
     deterministic: bool = False
     fail_first_attempt: frozenset = frozenset()
+    index_type: str = "hnsw"
+    pq: PQSettings = PQSettings()
 
 
 class StageTimer:
@@ -95,11 +99,16 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
         dim, settings.hnsw_m
     )
     plan = ShardPlan.from_cluster_sizes(sizes, max_rows)
+    codebook = b""
+    if settings.index_type == "pq" and settings.pq.codebook == "global":
+        with stage("train global codebook"):
+            codebook = global_codebook(sample, centroids, settings)
     data_dir = storage.new_data_dir()
     threads = threads_per_task(spark, settings.num_threads, plan.num_partitions)
     with stage("build partition indexes"):
         table = with_partition_ids(assigned, plan).groupBy("partition_id").applyInArrow(
-            _build_fn(settings, metric, kind, threads), _table_schema(kind)
+            _build_fn(settings, kind, threads, centroids[plan.cluster_of], codebook),
+            _table_schema(kind),
         )
         storage.write_table(table, storage.join(root, data_dir))
     with stage("check partitions"):
@@ -115,10 +124,13 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
         centroids=centroids,
         cluster_sizes=[int(s) for s in sizes],
         shard_counts=[int(c) for c in plan.counts],
-        partition_rows=[s[1] for s in stats],
-        checksums=[s[2] for s in stats],
+        partition_rows=[s.num_rows for s in stats],
+        checksums=[s.checksum for s in stats],
+        vector_checksums=[s.vectors_checksum or "" for s in stats],
+        squared_error=float(sum(s.sq_error for s in stats)),
+        codebook=codebook,
         build_seconds=stage.seconds,
-        index_bytes=int(sum(s[3] for s in stats)),
+        index_bytes=int(sum(s.nbytes for s in stats)),
     )
     with stage("publish"):
         return storage.publish(spark, manifest)
@@ -189,8 +201,18 @@ def with_partition_ids(assigned: DataFrame, plan: ShardPlan) -> DataFrame:
 
 def _table_schema(kind: str) -> str:
     return (
-        f"partition_id int, num_rows long, ids array<{kind}>, payload binary, checksum string"
+        f"partition_id int, num_rows long, ids array<{kind}>, payload binary, "
+        "codebook binary, checksum string, vectors binary, vectors_checksum string, "
+        "sq_error double"
     )
+
+
+def global_codebook(sample: np.ndarray, centroids: np.ndarray, settings: BuildSettings) -> bytes:
+    """One PQ codebook for all partitions, trained on the sample's residuals."""
+    nearest = nearest_centroids(sample, centroids, settings.metric, 1)[:, 0]
+    width = padded_dim(sample.shape[1], settings.pq.subvectors)
+    residuals = pad(sample - centroids[nearest], width)
+    return pq.codebook_to_bytes(train_pq_codebook(residuals, settings.pq, settings.seed))
 
 
 def _assign_fn(centroids: np.ndarray, metric: str, dim: int):
@@ -208,35 +230,53 @@ def _assign_fn(centroids: np.ndarray, metric: str, dim: int):
     return assign
 
 
-def _build_fn(settings: BuildSettings, metric: str, kind: str, threads: int):
+def _build_fn(settings: BuildSettings, kind: str, threads: int, centroid_of, codebook: bytes):
+    """The per-partition task: vectors in, one index-table row out."""
+
     def build_partition(key, table):  # no hints: pyspark infers its eval type from them
         partition_id = key[0].as_py()
         fail_first_attempt("build", settings.fail_first_attempt)
         vectors = to_matrix(table.column("vector"), None, f"partition {partition_id}")
-        if metric == "cosine":
+        if settings.metric == "cosine":
             vectors = normalize_rows(vectors)
-        graph = hnsw.build(
-            vectors,
-            metric,
-            M=settings.hnsw_m,
-            ef_construction=settings.ef_construction,
-            seed=partition_seed(settings.seed, partition_id),
-            num_threads=1 if settings.deterministic else resolve_threads(threads),
-        )
-        payload = hnsw.to_bytes(graph)
-        ids = table.column("id").combine_chunks()
-        one_list = pa.array([0, len(ids)], pa.int32())
-        return pa.table(
-            {
-                "partition_id": pa.array([partition_id], pa.int32()),
-                "num_rows": pa.array([len(vectors)], pa.int64()),
-                "ids": pa.ListArray.from_arrays(one_list, ids),
-                "payload": pa.array([payload], pa.binary()),
-                "checksum": pa.array([storage.sha256(payload)], pa.string()),
-            }
-        )
+        seed = partition_seed(settings.seed, partition_id)
+        if settings.index_type == "pq":
+            shared = pq.codebook_from_bytes(codebook) if codebook else None
+            part = PQPartition.build(vectors, centroid_of[partition_id], settings.pq, seed, shared)
+            own_codebook = b"" if shared else pq.codebook_to_bytes(part.codebook)
+            exact_vectors = part.vectors.tobytes() if part.vectors is not None else None
+            error = part.squared_error
+        else:
+            part = HNSWPartition.build(
+                vectors, settings.metric, settings.hnsw_m, settings.ef_construction, seed,
+                1 if settings.deterministic else resolve_threads(threads),
+            )
+            own_codebook, exact_vectors, error = b"", None, 0.0
+        return partition_row(partition_id, table.column("id"), part.payload(), own_codebook,
+                             exact_vectors, error)
 
     return build_partition
+
+
+def partition_row(partition_id, ids, payload, codebook, exact_vectors, sq_error) -> pa.Table:
+    """One row of the index table."""
+    ids = ids.combine_chunks()
+    one_list = pa.array([0, len(ids)], pa.int32())
+    return pa.table(
+        {
+            "partition_id": pa.array([partition_id], pa.int32()),
+            "num_rows": pa.array([len(ids)], pa.int64()),
+            "ids": pa.ListArray.from_arrays(one_list, ids),
+            "payload": pa.array([payload], pa.binary()),
+            "codebook": pa.array([codebook], pa.binary()),
+            "checksum": pa.array([storage.sha256(payload, codebook)], pa.string()),
+            "vectors": pa.array([exact_vectors], pa.binary()),
+            "vectors_checksum": pa.array(
+                [None if exact_vectors is None else storage.sha256(exact_vectors)], pa.string()
+            ),
+            "sq_error": pa.array([sq_error], pa.float64()),
+        }
+    )
 
 
 def partition_seed(seed: int, partition_id: int) -> int:
@@ -245,7 +285,7 @@ def partition_seed(seed: int, partition_id: int) -> int:
 
 
 def _check_stats(stats, plan: ShardPlan) -> None:
-    found = [s[0] for s in stats]
+    found = [s.partition_id for s in stats]
     if found != list(range(plan.num_partitions)):
         raise RuntimeError(
             f"the index table holds partitions {found[:10]}..., expected "

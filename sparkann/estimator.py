@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from . import partitioner, storage
 from .build import BuildSettings, build_index
 from .params import ANNParams
+from .partitions import PQSettings
 from .search import SearchSettings, search
 from .tasks import injected_failures
 
@@ -64,6 +65,11 @@ class ANNIndex(Estimator, ANNParams):
         efSearch=0,
         neighborsCol="neighbors",
         queryBatchRows=20_000,
+        pqSubvectors=16,
+        pqBits=8,
+        pqCodebook="partition",
+        rerankK=0,
+        allowedIdsCol="",
     ):
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -90,6 +96,13 @@ class ANNIndex(Estimator, ANNParams):
             num_threads=values["numThreads"],
             deterministic=values["deterministic"],
             fail_first_attempt=injected_failures(dataset.sparkSession),
+            index_type=values["indexType"],
+            pq=PQSettings(
+                subvectors=values["pqSubvectors"],
+                nbits=values["pqBits"],
+                codebook=values["pqCodebook"],
+                rerank_k=values["rerankK"],
+            ),
         )
         root = values["indexPath"] or _work_dir(dataset.sparkSession)
         manifest = build_index(dataset, settings, root, values)
@@ -145,13 +158,19 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             ef_search=values["efSearch"] or max(DEFAULT_MIN_EF, values["k"]),
             query_batch_rows=values["queryBatchRows"],
             num_threads=values["numThreads"],
+            rerank_k=values["rerankK"] if self.manifest.params.get("indexType") == "pq" else 0,
+            allowed_ids_col=values["allowedIdsCol"],
         )
 
     def summary(self) -> dict:
         """Size, layout and build timings of the index."""
         m = self.manifest
         sizes = m.partition_rows
+        extra = {}
+        if m.params.get("indexType") == "pq":
+            extra["pqReconstructionRMSE"] = (m.squared_error / m.num_vectors) ** 0.5
         return {
+            **extra,
             "numVectors": m.num_vectors,
             "dim": m.dim,
             "metric": m.metric,
@@ -162,6 +181,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             "balance": max(sizes) / (sum(sizes) / len(sizes)),
             "buildSeconds": dict(m.build_seconds),
             "indexBytes": m.index_bytes,
+            "bytesPerVector": m.index_bytes / m.num_vectors,
             "path": m.root,
             "version": m.version,
         }

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pyspark.ml.param import Param, Params, TypeConverters
 
 METRICS = ("l2", "ip", "cosine")
-INDEX_TYPES = ("hnsw",)
+INDEX_TYPES = ("hnsw", "pq")
+PQ_CODEBOOKS = ("partition", "global")
 # (param name, smallest allowed value); 0 means "derive from the data" where noted.
 _AT_LEAST = {
     "numPartitions": 0,
@@ -18,6 +19,8 @@ _AT_LEAST = {
     "numProbes": 0,
     "efSearch": 0,
     "queryBatchRows": 1,
+    "pqSubvectors": 1,
+    "rerankK": 0,
 }
 _AT_MOST = {"hnswM": 2048}
 
@@ -34,7 +37,17 @@ class ANNParams(Params):
     idCol = _param("idCol", "id column: long, int or string", TypeConverters.toString)
     metric = _param("metric", "distance: 'l2', 'ip' (inner product) or 'cosine'",
                     TypeConverters.toString)
-    indexType = _param("indexType", "per-partition index: 'hnsw'", TypeConverters.toString)
+    indexType = _param("indexType", "per-partition index: 'hnsw' (graph) or 'pq' (compressed "
+                       "codes, IVFADC)", TypeConverters.toString)
+    pqSubvectors = _param("pqSubvectors", "PQ sub-quantizers m (the dimension is zero-padded "
+                          "to a multiple of m)", TypeConverters.toInt)
+    pqBits = _param("pqBits", "bits per PQ code: 8 or 4", TypeConverters.toInt)
+    pqCodebook = _param("pqCodebook", "'partition' (one codebook per partition) or 'global'",
+                        TypeConverters.toString)
+    rerankK = _param("rerankK", "PQ: re-rank this many ADC candidates by exact distance "
+                     "(0 = off; > 0 at fit stores exact vectors)", TypeConverters.toInt)
+    allowedIdsCol = _param("allowedIdsCol", "optional query column of allowed ids "
+                           "(array<long|string>); '' = no restriction", TypeConverters.toString)
     numPartitions = _param("numPartitions", "number of coarse centroids (0 = from data size)",
                            TypeConverters.toInt)
     hnswM = _param("hnswM", "HNSW graph degree M", TypeConverters.toInt)
@@ -66,7 +79,8 @@ class ANNParams(Params):
             vectorCol="vector", idCol="id", metric="l2", indexType="hnsw", numPartitions=0,
             hnswM=16, efConstruction=200, sampleSize=0, maxPartitionRows=0, seed=42,
             numThreads=0, deterministic=False, indexPath="", k=10, numProbes=0, efSearch=0,
-            neighborsCol="neighbors", queryBatchRows=20_000,
+            neighborsCol="neighbors", queryBatchRows=20_000, pqSubvectors=16, pqBits=8,
+            pqCodebook="partition", rerankK=0, allowedIdsCol="",
         )
 
     def setK(self, value: int):
@@ -77,6 +91,12 @@ class ANNParams(Params):
 
     def setEfSearch(self, value: int):
         return self._set(efSearch=value)
+
+    def setRerankK(self, value: int):
+        return self._set(rerankK=value)
+
+    def setAllowedIdsCol(self, value: str):
+        return self._set(allowedIdsCol=value)
 
     def setNeighborsCol(self, value: str):
         return self._set(neighborsCol=value)
@@ -98,6 +118,8 @@ class ANNParams(Params):
         values = self.param_values()
         _check_choice("metric", values["metric"], METRICS)
         _check_choice("indexType", values["indexType"], INDEX_TYPES)
+        _check_choice("pqBits", values["pqBits"], (4, 8))
+        _check_choice("pqCodebook", values["pqCodebook"], PQ_CODEBOOKS)
         for name, low in _AT_LEAST.items():
             if values[name] < low:
                 raise ValueError(f"{name}={values[name]} is out of range: must be >= {low}")

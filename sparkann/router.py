@@ -63,6 +63,11 @@ class ShardPlan:
     def num_partitions(self) -> int:
         return int(self.counts.sum())
 
+    @property
+    def cluster_of(self) -> np.ndarray:
+        """The cluster of each partition id."""
+        return np.repeat(np.arange(len(self.counts)), self.counts)
+
 
 class Router:
     """Maps query vectors to ``(query position, partition id)`` pairs."""

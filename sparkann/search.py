@@ -19,8 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from . import hnsw, storage
+from . import pq, storage
+from .partitions import HNSWPartition, PQPartition
 from .router import Router, ShardPlan
 from .tasks import fail_first_attempt, resolve_threads, threads_per_task
 from .vectors import list_array, normalize_rows, to_matrix, vector_column
@@ -40,19 +42,62 @@ class SearchSettings:
     broadcast_bytes: int = 256 << 20
     num_threads: int = 0
     fail_first_attempt: frozenset = frozenset()
+    rerank_k: int = 0
+    allowed_ids_col: str = ""
 
 
 def search(queries: DataFrame, manifest: storage.Manifest, settings: SearchSettings) -> DataFrame:
     """``queries`` with a neighbours column added (best first)."""
     keyed = queries.withColumn(QID, F.monotonically_increasing_id())
-    vectors = keyed.select(
-        F.col(QID).alias("qid"), vector_column(queries, settings.vector_col).alias("vector")
-    )
-    routed = vectors.mapInArrow(
-        _route_fn(manifest, settings), "qid long, partition_id int, vector array<float>"
-    )
+    columns = [F.col(QID).alias("qid"), vector_column(queries, settings.vector_col).alias("vector")]
+    allowed_type = f"array<{manifest.id_type}>"
+    if settings.allowed_ids_col:
+        columns.append(allowed_ids_column(queries, settings.allowed_ids_col, allowed_type))
+    else:
+        columns.append(F.lit(None).cast(allowed_type).alias("allowed"))
+    rows = keyed.select(*columns)
+    routed = route(rows, manifest, settings)
+    if settings.allowed_ids_col:
+        routed = routed.unionByName(route_to_subsets(rows, manifest, settings))
     candidates = search_routed(routed, manifest, settings, num_queries=queries.count())
     return attach_neighbors(keyed, merge_top_k(candidates, settings.k), settings.neighbors_col)
+
+
+def allowed_ids_column(queries: DataFrame, name: str, type_name: str):
+    """The optional per-query list of ids answers are restricted to."""
+    dtype = queries.schema[name].dataType if name in queries.columns else None
+    if dtype is None:
+        raise ValueError(f"allowedIdsCol={name!r} not found; the DataFrame has columns {queries.columns}")
+    if not isinstance(dtype, T.ArrayType):
+        raise TypeError(f"allowedIdsCol={name!r} has type {dtype.simpleString()}; expected {type_name}")
+    return F.col(name).cast(type_name).alias("allowed")
+
+
+_ROUTED = "qid long, partition_id int, vector array<float>"
+
+
+def route(rows: DataFrame, manifest, settings: SearchSettings) -> DataFrame:
+    """(qid, partition_id, vector, allowed) for queries without an id subset."""
+    plain = rows.where(F.col("allowed").isNull())
+    routed = plain.select("qid", "vector").mapInArrow(_route_fn(manifest, settings), _ROUTED)
+    return routed.withColumn("allowed", F.lit(None).cast(rows.schema["allowed"].dataType))
+
+
+def route_to_subsets(rows: DataFrame, manifest, settings: SearchSettings) -> DataFrame:
+    """Queries with an id subset go to every partition holding one of their ids."""
+    spark = rows.sparkSession
+    subset = rows.where(F.col("allowed").isNotNull())
+    wanted = subset.select("qid", F.explode(F.array_distinct("allowed")).alias("id"))
+    located = storage.read_table(spark, manifest, ["partition_id", "ids"]).select(
+        "partition_id", F.explode("ids").alias("id")
+    )
+    per_partition = wanted.join(located, "id").groupBy("qid", "partition_id").agg(
+        F.collect_list("id").alias("allowed")
+    )
+    vectors = subset.select("qid", "vector").mapInArrow(
+        _prepare_fn(manifest, settings), "qid long, vector array<float>"
+    )
+    return per_partition.join(vectors, "qid").select("qid", "partition_id", "vector", "allowed")
 
 
 def search_routed(routed: DataFrame, manifest, settings: SearchSettings, num_queries: int):
@@ -60,9 +105,10 @@ def search_routed(routed: DataFrame, manifest, settings: SearchSettings, num_que
     spark = routed.sparkSession
     chunks = max(1, math.ceil(num_queries / settings.query_batch_rows))
     grouped = routed.groupBy("partition_id", F.pmod(F.col("qid"), chunks).alias("chunk")).agg(
-        F.collect_list(F.struct("qid", "vector")).alias("queries")
+        F.collect_list(F.struct("qid", "vector", "allowed")).alias("queries")
     )
-    table = storage.read_table(spark, manifest)
+    reads = storage.SEARCH_COLUMNS + (["vectors", "vectors_checksum"] if settings.rerank_k else [])
+    table = storage.read_table(spark, manifest, reads)
     num_partitions = len(manifest.checksums)
     if num_partitions > 1 and num_queries * settings.num_probes < 2 * num_partitions:
         wanted = [r.partition_id for r in routed.select("partition_id").distinct().collect()]
@@ -85,13 +131,19 @@ def merge_top_k(candidates: DataFrame, k: int) -> DataFrame:
 
 
 def attach_neighbors(keyed: DataFrame, merged: DataFrame, column: str) -> DataFrame:
-    merged = merged.withColumnRenamed("qid", QID).withColumnRenamed("neighbors", column)
-    return keyed.join(merged, QID, "left").drop(QID)
+    """Join merged answers back onto the query rows; a query with none gets []."""
+    merged = merged.withColumnRenamed("qid", QID)
+    empty = F.array().cast(merged.schema["neighbors"].dataType)
+    found = F.coalesce(F.col("neighbors"), empty).alias(column)
+    return keyed.join(merged, QID, "left").select(*[keyed[c] for c in keyed.columns if c != QID], found)
+
+
+def _plan(manifest: storage.Manifest) -> ShardPlan:
+    return ShardPlan(np.asarray(manifest.shard_counts), _offsets(manifest.shard_counts))
 
 
 def _router(manifest: storage.Manifest) -> Router:
-    plan = ShardPlan(np.asarray(manifest.shard_counts), _offsets(manifest.shard_counts))
-    return Router(manifest.centroids, manifest.metric, manifest.cluster_sizes, plan)
+    return Router(manifest.centroids, manifest.metric, manifest.cluster_sizes, _plan(manifest))
 
 
 def _offsets(counts) -> np.ndarray:
@@ -120,6 +172,19 @@ def _route_fn(manifest: storage.Manifest, settings: SearchSettings):
     return route
 
 
+def _prepare_fn(manifest: storage.Manifest, settings: SearchSettings):
+    """Checked (and for cosine, normalised) query vectors."""
+
+    def prepare(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            vectors = _query_matrix(batch.column("vector"), manifest.dim, manifest.metric,
+                                    settings.vector_col)
+            yield pa.RecordBatch.from_arrays([batch.column("qid"), list_array(vectors)],
+                                             ["qid", "vector"])
+
+    return prepare
+
+
 def _query_matrix(column: pa.Array, dim: int, metric: str, name: str) -> np.ndarray:
     vectors = to_matrix(column, None, f"query column {name!r}")
     if len(vectors) and vectors.shape[1] != dim:
@@ -133,7 +198,7 @@ def _query_matrix(column: pa.Array, dim: int, metric: str, name: str) -> np.ndar
 
 
 def _search_fn(manifest: storage.Manifest, settings: SearchSettings, thread_hint: int):
-    metric, dim, checksums = manifest.metric, manifest.dim, manifest.checksums
+    rerank = settings.rerank_k > 0
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         fail_first_attempt("search", settings.fail_first_attempt)
@@ -141,42 +206,90 @@ def _search_fn(manifest: storage.Manifest, settings: SearchSettings, thread_hint
         for batch in batches:
             for row in range(batch.num_rows):
                 pid = batch.column("partition_id")[row].as_py()
-                graph, ids = _cached(
-                    (manifest.token, pid), lambda: _load_partition(batch, row, checksums[pid])
+                part, ids = _cached(
+                    (manifest.token, pid, rerank),
+                    lambda: _load_partition(manifest, batch, row, rerank),
                 )
+                part.rerank_k = settings.rerank_k
                 queries = batch.column("queries")[row].values
-                vectors = to_matrix(queries.field("vector"), dim)
-                labels, dists = hnsw.search(
-                    graph, vectors, settings.k, settings.ef_search, metric, threads
-                )
-                found = labels >= 0
-                qids = np.repeat(queries.field("qid").to_numpy(), found.sum(axis=1))
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(qids, pa.int64()), ids.take(pa.array(labels[found])),
-                     pa.array(dists[found], pa.float32())],
-                    ["qid", "id", "distance"],
-                )
+                yield from _answer(part, ids, queries, manifest, settings, threads)
 
     return run
 
 
-def _load_partition(batch: pa.RecordBatch, row: int, expected: str):
-    """Verify a partition's payload against the manifest and load it."""
+def _answer(part, ids: pa.Array, queries: pa.StructArray, manifest, settings, threads):
+    """Candidate rows (qid, id, distance) of one partition for its routed queries."""
+    qids = queries.field("qid").to_numpy()
+    vectors = to_matrix(queries.field("vector"), manifest.dim)
+    allowed = queries.field("allowed")
+    plain = np.asarray(allowed.is_null())
+    k, ef, metric = settings.k, settings.ef_search, manifest.metric
+    if plain.any():
+        labels, dists = part.search(vectors[plain], k, ef, metric, threads)
+        yield _candidates(qids[plain], labels, dists, ids)
+    for row in np.nonzero(~plain)[0]:
+        labels = _labels_of(ids, allowed[int(row)].values)
+        if len(labels):
+            found, dists = part.search_subset(vectors[row], labels, k, ef, metric)
+            yield _candidates(qids[row : row + 1], found, dists, ids)
+
+
+def _labels_of(ids: pa.Array, wanted: pa.Array) -> np.ndarray:
+    """Row labels of the ``wanted`` ids present in this partition."""
+    positions = pc.index_in(wanted, value_set=ids)
+    return np.unique(positions.drop_null().to_numpy()).astype(np.int64)
+
+
+def _candidates(qids, labels, dists, ids) -> pa.RecordBatch:
+    found = labels >= 0
+    if found.any() and labels[found].max() >= len(ids):
+        raise ValueError("index partition is damaged: a graph label has no id")
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.repeat(qids, found.sum(axis=1)), pa.int64()),
+            ids.take(pa.array(labels[found])),
+            pa.array(dists[found], pa.float32()),
+        ],
+        ["qid", "id", "distance"],
+    )
+
+
+def _load_partition(manifest: storage.Manifest, batch: pa.RecordBatch, row: int, rerank: bool):
+    """Verify a partition's bytes against the manifest and load it."""
     pid = batch.column("partition_id")[row].as_py()
     payload = batch.column("payload")[row].as_buffer()
-    if storage.sha256(payload) != expected or batch.column("checksum")[row].as_py() != expected:
+    codebook = batch.column("codebook")[row].as_buffer() or pa.py_buffer(b"")
+    expected = manifest.checksums[pid]
+    if storage.sha256(payload, codebook) != expected or batch.column("checksum")[row].as_py() != expected:
         raise ValueError(
             f"index partition {pid} is damaged: its payload checksum does not match the manifest"
         )
+    ids = batch.column("ids")[row].values
     try:
-        graph = hnsw.from_bytes(memoryview(payload))
+        part = _partition(manifest, pid, payload, codebook, _exact_vectors(manifest, batch, row, pid) if rerank else None)
     except ValueError as err:
         raise ValueError(f"index partition {pid}: {err}") from None
-    ids = batch.column("ids")[row].values
-    if len(ids) != graph.get_current_count():
-        raise ValueError(f"index partition {pid} is damaged: {len(ids)} ids for "
-                         f"{graph.get_current_count()} vectors")
-    return (graph, ids), payload.size
+    if len(ids) != part.count:
+        raise ValueError(f"index partition {pid} is damaged: {len(ids)} ids for {part.count} vectors")
+    return (part, ids), payload.size + (0 if part.kind == "hnsw" else part.codes.nbytes)
+
+
+def _partition(manifest, pid, payload, codebook, vectors):
+    if manifest.params.get("indexType", "hnsw") == "hnsw":
+        return HNSWPartition.load(memoryview(payload))
+    shared = manifest.codebook or bytes(codebook)
+    cluster = int(_plan(manifest).cluster_of[pid])
+    return PQPartition.load(memoryview(payload), pq.codebook_from_bytes(shared),
+                            manifest.centroids[cluster], vectors)
+
+
+def _exact_vectors(manifest, batch, row, pid) -> np.ndarray:
+    data = batch.column("vectors")[row].as_buffer()
+    if data is None:
+        raise ValueError(f"index partition {pid} stores no exact vectors; rebuild with rerankK > 0")
+    if storage.sha256(data) != manifest.vector_checksums[pid]:
+        raise ValueError(f"index partition {pid} is damaged: its exact vectors fail the checksum")
+    return np.frombuffer(data, dtype=np.float32).reshape(-1, manifest.dim)
 
 
 class _LRU:

@@ -29,7 +29,12 @@ FORMAT_NAME = "sparkann-index"
 FORMAT_VERSION = 1
 MANIFESTS = "manifests"
 DATA = "data"
-INDEX_COLUMNS = ["partition_id", "num_rows", "ids", "payload", "checksum"]
+INDEX_COLUMNS = [
+    "partition_id", "num_rows", "ids", "payload", "codebook", "checksum",
+    "vectors", "vectors_checksum", "sq_error",
+]
+# What a search reads: exact vectors only when it re-ranks.
+SEARCH_COLUMNS = ["partition_id", "ids", "payload", "codebook", "checksum"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,9 @@ class Manifest:
     shard_counts: list[int]
     partition_rows: list[int]
     checksums: list[str]
+    vector_checksums: list[str] = field(default_factory=list)
+    squared_error: float = 0.0
+    codebook: bytes = b""
     build_seconds: dict = field(default_factory=dict)
     index_bytes: int = 0
     version: int = 0
@@ -86,13 +94,16 @@ class Manifest:
             "shardCounts": self.shard_counts,
             "partitionRows": self.partition_rows,
             "checksums": self.checksums,
+            "vectorChecksums": self.vector_checksums,
+            "squaredError": self.squared_error,
+            "codebookSha256": sha256(self.codebook),
             "buildSeconds": self.build_seconds,
             "indexBytes": self.index_bytes,
         }
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
-    def from_row(cls, root: str, text: str, centroid_bytes: bytes) -> "Manifest":
+    def from_row(cls, root: str, text: str, centroid_bytes: bytes, codebook: bytes) -> "Manifest":
         try:
             doc = json.loads(text)
             if doc.get("format") != FORMAT_NAME:
@@ -103,6 +114,8 @@ class Manifest:
                     f"the supported {FORMAT_VERSION}; upgrade sparkann to read it"
                 )
             centroids = _centroids(doc, centroid_bytes)
+            if sha256(codebook) != doc["codebookSha256"]:
+                raise IndexFormatError("the manifest's PQ codebook is damaged (checksum mismatch)")
             return cls(
                 root=root,
                 data_dir=str(doc["dataDir"]),
@@ -115,6 +128,9 @@ class Manifest:
                 shard_counts=[int(x) for x in doc["shardCounts"]],
                 partition_rows=[int(x) for x in doc["partitionRows"]],
                 checksums=[str(x) for x in doc["checksums"]],
+                vector_checksums=[str(x) for x in doc["vectorChecksums"]],
+                squared_error=float(doc["squaredError"]),
+                codebook=codebook,
                 build_seconds=dict(doc.get("buildSeconds", {})),
                 index_bytes=int(doc.get("indexBytes", 0)),
                 version=int(doc["version"]),
@@ -132,8 +148,12 @@ def _centroids(doc: dict, data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").reshape(rows, dim).astype(np.float32)
 
 
-def sha256(data) -> str:
-    return hashlib.sha256(data).hexdigest()
+def sha256(*parts) -> str:
+    """Hex SHA-256 of the concatenated byte strings."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def join(root: str, *parts: str) -> str:
@@ -151,27 +171,32 @@ def write_table(table: DataFrame, path: str) -> None:
     ).parquet(path)
 
 
-def read_table(spark: SparkSession, manifest: Manifest) -> DataFrame:
-    return spark.read.parquet(manifest.table_path).select(*INDEX_COLUMNS)
+def read_table(spark: SparkSession, manifest: Manifest, columns=INDEX_COLUMNS) -> DataFrame:
+    return spark.read.parquet(manifest.table_path).select(*columns)
 
 
-def table_stats(spark: SparkSession, path: str) -> list[tuple[int, int, str, int]]:
-    """(partition_id, num_rows, checksum, payload bytes) of a written table."""
-    rows = (
+def table_stats(spark: SparkSession, path: str) -> list:
+    """Per-partition facts of a written table, read without the payloads' bytes."""
+    return (
         spark.read.parquet(path)
-        .select("partition_id", "num_rows", "checksum", F.length("payload").alias("nbytes"))
+        .select(
+            "partition_id", "num_rows", "checksum", "vectors_checksum", "sq_error",
+            (F.length("payload") + F.coalesce(F.length("codebook"), F.lit(0))).alias("nbytes"),
+        )
         .orderBy("partition_id")
         .collect()
     )
-    return [(r.partition_id, r.num_rows, r.checksum, r.nbytes) for r in rows]
 
 
 def publish(spark: SparkSession, manifest: Manifest) -> Manifest:
     """Commit ``manifest`` as the next version under its root; the commit point."""
     latest = _latest_version(spark, manifest.root)
     manifest = replace(manifest, version=latest + 1)
-    row = [(manifest.version, manifest.to_json(), manifest.centroids.astype("<f4").tobytes())]
-    frame = spark.createDataFrame(row, "version long, manifest string, centroids binary")
+    centroids = manifest.centroids.astype("<f4").tobytes()
+    row = [(manifest.version, manifest.to_json(), centroids, manifest.codebook)]
+    frame = spark.createDataFrame(
+        row, "version long, manifest string, centroids binary, codebook binary"
+    )
     path = join(manifest.root, MANIFESTS, f"v{manifest.version:08d}")
     frame.coalesce(1).write.mode("errorifexists").parquet(path)
     log.info("published %s version %d", manifest.root, manifest.version)
@@ -211,7 +236,8 @@ def load(spark: SparkSession, root: str, version: int | None = None) -> Manifest
     rows = frame.where(F.col("version") == wanted).collect()
     if not rows:
         raise IndexFormatError(f"{root} has no committed version {wanted}")
-    return Manifest.from_row(root, rows[0].manifest, bytes(rows[0].centroids))
+    row = rows[0]
+    return Manifest.from_row(root, row.manifest, bytes(row.centroids), bytes(row.codebook))
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
 
 def task_cpus() -> int:
     """CPUs Spark gave the current task (1 outside a task)."""
@@ -43,20 +49,71 @@ def resolve_threads(hint: int) -> int:
     return max(hint, task_cpus())
 
 
-# Test-only: stages whose first task attempt raises, e.g. "build,search".
+# Test-only fault injection, read once on the driver when a job is planned.
+# Stages whose first task attempt raises, e.g. "build,search".
 FAIL_FIRST_ATTEMPT_CONF = "spark.sparkann.test.failFirstAttempt"
+# Stages whose first task attempt stalls, e.g. "build=5" (every task) or
+# "search@0=20" (only the task of Spark partition 0): a straggler or a window
+# in which a test kills an executor.
+SLOW_TASK_CONF = "spark.sparkann.test.slowTaskSeconds"
 
 
-def injected_failures(spark) -> frozenset[str]:
-    """Stages named in :data:`FAIL_FIRST_ATTEMPT_CONF` (read on the driver)."""
-    value = spark.conf.get(FAIL_FIRST_ATTEMPT_CONF, None) or ""
-    return frozenset(part.strip() for part in value.split(",") if part.strip())
+@dataclass(frozen=True)
+class FaultPlan:
+    """Test-only faults for the first attempt of chosen tasks (see the confs above)."""
+
+    fail: frozenset = frozenset()
+    slow: tuple = ()  # (stage, Spark partition or None for all, seconds)
+
+    def __bool__(self) -> bool:
+        return bool(self.fail or self.slow)
 
 
-def fail_first_attempt(stage: str, stages: frozenset[str]) -> None:
-    """Inside a task: raise on the first attempt of ``stage`` if it is listed."""
+def injected_failures(spark) -> FaultPlan:
+    """The faults the session's test-only confs ask for (read on the driver)."""
+    fail = spark.conf.get(FAIL_FIRST_ATTEMPT_CONF, None) or ""
+    slow = spark.conf.get(SLOW_TASK_CONF, None) or ""
+    return FaultPlan(
+        fail=frozenset(part.strip() for part in fail.split(",") if part.strip()),
+        slow=tuple(_slow_spec(part) for part in slow.split(",") if part.strip()),
+    )
+
+
+def _slow_spec(text: str) -> tuple:
+    """``stage[@partition]=seconds`` as (stage, partition or None, seconds)."""
+    try:
+        target, seconds = text.split("=")
+        stage, _, partition = target.strip().partition("@")
+        return stage, int(partition) if partition else None, float(seconds)
+    except ValueError:
+        raise ValueError(
+            f"{SLOW_TASK_CONF}: expected 'stage[@partition]=seconds', got {text.strip()!r}"
+        ) from None
+
+
+_stalled: set = set()  # task attempts (per Python worker) that already slept
+
+
+def fail_first_attempt(stage: str, plan) -> None:
+    """Inside a task: apply ``plan`` (a :class:`FaultPlan`, or a set of stage
+    names that fail) to ``stage`` if this is the task's first attempt."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
-    if stage in stages and context is not None and context.attemptNumber() == 0:
+    if not plan or context is None or context.attemptNumber() != 0:
+        return
+    if not isinstance(plan, FaultPlan):
+        plan = FaultPlan(fail=frozenset(plan))
+    for name, partition, seconds in plan.slow:
+        if name == stage and partition in (None, context.partitionId()):
+            _stall(context.taskAttemptId(), seconds)
+    if stage in plan.fail:
         raise RuntimeError(f"sparkann: injected failure in the first attempt of {stage}")
+
+
+def _stall(attempt_id: int, seconds: float) -> None:
+    """Sleep once per task attempt, however often the task calls the hook."""
+    if attempt_id not in _stalled:
+        _stalled.add(attempt_id)
+        log.warning("sparkann: test stall of %.1f s in task attempt %d", seconds, attempt_id)
+        time.sleep(seconds)
