@@ -42,6 +42,7 @@ class BuildSettings:
     deterministic: bool = False
     fail_first_attempt: frozenset = frozenset()
     index_type: str = "hnsw"
+    allow_duplicate_ids: bool = False
     pq: PQSettings = PQSettings()
 
 
@@ -81,6 +82,8 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
     )
     with stage("validate input"):
         num_vectors, dim = check_rows(rows, settings)
+    if settings.index_type == "pq" and settings.pq.subvectors > dim:
+        raise ValueError(f"pqSubvectors={settings.pq.subvectors} is larger than the dimension {dim}")
     num_clusters = settings.num_clusters or partitioner.default_num_clusters(num_vectors)
     if num_clusters > num_vectors:
         raise ValueError(
@@ -105,7 +108,7 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
             codebook = global_codebook(sample, centroids, settings)
     data_dir = storage.new_data_dir()
     threads = threads_per_task(spark, settings.num_threads, plan.num_partitions)
-    with stage("build partition indexes"):
+    with stage("build partition indexes"), storage.removed_on_failure(spark, root, data_dir):
         table = with_partition_ids(assigned, plan).groupBy("partition_id").applyInArrow(
             _build_fn(settings, kind, threads, centroids[plan.cluster_of], codebook),
             _table_schema(kind),
@@ -140,7 +143,12 @@ def check_rows(rows: DataFrame, settings: BuildSettings) -> tuple[int, int]:
     """One pass of checks before any expensive work; returns (count, dim)."""
     vec = F.col("vector")
     bad_value = F.exists(vec, lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
+    zero = F.forall(vec, lambda x: x == 0) if settings.metric == "cosine" else F.lit(False)
+    distinct = F.lit(None) if settings.allow_duplicate_ids else F.count_distinct("id")
     stats = rows.agg(
+        F.sum(zero.cast("long")).alias("zero_vectors"),
+        F.min(F.when(zero, F.col("id"))).alias("zero_id"),
+        distinct.alias("distinct_ids"),
         F.count(F.lit(1)).alias("n"),
         F.min(F.size(vec)).alias("min_dim"),
         F.max(F.size(vec)).alias("max_dim"),
@@ -168,7 +176,22 @@ def check_rows(rows: DataFrame, settings: BuildSettings) -> tuple[int, int]:
         )
     if stats.min_dim == 0:
         raise ValueError(f"column {col!r} holds empty vectors")
+    if stats.zero_vectors:
+        raise ValueError(
+            f"column {col!r} holds {stats.zero_vectors} all-zero vector(s), which have no "
+            f"direction for the cosine metric, for example {idc}={stats.zero_id!r}"
+        )
+    if stats.distinct_ids is not None and stats.distinct_ids != stats.n:
+        raise ValueError(
+            f"column {idc!r} holds {stats.n - stats.distinct_ids} duplicate id(s), for example "
+            f"{idc}={duplicate_example(rows)!r}; drop them (df.dropDuplicates([{idc!r}])) or "
+            "set allowDuplicateIds=True to index every row"
+        )
     return int(stats.n), int(stats.min_dim)
+
+
+def duplicate_example(rows: DataFrame):
+    return rows.groupBy("id").count().where(F.col("count") > 1).first()["id"]
 
 
 def sample_vectors(rows, settings, num_clusters, num_vectors, dim) -> np.ndarray:
@@ -236,6 +259,8 @@ def _build_fn(settings: BuildSettings, kind: str, threads: int, centroid_of, cod
     def build_partition(key, table):  # no hints: pyspark infers its eval type from them
         partition_id = key[0].as_py()
         fail_first_attempt("build", settings.fail_first_attempt)
+        if settings.deterministic:  # rows arrive in shuffle-fetch order, which varies
+            table = table.sort_by("id")
         vectors = to_matrix(table.column("vector"), None, f"partition {partition_id}")
         if settings.metric == "cosine":
             vectors = normalize_rows(vectors)

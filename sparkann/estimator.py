@@ -59,6 +59,7 @@ class ANNIndex(Estimator, ANNParams):
         seed=42,
         numThreads=0,
         deterministic=False,
+        allowDuplicateIds=False,
         indexPath="",
         k=10,
         numProbes=0,
@@ -97,6 +98,7 @@ class ANNIndex(Estimator, ANNParams):
             deterministic=values["deterministic"],
             fail_first_attempt=injected_failures(dataset.sparkSession),
             index_type=values["indexType"],
+            allow_duplicate_ids=values["allowDuplicateIds"],
             pq=PQSettings(
                 subvectors=values["pqSubvectors"],
                 nbits=values["pqBits"],
@@ -106,7 +108,7 @@ class ANNIndex(Estimator, ANNParams):
         )
         root = values["indexPath"] or _work_dir(dataset.sparkSession)
         manifest = build_index(dataset, settings, root, values)
-        return self._copyValues(ANNIndexModel(manifest))
+        return _resolve_probes(self._copyValues(ANNIndexModel(manifest)))
 
 
 class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
@@ -145,7 +147,9 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         self.validate()
         values = self.param_values()
         num_clusters = len(self.manifest.centroids)
-        probes = values["numProbes"] or partitioner.default_num_probes(num_clusters)
+        probes = values["numProbes"]
+        if probes < 1:
+            raise ValueError(f"numProbes={probes} is out of range: must be >= 1")
         if probes > num_clusters:
             raise ValueError(
                 f"numProbes={probes} is larger than the number of partitions ({num_clusters})"
@@ -236,7 +240,14 @@ class IndexReader(MLReader):
         model = ANNIndexModel(manifest)
         stored = {k: v for k, v in manifest.params.items() if model.hasParam(k)}
         model._set(**stored)
-        return model
+        return _resolve_probes(model)
+
+
+def _resolve_probes(model: ANNIndexModel) -> ANNIndexModel:
+    """numProbes=0 (automatic) becomes a concrete count once the partitions are known."""
+    if not model.getNumProbes():
+        model.setNumProbes(partitioner.default_num_probes(len(model.manifest.centroids)))
+    return model
 
 
 def _is_index(spark: SparkSession, path: str) -> bool:

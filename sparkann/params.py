@@ -61,6 +61,8 @@ class ANNParams(Params):
                         TypeConverters.toInt)
     deterministic = _param("deterministic", "build each partition single-threaded so a "
                            "retried task writes identical bytes", TypeConverters.toBoolean)
+    allowDuplicateIds = _param("allowDuplicateIds", "index rows with repeated ids instead of "
+                               "failing", TypeConverters.toBoolean)
     indexPath = _param("indexPath", "where fit() writes the index ('' = a temporary directory)",
                        TypeConverters.toString)
     k = _param("k", "neighbours returned per query", TypeConverters.toInt)
@@ -78,7 +80,7 @@ class ANNParams(Params):
         self._setDefault(
             vectorCol="vector", idCol="id", metric="l2", indexType="hnsw", numPartitions=0,
             hnswM=16, efConstruction=200, sampleSize=0, maxPartitionRows=0, seed=42,
-            numThreads=0, deterministic=False, indexPath="", k=10, numProbes=0, efSearch=0,
+            numThreads=0, deterministic=False, allowDuplicateIds=False, indexPath="", k=10, numProbes=0, efSearch=0,
             neighborsCol="neighbors", queryBatchRows=20_000, pqSubvectors=16, pqBits=8,
             pqCodebook="partition", rerankK=0, allowedIdsCol="",
         )

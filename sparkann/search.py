@@ -59,8 +59,28 @@ def search(queries: DataFrame, manifest: storage.Manifest, settings: SearchSetti
     routed = route(rows, manifest, settings)
     if settings.allowed_ids_col:
         routed = routed.unionByName(route_to_subsets(rows, manifest, settings))
-    candidates = search_routed(routed, manifest, settings, num_queries=queries.count())
+    num_queries = check_queries(rows, manifest, settings.vector_col)
+    candidates = search_routed(routed, manifest, settings, num_queries)
     return attach_neighbors(keyed, merge_top_k(candidates, settings.k), settings.neighbors_col)
+
+
+def check_queries(rows: DataFrame, manifest, name: str) -> int:
+    """Count the queries and check their vectors on the driver before searching."""
+    vec = F.col("vector")
+    stats = rows.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(vec.isNull().cast("long")).alias("nulls"),
+        F.min(F.size(vec)).alias("low"),
+        F.max(F.size(vec)).alias("high"),
+    ).collect()[0]
+    if stats.nulls:
+        raise ValueError(f"query column {name!r} holds {stats.nulls} null vector(s)")
+    for dim in {stats.low, stats.high} - {None, manifest.dim}:
+        raise ValueError(
+            f"query vectors in column {name!r} have dimension {dim}, "
+            f"but the index has dimension {manifest.dim}"
+        )
+    return int(stats.n)
 
 
 def allowed_ids_column(queries: DataFrame, name: str, type_name: str):

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -190,8 +191,13 @@ def table_stats(spark: SparkSession, path: str) -> list:
 
 def publish(spark: SparkSession, manifest: Manifest) -> Manifest:
     """Commit ``manifest`` as the next version under its root; the commit point."""
-    latest = _latest_version(spark, manifest.root)
-    manifest = replace(manifest, version=latest + 1)
+    version = _latest_version(spark, manifest.root) + 1
+    while path_exists(spark, join(manifest.root, MANIFESTS, f"v{version:08d}")):
+        # never committed (else it would be the latest): a publish that died
+        log.warning("skipping manifest version %d of %s: left by an interrupted save",
+                    version, manifest.root)
+        version += 1
+    manifest = replace(manifest, version=version)
     centroids = manifest.centroids.astype("<f4").tobytes()
     row = [(manifest.version, manifest.to_json(), centroids, manifest.codebook)]
     frame = spark.createDataFrame(
@@ -262,6 +268,21 @@ def _hadoop_fs(spark: SparkSession, path: str):
     jvm = spark.sparkContext._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     return hpath.getFileSystem(jvm_session.sessionState().newHadoopConf()), hpath
+
+
+@contextmanager
+def removed_on_failure(spark: SparkSession, root: str, data_dir: str):
+    """Delete a data directory whose write failed (best effort; classic Spark only)."""
+    try:
+        yield
+    except BaseException:
+        fs = _hadoop_fs(spark, join(root, data_dir))
+        if fs is not None:
+            try:
+                fs[0].delete(fs[1], True)
+            except Exception:  # the original error matters more
+                log.warning("could not remove the partial output %s", join(root, data_dir))
+        raise
 
 
 def replace_location(manifest: Manifest, root: str, data_dir: str) -> Manifest:

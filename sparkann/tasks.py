@@ -91,12 +91,12 @@ def _slow_spec(text: str) -> tuple:
         ) from None
 
 
-_stalled: set = set()  # task attempts (per Python worker) that already slept
+_stalled: set = set()  # (stage id, partition) whose task already slept in this worker
 
 
 def fail_first_attempt(stage: str, plan) -> None:
     """Inside a task: apply ``plan`` (a :class:`FaultPlan`, or a set of stage
-    names that fail) to ``stage`` if this is the task's first attempt."""
+    names that fail) to ``stage`` on the first attempt of the task."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
@@ -106,14 +106,16 @@ def fail_first_attempt(stage: str, plan) -> None:
         plan = FaultPlan(fail=frozenset(plan))
     for name, partition, seconds in plan.slow:
         if name == stage and partition in (None, context.partitionId()):
-            _stall(context.taskAttemptId(), seconds)
+            _stall(stage, context, seconds)
     if stage in plan.fail:
         raise RuntimeError(f"sparkann: injected failure in the first attempt of {stage}")
 
 
-def _stall(attempt_id: int, seconds: float) -> None:
-    """Sleep once per task attempt, however often the task calls the hook."""
-    if attempt_id not in _stalled:
-        _stalled.add(attempt_id)
-        log.warning("sparkann: test stall of %.1f s in task attempt %d", seconds, attempt_id)
+def _stall(stage: str, context, seconds: float) -> None:
+    """Sleep once per task, however often it calls the hook (or its stage reruns here)."""
+    key = (context.stageId(), context.partitionId())
+    if key not in _stalled:
+        _stalled.add(key)
+        log.warning("sparkann: test stall of %.1f s in %s task attempt %d",
+                    seconds, stage, context.taskAttemptId())
         time.sleep(seconds)
