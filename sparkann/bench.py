@@ -442,7 +442,8 @@ def results_markdown(results: dict) -> str:
         f"({results['total_seconds'] / 60:.1f} min in all{', quick mode' if results['quick'] else ''}).",
         "",
         f"Code measured: {results.get('label') or 'the working tree'} "
-        f"(sparkann imported from `{results.get('sparkann_source', '?')}`).",
+        f"(sparkann imported from `{results.get('sparkann_source', '?')}` by the driver and "
+        f"`{results.get('sparkann_worker_source', '?')}` by the Python workers).",
         "",
         "## Machine",
         "",

@@ -7,8 +7,6 @@ Spark code here only moves data; the algorithms are in :mod:`partitioner`,
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -18,6 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from . import partitioner, pq, storage
+from .observe import StageTimer
 from .partitions import HNSWPartition, PQPartition, PQSettings, pad, padded_dim
 from .partitions import train_codebook as train_pq_codebook
 from .router import ShardPlan, nearest_centroids
@@ -46,31 +45,6 @@ class BuildSettings:
     pq: PQSettings = PQSettings()
 
 
-class StageTimer:
-    """Times named stages, logs them and labels the Spark jobs they run."""
-
-    def __init__(self, spark):
-        self.spark, self.seconds = spark, {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        set_job_description(self.spark, f"sparkann: {name}")
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - start, 3)
-            set_job_description(self.spark, None)
-            log.info("%s: %.2f s", name, self.seconds[name])
-
-
-def set_job_description(spark, text: str | None) -> None:
-    """Name the following Spark jobs in the UI (classic Spark only)."""
-    context = getattr(spark, "_sc", None)
-    if context is not None:
-        context.setJobDescription(text)
-
-
 def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict) -> storage.Manifest:
     """Build the index of ``df`` under ``root`` and publish it; returns its manifest."""
     spark = df.sparkSession
@@ -82,6 +56,7 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
     )
     with stage("validate input"):
         num_vectors, dim = check_rows(rows, settings)
+    log.info("sparkann: indexing %d vectors of dimension %d", num_vectors, dim)
     if settings.index_type == "pq" and settings.pq.subvectors > dim:
         raise ValueError(f"pqSubvectors={settings.pq.subvectors} is larger than the dimension {dim}")
     num_clusters = settings.num_clusters or partitioner.default_num_clusters(num_vectors)
@@ -102,6 +77,8 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
         dim, settings.hnsw_m
     )
     plan = ShardPlan.from_cluster_sizes(sizes, max_rows)
+    log.info("sparkann: %d clusters in %d partitions (largest %d rows)", num_clusters,
+             plan.num_partitions, int(sizes.max()))
     codebook = b""
     if settings.index_type == "pq" and settings.pq.codebook == "global":
         with stage("train global codebook"):
@@ -119,8 +96,9 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
     _check_stats(stats, plan)
     manifest = storage.Manifest(
         root=root,
-        data_dir=data_dir,
-        params={**params, "numPartitions": num_clusters, "maxPartitionRows": max_rows},
+        partition_dirs=[data_dir] * plan.num_partitions,
+        params={**params, "numPartitions": num_clusters, "maxPartitionRows": max_rows,
+                "balanceAtBuild": balance([s.num_rows for s in stats])},
         dim=dim,
         num_vectors=num_vectors,
         id_type=kind,
@@ -130,13 +108,20 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
         partition_rows=[s.num_rows for s in stats],
         checksums=[s.checksum for s in stats],
         vector_checksums=[s.vectors_checksum or "" for s in stats],
-        squared_error=float(sum(s.sq_error for s in stats)),
+        deleted_counts=[0] * len(stats),
+        partition_errors=[float(s.sq_error) for s in stats],
+        partition_bytes=[int(s.nbytes) for s in stats],
         codebook=codebook,
         build_seconds=stage.seconds,
-        index_bytes=int(sum(s.nbytes for s in stats)),
     )
     with stage("publish"):
         return storage.publish(spark, manifest)
+
+
+def balance(sizes) -> float:
+    """Largest partition over the mean partition: 1.0 is perfect balance."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    return float(sizes.max() / max(sizes.mean(), 1e-9))
 
 
 def check_rows(rows: DataFrame, settings: BuildSettings) -> tuple[int, int]:
@@ -225,7 +210,7 @@ def with_partition_ids(assigned: DataFrame, plan: ShardPlan) -> DataFrame:
 def _table_schema(kind: str) -> str:
     return (
         f"partition_id int, num_rows long, ids array<{kind}>, payload binary, "
-        "codebook binary, checksum string, vectors binary, vectors_checksum string, "
+        "codebook binary, deleted array<int>, checksum string, vectors binary, vectors_checksum string, "
         "sq_error double"
     )
 
@@ -285,7 +270,7 @@ def _build_fn(settings: BuildSettings, kind: str, threads: int, centroid_of, cod
 
 def partition_row(partition_id, ids, payload, codebook, exact_vectors, sq_error) -> pa.Table:
     """One row of the index table."""
-    ids = ids.combine_chunks()
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     one_list = pa.array([0, len(ids)], pa.int32())
     return pa.table(
         {
@@ -294,7 +279,8 @@ def partition_row(partition_id, ids, payload, codebook, exact_vectors, sq_error)
             "ids": pa.ListArray.from_arrays(one_list, ids),
             "payload": pa.array([payload], pa.binary()),
             "codebook": pa.array([codebook], pa.binary()),
-            "checksum": pa.array([storage.sha256(payload, codebook)], pa.string()),
+            "deleted": pa.array([[]], pa.list_(pa.int32())),
+            "checksum": pa.array([storage.partition_checksum(payload, codebook, [])], pa.string()),
             "vectors": pa.array([exact_vectors], pa.binary()),
             "vectors_checksum": pa.array(
                 [None if exact_vectors is None else storage.sha256(exact_vectors)], pa.string()

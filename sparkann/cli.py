@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import __version__
+from .observe import job_label
 
 log = logging.getLogger("sparkann.cli")
 
@@ -81,6 +82,9 @@ def _common_options(spark: bool) -> argparse.ArgumentParser:
         common.add_argument("--conf", metavar="FILE", action="append", default=[],
                             help="spark-defaults style file of 'key=value' or 'key value' "
                                  "lines for the session (repeatable; later files win)")
+        common.add_argument("--remote", default=None, metavar="URL",
+                            help="Spark Connect server to use, e.g. sc://host:15002 "
+                                 "(default: $SPARK_REMOTE; without either, a classic session)")
     return common
 
 
@@ -101,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(commands, with_spark)
     _add_demo(commands, with_spark)
     _add_convert(commands, without_spark)
+    _add_evaluate(commands, with_spark)
+    _add_knn_join(commands, with_spark)
     return parser
 
 
@@ -177,9 +183,97 @@ def _add_convert(commands, common) -> None:
     p.set_defaults(func=run_convert)
 
 
+def _int_list(text: str) -> list[int]:
+    """``"1,2,4"`` as ``[1, 2, 4]`` (positive integers)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+_int_list.__name__ = "comma-separated integers"
+
+
+def _recall_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _add_evaluate(commands, common) -> None:
+    p = commands.add_parser("evaluate", parents=[common],
+                            help="recall and queries/s of an index over a parameter sweep",
+                            description="Measure recall@k against exact search and queries/s "
+                                        "for every numProbes x efSearch on a sample of queries; "
+                                        "write OUT/report.json and OUT/recall_vs_qps.png.")
+    p.add_argument("--index", required=True, help="index directory written by 'build'")
+    p.add_argument("--base", required=True, metavar="PARQUET",
+                   help="the indexed vectors (for exact neighbours)")
+    p.add_argument("--queries", required=True, metavar="PARQUET", help="query vectors")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the report")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours per query (default: 10)")
+    p.add_argument("--probes", type=_int_list, default=[1, 2, 4, 8],
+                   help="numProbes values (default: 1,2,4,8)")
+    p.add_argument("--ef", type=_int_list, default=[16, 32, 64, 128],
+                   help="efSearch values (default: 16,32,64,128)")
+    p.add_argument("--sample", type=non_negative_int, default=1000,
+                   help="queries sampled for the sweep (default: 1000; 0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--target-recall", type=_recall_value, default=None,
+                   help="also report the cheapest setting reaching this recall")
+    p.set_defaults(func=run_evaluate)
+
+
 # --------------------------------------------------------------------------
 # Spark session
 # --------------------------------------------------------------------------
+
+
+def _add_knn_join(commands, common) -> None:
+    p = commands.add_parser("knn-join", parents=[common], help="k-NN graph of a collection",
+                            description="Write each row's k nearest other rows as Parquet "
+                            "edges (id, neighbor_id, distance, rank).")
+    p.add_argument("--input", required=True, metavar="PARQUET", help="vectors (id, vector)")
+    p.add_argument("--output", required=True, metavar="PARQUET", help="edges to write")
+    p.add_argument("--index", default=None, metavar="INDEX",
+                   help="where to keep the index built on the way (default: OUTPUT_index)")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours per row (default: 10)")
+    p.add_argument("--vector-col", default="vector", help="vector column (default: vector)")
+    p.add_argument("--id-col", default="id", help="id column (default: id)")
+    p.add_argument("--metric", default="l2", choices=("l2", "ip", "cosine"))
+    p.add_argument("--num-partitions", type=non_negative_int, default=0)
+    p.add_argument("--num-probes", type=non_negative_int, default=0)
+    p.add_argument("--mode", default="errorifexists", choices=("errorifexists", "overwrite"))
+    p.set_defaults(func=run_knn_join)
+
+
+def run_knn_join(args: argparse.Namespace) -> int:
+    """``sparkann knn-join``: index a collection and write its k-NN graph."""
+    from .estimator import ANNIndex
+    from .selfjoin import knn_graph
+
+    index = ANNIndex(vectorCol=args.vector_col, idCol=args.id_col, metric=args.metric,
+                     numPartitions=args.num_partitions, numProbes=args.num_probes, k=args.k,
+                     indexPath=args.index or args.output.rstrip("/") + "_index")
+    index.validate()
+    with spark_session(args) as spark:
+        _check_search_output(spark, args.output, args.mode)
+        _check_index_output(spark, index.getOrDefault("indexPath"), overwrite=False)
+        items = _read_parquet(spark, args.input)
+        started = time.perf_counter()
+        with _spark_path_errors():
+            knn_graph(index.fit(items), items).write.mode(args.mode).parquet(args.output)
+        print(json.dumps({"output": args.output, "k": args.k,
+                          "seconds": round(time.perf_counter() - started, 3)}))
+    return 0
 
 
 def read_conf_file(path: str) -> dict[str, str]:
@@ -262,12 +356,20 @@ def spark_session(args: argparse.Namespace):
     from pyspark.sql import SparkSession
 
     existing = SparkSession.getActiveSession()
+    remote = getattr(args, "remote", None) or os.environ.get("SPARK_REMOTE")
     builder = SparkSession.builder
-    for key, value in session_settings(args).items():
-        builder = builder.config(key, value)
+    if remote:  # Spark Connect: only the --conf files' settings apply
+        builder = builder.remote(remote)
+        for path in args.conf:
+            for key, value in read_conf_file(path).items():
+                builder = builder.config(key, value)
+    else:
+        for key, value in session_settings(args).items():
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(JVM_LOG_LEVELS[args.log_level])
-    if args.log_level != "DEBUG":
+    if not remote:
+        spark.sparkContext.setLogLevel(JVM_LOG_LEVELS[args.log_level])
+    if args.log_level != "DEBUG" and not remote:
         _quiet_missing_path_warnings(spark)
     try:
         yield spark
@@ -403,8 +505,9 @@ def run_search(args: argparse.Namespace) -> int:
         queries = _read_parquet(spark, args.queries)
         log.info("searching %s with %s", args.index, args.queries)
         started = time.perf_counter()
-        with _spark_path_errors():
-            model.transform(queries).write.mode(args.mode).parquet(args.output)
+        mode = "error" if args.mode == "errorifexists" else args.mode  # Spark Connect's name
+        with _spark_path_errors(), job_label(spark, "sparkann: search"):
+            model.transform(queries).write.mode(mode).parquet(args.output)
         seconds = time.perf_counter() - started
         num_queries = spark.read.parquet(args.output).count()
         print(json.dumps({"output": args.output, "queries": num_queries, "k": model.getK(),
@@ -423,6 +526,44 @@ def _apply_search_options(model, args: argparse.Namespace) -> None:
     if args.vector_col is not None:
         model.set(model.vectorCol, args.vector_col)
     model.validate()
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``sparkann evaluate``: recall and speed of an index over a numProbes x efSearch sweep.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``evaluate`` arguments.
+
+    Returns
+    -------
+    int
+        Exit code 0; a short JSON result line is printed.
+    """
+    from . import evaluate
+    from .estimator import ANNIndexModel
+
+    try:
+        import matplotlib  # noqa: F401  (fail before any Spark work)
+    except ImportError:
+        raise ValueError("'evaluate' draws its chart with matplotlib; install it with "
+                         "pip install 'sparkann[eval]'") from None
+    with spark_session(args) as spark:
+        model = ANNIndexModel.load(args.index)
+        base = _read_parquet(spark, args.base)
+        queries = _read_parquet(spark, args.queries)
+        log.info("evaluating %s with %s", args.index, args.queries)
+        sample = evaluate.QuerySample(model, base, queries, args.k, args.sample, args.seed)
+        trials = evaluate.sweep(model, base, queries, args.probes, args.ef, evaluation=sample)
+        extra = {"index": args.index, "base": args.base, "queries": args.queries,
+                 "summary": model.summary()}
+        report = evaluate.write_report(args.out, trials, sample, extra, args.target_recall)
+    best = max(trials, key=lambda t: (t.recall, t.queries_per_second))
+    print(json.dumps({"report": os.path.join(args.out, evaluate.REPORT_NAME),
+                      "plot": report["plot"], "settings": len(trials),
+                      "bestRecall": best.recall, "cheapest": report.get("cheapest")}))
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

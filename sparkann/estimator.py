@@ -13,8 +13,9 @@ from pyspark.ml.base import Estimator, Model
 from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame, SparkSession
 
-from . import partitioner, storage
-from .build import BuildSettings, build_index
+from . import partitioner, storage, update
+from .build import BuildSettings, balance, build_index
+from .observe import job_label
 from .params import ANNParams
 from .partitions import PQSettings
 from .search import SearchSettings, search
@@ -71,6 +72,7 @@ class ANNIndex(Estimator, ANNParams):
         pqCodebook="partition",
         rerankK=0,
         allowedIdsCol="",
+        excludeSelf=False,
     ):
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -84,31 +86,36 @@ class ANNIndex(Estimator, ANNParams):
     def _fit(self, dataset: DataFrame) -> "ANNIndexModel":
         self.validate()
         values = self.param_values()
-        settings = BuildSettings(
-            vector_col=values["vectorCol"],
-            id_col=values["idCol"],
-            metric=values["metric"],
-            num_clusters=values["numPartitions"] or None,
-            hnsw_m=values["hnswM"],
-            ef_construction=values["efConstruction"],
-            sample_size=values["sampleSize"] or None,
-            max_partition_rows=values["maxPartitionRows"] or None,
-            seed=values["seed"],
-            num_threads=values["numThreads"],
-            deterministic=values["deterministic"],
-            fail_first_attempt=injected_failures(dataset.sparkSession),
-            index_type=values["indexType"],
-            allow_duplicate_ids=values["allowDuplicateIds"],
-            pq=PQSettings(
-                subvectors=values["pqSubvectors"],
-                nbits=values["pqBits"],
-                codebook=values["pqCodebook"],
-                rerank_k=values["rerankK"],
-            ),
-        )
         root = values["indexPath"] or _work_dir(dataset.sparkSession)
-        manifest = build_index(dataset, settings, root, values)
+        manifest = build_index(dataset, _build_settings(self, dataset.sparkSession), root, values)
         return _resolve_probes(self._copyValues(ANNIndexModel(manifest)))
+
+
+def _build_settings(params: ANNParams, spark) -> BuildSettings:
+    """Build settings from an estimator's or a model's params."""
+    values = params.param_values()
+    return BuildSettings(
+        vector_col=values["vectorCol"],
+        id_col=values["idCol"],
+        metric=values["metric"],
+        num_clusters=values["numPartitions"] or None,
+        hnsw_m=values["hnswM"],
+        ef_construction=values["efConstruction"],
+        sample_size=values["sampleSize"] or None,
+        max_partition_rows=values["maxPartitionRows"] or None,
+        seed=values["seed"],
+        num_threads=values["numThreads"],
+        deterministic=values["deterministic"],
+        fail_first_attempt=injected_failures(spark),
+        index_type=values["indexType"],
+        allow_duplicate_ids=values["allowDuplicateIds"],
+        pq=PQSettings(
+            subvectors=values["pqSubvectors"],
+            nbits=values["pqBits"],
+            codebook=values["pqCodebook"],
+            rerank_k=values["rerankK"],
+        ),
+    )
 
 
 class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
@@ -137,11 +144,17 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         settings = self._search_settings()
+        if settings.exclude_self_col and settings.exclude_self_col not in dataset.columns:
+            raise ValueError(
+                f"excludeSelf needs the id column {settings.exclude_self_col!r} in the queries; "
+                f"they have columns {dataset.columns}"
+            )
         limit = dataset.sparkSession.conf.get(BROADCAST_CONF, None)
         if limit:
             settings = replace(settings, broadcast_bytes=int(limit))
         settings = replace(settings, fail_first_attempt=injected_failures(dataset.sparkSession))
-        return search(dataset, self.manifest, settings)
+        with job_label(dataset.sparkSession, "sparkann: search"):  # its eager jobs
+            return search(dataset, self.manifest, settings)
 
     def _search_settings(self) -> SearchSettings:
         self.validate()
@@ -157,22 +170,24 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         return SearchSettings(
             vector_col=values["vectorCol"],
             neighbors_col=values["neighborsCol"],
-            k=values["k"],
+            k=values["k"] + (1 if values["excludeSelf"] else 0),
             num_probes=probes,
             ef_search=values["efSearch"] or max(DEFAULT_MIN_EF, values["k"]),
             query_batch_rows=values["queryBatchRows"],
             num_threads=values["numThreads"],
             rerank_k=values["rerankK"] if self.manifest.params.get("indexType") == "pq" else 0,
             allowed_ids_col=values["allowedIdsCol"],
+            exclude_self_col=values["idCol"] if values["excludeSelf"] else "",
         )
 
     def summary(self) -> dict:
         """Size, layout and build timings of the index."""
         m = self.manifest
-        sizes = m.partition_rows
+        sizes = m.live_rows
+        current = balance(sizes)
         extra = {}
         if m.params.get("indexType") == "pq":
-            extra["pqReconstructionRMSE"] = (m.squared_error / m.num_vectors) ** 0.5
+            extra["pqReconstructionRMSE"] = (m.squared_error / sum(m.partition_rows)) ** 0.5
         return {
             **extra,
             "numVectors": m.num_vectors,
@@ -182,13 +197,53 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             "numPartitions": len(m.centroids),
             "numShards": len(sizes),
             "partitionSizes": list(sizes),
-            "balance": max(sizes) / (sum(sizes) / len(sizes)),
+            "balance": current,
+            "drift": current / m.params.get("balanceAtBuild", current),
+            "deletedRows": sum(m.deleted_counts),
             "buildSeconds": dict(m.build_seconds),
             "indexBytes": m.index_bytes,
             "bytesPerVector": m.index_bytes / m.num_vectors,
             "path": m.root,
             "version": m.version,
         }
+
+    def add(self, df: DataFrame) -> "ANNIndexModel":
+        """A new version that also holds ``df``'s rows (routed to the existing centroids).
+
+        Only the partitions the new rows reach are rewritten; the new version is
+        published next to this one, which stays loadable.
+        """
+        manifest = update.add_rows(self.manifest, df, _build_settings(self, df.sparkSession))
+        return self._with(manifest)
+
+    def delete(self, ids) -> "ANNIndexModel":
+        """A new version whose answers never contain ``ids`` (a list, or a DataFrame
+        whose first column holds ids)."""
+        spark = storage.active_session()
+        if not isinstance(ids, DataFrame):
+            ids = spark.createDataFrame([(i,) for i in ids], f"id {self.manifest.id_type}")
+        return self._with(update.delete_ids(self.manifest, ids))
+
+    def compact(self, minDeletedShare: float = 0.2) -> "ANNIndexModel":
+        """Rebuild the partitions in which at least ``minDeletedShare`` of rows are deleted."""
+        spark = storage.active_session()
+        return self._with(update.compact(self.manifest, minDeletedShare, _build_settings(self, spark)))
+
+    def rebalance(self, maxDrift: float = 1.5) -> "ANNIndexModel":
+        """Retrain centroids and rebuild when ``summary()["drift"]`` exceeds ``maxDrift``."""
+        if self.summary()["drift"] <= maxDrift:
+            return self
+        spark = storage.active_session()
+        rows = update.live_rows(self.manifest, spark)
+        values = {**self.param_values(), "vectorCol": "vector", "idCol": "id"}
+        settings = replace(_build_settings(self, spark), vector_col="vector", id_col="id",
+                           num_clusters=len(self.manifest.centroids))
+        return self._with(build_index(rows, settings, self.manifest.root, values))
+
+    def _with(self, manifest: storage.Manifest) -> "ANNIndexModel":
+        model = self.copy()
+        model._manifest = manifest
+        return model
 
     def write(self) -> "IndexWriter":
         return IndexWriter(self)
@@ -211,7 +266,7 @@ class IndexWriter(MLWriter):
         self.model = model
 
     def save(self, path: str) -> None:
-        spark = _session()
+        spark = storage.active_session()
         manifest = self.model.manifest
         if storage.path_exists(spark, path):
             if not self.shouldOverwrite:
@@ -236,7 +291,7 @@ class IndexWriter(MLWriter):
 
 class IndexReader(MLReader):
     def load(self, path: str, version: int | None = None) -> ANNIndexModel:
-        manifest = storage.load(_session(), path, version)
+        manifest = storage.load(storage.active_session(), path, version)
         model = ANNIndexModel(manifest)
         stored = {k: v for k, v in manifest.params.items() if model.hasParam(k)}
         model._set(**stored)
@@ -256,13 +311,6 @@ def _is_index(spark: SparkSession, path: str) -> bool:
         return True
     except storage.IndexFormatError:
         return False
-
-
-def _session() -> SparkSession:
-    spark = SparkSession.getActiveSession()
-    if spark is None:
-        raise RuntimeError("no active SparkSession; create one before saving or loading")
-    return spark
 
 
 def _work_dir(spark: SparkSession) -> str:

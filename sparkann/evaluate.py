@@ -1,9 +1,20 @@
-"""Exact k-nearest neighbours on Spark (blocked brute force) and recall@k."""
+"""Exact k-nearest neighbours on Spark (blocked brute force), recall@k, and search tuning.
+
+* :func:`exact_neighbors`, :func:`recall_at_k`, :func:`model_recall`: exact answers and recall.
+* :func:`sweep`: recall and queries/s of a model over a grid of ``numProbes`` x ``efSearch``
+  on a sample of queries; :func:`plot_sweep` draws it, :func:`write_report` saves both.
+* :func:`tune`: the cheapest ``(numProbes, efSearch)`` reaching a target recall.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
-from typing import Iterator
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -11,8 +22,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .exact import knn
+from .observe import job_label
 from .search import QID, attach_neighbors, merge_top_k
 from .vectors import id_type, normalize_rows, to_matrix, vector_column
+
+log = logging.getLogger(__name__)
+KEY = "__sparkann_key"
 
 
 def exact_neighbors(
@@ -35,9 +50,11 @@ def exact_neighbors(
     kind = id_type(base, id_col)
     rows = base.select(F.col(id_col).alias("id"), vector_column(base, vector_col).alias("vector"))
     keyed = queries.withColumn(QID, F.monotonically_increasing_id())
-    qrows = keyed.select(F.col(QID).alias("qid"), vector_column(queries, vector_col).alias("vector"))
-    num_blocks = max(1, math.ceil(base.count() / block_rows))
-    num_qblocks = max(1, math.ceil(queries.count() / query_block_rows))
+    qrows = keyed.select(F.col(QID).alias("qid"),
+                         vector_column(queries, vector_col).alias("vector"))
+    with job_label(base.sparkSession, "sparkann: exact neighbours"):
+        num_blocks = max(1, math.ceil(base.count() / block_rows))
+        num_qblocks = max(1, math.ceil(queries.count() / query_block_rows))
     blocks = rows.groupBy(F.pmod(F.xxhash64("id"), num_blocks).alias("block")).agg(
         F.collect_list("id").alias("ids"), F.collect_list("vector").alias("vectors")
     )
@@ -76,14 +93,16 @@ def recall_at_k(found: DataFrame, truth: DataFrame, key_col: str, k: int,
     ids = lambda c: F.transform(F.slice(F.col(c), 1, k), lambda n: n["id"])  # noqa: E731
     a = found.select(key_col, ids(found_col).alias("_found"))
     b = truth.select(key_col, ids(truth_col).alias("_truth"))
-    hits = F.size(F.array_intersect("_found", "_truth")) / F.greatest(F.size("_truth"), F.lit(1))
+    hits = F.size(F.array_intersect("_found", "_truth")) / F.greatest(F.size("_truth"),
+                                                                      F.lit(1))
     value = a.join(b, key_col).agg(F.avg(hits).alias("recall")).collect()[0].recall
     if value is None:
         raise ValueError(f"no query rows matched on {key_col!r}; recall is undefined")
     return float(value)
 
 
-def model_recall(model, base: DataFrame, queries: DataFrame, key_col: str, k: int | None = None) -> float:
+def model_recall(model, base: DataFrame, queries: DataFrame, key_col: str,
+                 k: int | None = None) -> float:
     """recall@k of ``model`` on ``queries`` against exact search over ``base``."""
     k = k or model.getK()
     truth = exact_neighbors(
@@ -92,3 +111,295 @@ def model_recall(model, base: DataFrame, queries: DataFrame, key_col: str, k: in
     )
     found = model.copy({model.k: k}).transform(queries)
     return recall_at_k(found, truth, key_col, k, model.getOrDefault("neighborsCol"))
+
+
+# --------------------------------------------------------------------------
+# Sweeps and tuning on a sample of queries
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    """recall@k and speed of one (numProbes, efSearch) setting on the query sample."""
+
+    num_probes: int
+    ef_search: int
+    recall: float
+    seconds: float
+    queries_per_second: float
+
+    @property
+    def cost(self) -> int:
+        """Search work per query, up to a constant: partitions probed x beam width."""
+        return self.num_probes * self.ef_search
+
+    def as_json(self) -> dict:
+        return {"numProbes": self.num_probes, "efSearch": self.ef_search,
+                "recall": self.recall, "seconds": self.seconds,
+                "queriesPerSecond": self.queries_per_second}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What :func:`tune` chose, with every setting it measured on the way."""
+
+    num_probes: int
+    ef_search: int
+    recall: float
+    target_recall: float
+    trials: list[Trial] = field(default_factory=list)
+
+    def params(self) -> dict[str, int]:
+        """``{"numProbes": ..., "efSearch": ...}``, e.g. for ``model.copy(...)``."""
+        return {"numProbes": self.num_probes, "efSearch": self.ef_search}
+
+    def apply(self, model):
+        """A copy of ``model`` searching with the chosen settings."""
+        return model.copy({model.numProbes: self.num_probes, model.efSearch: self.ef_search})
+
+
+class QuerySample:
+    """A fixed sample of queries with their exact neighbours, for measuring a model.
+
+    The sample (at most ``sample`` rows, seeded; 0 = all) is collected to the
+    driver once and turned back into a small DataFrame, so every measurement
+    searches exactly the same queries. Exact neighbours come from
+    :func:`exact_neighbors` over ``base``, computed once.
+    """
+
+    def __init__(self, model, base: DataFrame, queries: DataFrame, k: int | None = None,
+                 sample: int = 1000, seed: int = 0):
+        if sample < 0:
+            raise ValueError(f"sample={sample} is out of range: must be >= 0 (0 = all queries)")
+        self.model = model
+        self.k = int(k or model.getK())
+        self.vector_col = model.getOrDefault("vectorCol")
+        spark = queries.sparkSession
+        picked = queries.select(vector_column(queries, self.vector_col).alias("vector"))
+        if sample:
+            picked = picked.orderBy(F.rand(seed)).limit(sample)
+        with job_label(spark, "sparkann: sample queries"):
+            vectors = picked.toArrow().column("vector")
+        if len(vectors) == 0:
+            raise ValueError("the query DataFrame is empty; there is nothing to evaluate")
+        table = pa.table({KEY: pa.array(np.arange(len(vectors), dtype=np.int64)),
+                          self.vector_col: vectors})
+        self.queries = spark.createDataFrame(table)
+        self.size = len(vectors)
+        started = time.perf_counter()
+        truth = exact_neighbors(base, self.queries, self.k, model.getMetric(),
+                                vector_col=self.vector_col, id_col=model.getOrDefault("idCol"))
+        with job_label(spark, "sparkann: exact neighbours"):
+            self.truth = _ids_by_key(truth, "neighbors", self.size)
+        self.exact_seconds = round(time.perf_counter() - started, 3)
+        log.info("sparkann: exact neighbours of %d sample queries in %.2f s", self.size,
+                 self.exact_seconds)
+
+    def measure(self, num_probes: int, ef_search: int, model=None) -> Trial:
+        """Search the sample with these settings: recall@k and queries per second.
+
+        ``model`` defaults to the sample's own; another must index the same rows.
+        """
+        model = model or self.model
+        model = model.copy({model.k: self.k, model.numProbes: num_probes,
+                            model.efSearch: ef_search})
+        column = model.getOrDefault("neighborsCol")
+        spark = self.queries.sparkSession
+        started = time.perf_counter()
+        with job_label(spark, "sparkann: search"):
+            found = _ids_by_key(model.transform(self.queries), column, self.size)
+        seconds = max(time.perf_counter() - started, 1e-9)
+        trial = Trial(num_probes, ef_search, _recall(found, self.truth, self.k),
+                      round(seconds, 4), round(self.size / seconds, 1))
+        log.info("sparkann: numProbes=%d efSearch=%d: recall@%d %.4f, %.0f queries/s",
+                 num_probes, ef_search, self.k, trial.recall, trial.queries_per_second)
+        return trial
+
+
+def _ids_by_key(frame: DataFrame, column: str, size: int) -> list[list]:
+    """Neighbour ids of each sample query, indexed by its key."""
+    table = frame.select(KEY, F.col(column).getField("id").alias("ids")).toArrow()
+    result: list[list] = [[] for _ in range(size)]
+    for key, ids in zip(table.column(KEY).to_pylist(), table.column("ids").to_pylist()):
+        result[key] = ids or []
+    return result
+
+
+def _recall(found: list[list], truth: list[list], k: int) -> float:
+    """Mean share of each query's true ``k`` neighbours among its first ``k`` answers."""
+    shares = [len(set(f[:k]) & set(t[:k])) / max(len(t[:k]), 1) for f, t in zip(found, truth)]
+    return round(float(np.mean(shares)), 6)
+
+
+def _settings(model, k: int, probes: Sequence[int] | None, efs: Sequence[int] | None):
+    """The (numProbes, efSearch) grid, cheapest first; impossible settings dropped."""
+    partitions = len(model.manifest.centroids)
+    if probes is None:
+        probes = sorted({min(2**i, partitions) for i in range(partitions.bit_length() + 1)})
+    if efs is None:
+        efs = [k, 16, 32, 64, 128, 256]
+    usable = sorted({p for p in probes if 1 <= p <= partitions})
+    skipped = sorted(set(probes) - set(usable))
+    if skipped:
+        log.warning("sparkann: skipping numProbes %s: the index has %d partitions", skipped,
+                    partitions)
+    beams = sorted({e for e in efs if e >= k})
+    if len(beams) < len(set(efs)):
+        log.warning("sparkann: skipping efSearch below k=%d: %s", k,
+                    sorted({e for e in efs if e < k}))
+    if not usable or not beams:
+        raise ValueError(f"no usable setting: numProbes must be in 1..{partitions} and "
+                         f"efSearch >= k={k}")
+    return sorted(((p, e) for p in usable for e in beams), key=lambda s: (s[0] * s[1], s[0]))
+
+
+def sweep(model, base: DataFrame, queries: DataFrame, probes: Sequence[int] | None = None,
+          ef: Sequence[int] | None = None, k: int | None = None, sample: int = 1000,
+          seed: int = 0, evaluation: QuerySample | None = None) -> list[Trial]:
+    """recall@k and queries/s of ``model`` for every ``numProbes`` x ``efSearch``.
+
+    Exact neighbours of a seeded sample of ``sample`` queries (0 = all) are
+    computed once over ``base`` (the indexed rows). The first setting is run
+    once untimed first, so that timings do not include loading the index.
+    """
+    evaluation = evaluation or QuerySample(model, base, queries, k, sample, seed)
+    grid = _settings(model, evaluation.k, probes, ef)
+    evaluation.measure(*grid[0], model=model)  # warm-up: partitions load into the workers
+    return [evaluation.measure(p, e, model=model) for p, e in grid]
+
+
+def cheapest(trials: Sequence[Trial], target_recall: float) -> Trial | None:
+    """The trial of least :attr:`Trial.cost` reaching ``target_recall`` (ties: fewer probes)."""
+    good = [t for t in trials if t.recall >= target_recall]
+    return min(good, key=lambda t: (t.cost, t.num_probes, t.ef_search), default=None)
+
+
+def tune(model, base: DataFrame, queries: DataFrame, target_recall: float,
+         k: int | None = None, probes: Sequence[int] | None = None,
+         ef: Sequence[int] | None = None, sample: int = 1000, seed: int = 0,
+         evaluation: QuerySample | None = None) -> Tuning:
+    """The cheapest ``(numProbes, efSearch)`` whose recall@k on a query sample reaches
+    ``target_recall``.
+
+    Cheapest means least search work per query, ``numProbes x efSearch`` (ties:
+    fewer probes), which unlike a timing does not depend on how busy the cluster
+    is. Settings are measured cheapest first and the first to reach the target
+    wins, so only the settings cheaper than the answer are searched (plus the
+    most expensive one, to fail fast when none can reach the target).
+
+    Parameters
+    ----------
+    model : ANNIndexModel
+    base : DataFrame
+        The indexed rows (for exact neighbours).
+    queries : DataFrame
+        Queries with the model's vector column; a seeded sample of ``sample`` rows
+        (0 = all) is used.
+    target_recall : float
+        In (0, 1].
+    k : int, optional
+        Neighbours per query (default: the model's ``k``).
+    probes, ef : sequence of int, optional
+        Candidate values (default: powers of two up to the number of partitions;
+        k, 16, 32, 64, 128, 256).
+    evaluation : QuerySample, optional
+        A sample (with exact neighbours) already made, e.g. for :func:`sweep`;
+        then ``k``, ``sample`` and ``seed`` are its own.
+
+    Raises
+    ------
+    ValueError
+        If no candidate setting reaches the target; the message gives the best recall.
+    """
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target_recall={target_recall} is out of range: must be in (0, 1]")
+    evaluation = evaluation or QuerySample(model, base, queries, k, sample, seed)
+    grid = _settings(model, evaluation.k, probes, ef)
+    best = evaluation.measure(*grid[-1], model=model)
+    trials = [best]
+    if best.recall < target_recall:
+        raise ValueError(
+            f"no setting reaches recall@{evaluation.k} {target_recall}: the most expensive, "
+            f"numProbes={best.num_probes} efSearch={best.ef_search}, reaches {best.recall:.4f}; "
+            "try larger numProbes / efSearch values"
+        )
+    for setting in grid[:-1]:
+        trial = evaluation.measure(*setting, model=model)
+        trials.append(trial)
+        if trial.recall >= target_recall:
+            best = trial
+            break
+    log.info("sparkann: tuned for recall@%d >= %s: numProbes=%d efSearch=%d (recall %.4f)",
+             evaluation.k, target_recall, best.num_probes, best.ef_search, best.recall)
+    return Tuning(best.num_probes, best.ef_search, best.recall, target_recall, trials)
+
+
+def plot_sweep(trials: Sequence[Trial], path: str, title: str = "") -> str:
+    """Save a recall-versus-queries/s chart of ``trials`` (one line per numProbes) as PNG.
+
+    Needs matplotlib (``pip install sparkann[eval]``); uses its Agg backend.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib; install it with "
+                          "`pip install sparkann[eval]` (or `pip install matplotlib`)") from err
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for probes in sorted({t.num_probes for t in trials}):
+        line = sorted((t for t in trials if t.num_probes == probes), key=lambda t: t.ef_search)
+        ax.plot([t.recall for t in line], [t.queries_per_second for t in line], marker="o",
+                label=f"numProbes={probes}")
+        for t in line:
+            ax.annotate(f"ef={t.ef_search}", (t.recall, t.queries_per_second), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("recall@k")
+    ax.set_ylabel("queries per second")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "sparkann: recall versus throughput")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+REPORT_NAME = "report.json"
+PLOT_NAME = "recall_vs_qps.png"
+
+
+def write_report(out_dir: str, trials: Sequence[Trial], evaluation: QuerySample,
+                 extra: dict[str, Any] | None = None,
+                 target_recall: float | None = None) -> dict:
+    """Write ``report.json`` and ``recall_vs_qps.png`` under ``out_dir``; returns the report."""
+    os.makedirs(out_dir, exist_ok=True)
+    model = evaluation.model
+    report: dict[str, Any] = {
+        **(extra or {}),
+        "k": evaluation.k,
+        "metric": model.getMetric(),
+        "sampleQueries": evaluation.size,
+        "exactSeconds": evaluation.exact_seconds,
+        "trials": [t.as_json() for t in trials],
+    }
+    if target_recall is not None:
+        chosen = cheapest(trials, target_recall)
+        report["targetRecall"] = target_recall
+        report["cheapest"] = chosen.as_json() if chosen else None
+    title = (f"sparkann: recall@{evaluation.k} vs queries/s "
+             f"({evaluation.size} queries, {len(model.manifest.centroids)} partitions)")
+    report["plot"] = plot_sweep(trials, os.path.join(out_dir, PLOT_NAME), title)
+    with open(os.path.join(out_dir, REPORT_NAME), "w", encoding="utf-8") as out:
+        json.dump(report, out, indent=2, default=_plain)
+    return report
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else str(value)

@@ -46,6 +46,8 @@ class ANNParams(Params):
                         TypeConverters.toString)
     rerankK = _param("rerankK", "PQ: re-rank this many ADC candidates by exact distance "
                      "(0 = off; > 0 at fit stores exact vectors)", TypeConverters.toInt)
+    excludeSelf = _param("excludeSelf", "drop each query row's own id (idCol) from its "
+                         "neighbours, for kNN self-joins", TypeConverters.toBoolean)
     allowedIdsCol = _param("allowedIdsCol", "optional query column of allowed ids "
                            "(array<long|string>); '' = no restriction", TypeConverters.toString)
     numPartitions = _param("numPartitions", "number of coarse centroids (0 = from data size)",
@@ -82,7 +84,7 @@ class ANNParams(Params):
             hnswM=16, efConstruction=200, sampleSize=0, maxPartitionRows=0, seed=42,
             numThreads=0, deterministic=False, allowDuplicateIds=False, indexPath="", k=10, numProbes=0, efSearch=0,
             neighborsCol="neighbors", queryBatchRows=20_000, pqSubvectors=16, pqBits=8,
-            pqCodebook="partition", rerankK=0, allowedIdsCol="",
+            pqCodebook="partition", rerankK=0, allowedIdsCol="", excludeSelf=False,
         )
 
     def setK(self, value: int):
@@ -99,6 +101,9 @@ class ANNParams(Params):
 
     def setAllowedIdsCol(self, value: str):
         return self._set(allowedIdsCol=value)
+
+    def setExcludeSelf(self, value: bool):
+        return self._set(excludeSelf=value)
 
     def setNeighborsCol(self, value: str):
         return self._set(neighborsCol=value)

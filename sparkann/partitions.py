@@ -55,6 +55,20 @@ class HNSWPartition:
     def __init__(self, graph):
         self.graph = graph
         self.count = graph.get_current_count()
+        self.deleted = np.empty(0, np.int64)
+
+    @property
+    def live(self) -> int:
+        return self.count - len(self.deleted)
+
+    def delete(self, labels) -> None:
+        """Hide rows from every answer; the graph keeps routing through them."""
+        labels = np.unique(np.asarray(labels, dtype=np.int64))
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.count):
+            raise ValueError("deleted labels out of range")
+        for label in np.setdiff1d(labels, self.deleted).tolist():
+            self.graph.mark_deleted(label)
+        self.deleted = np.union1d(self.deleted, labels)
 
     @classmethod
     def build(cls, vectors, metric, M, ef_construction, seed, threads):
@@ -63,20 +77,38 @@ class HNSWPartition:
     def payload(self) -> bytes:
         return hnsw.to_bytes(self.graph)
 
+    def add(self, vectors: np.ndarray, threads: int = 1) -> None:
+        """Insert rows labelled ``count..count+n-1`` into the existing graph."""
+        self.graph.resize_index(self.count + len(vectors))
+        labels = np.arange(self.count, self.count + len(vectors))
+        self.graph.add_items(np.ascontiguousarray(vectors, np.float32), labels, num_threads=threads)
+        self.count += len(vectors)
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, vectors) of the rows not deleted."""
+        labels = np.setdiff1d(np.arange(self.count), self.deleted)
+        return labels, np.asarray(self.graph.get_items(labels), dtype=np.float32).reshape(-1, self.graph.dim)
+
     @classmethod
     def load(cls, payload) -> "HNSWPartition":
         return cls(hnsw.from_bytes(payload))
 
     def search(self, queries, k, ef, metric, threads=1):
-        return hnsw.search(self.graph, queries, k, ef, metric, threads)
+        if self.live == 0:
+            return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32)
+        return hnsw.search(self.graph, queries, min(k, self.live), ef, metric, threads)
 
     def search_subset(self, query, labels, k, ef, metric):
+        labels = labels[self._alive(labels)]
         if len(labels) <= max(SUBSET_SCAN_ROWS, SUBSET_SCAN_SHARE * self.count):
             vectors = np.asarray(self.graph.get_items(labels), dtype=np.float32)
             found, dists = exact_subset(vectors, query, np.arange(len(labels)), k, metric)
             return labels[found], dists
         allowed = set(labels.tolist())
         return hnsw.search(self.graph, query[None], k, ef, metric, 1, allowed.__contains__)
+
+    def _alive(self, labels) -> np.ndarray:
+        return ~np.isin(labels, self.deleted)
 
 
 _PQ_MAGIC = b"SANNPQ01"
@@ -101,6 +133,15 @@ class PQPartition:
         self.count = len(codes)
         self.squared_error = squared_error  # sum of squared reconstruction errors at build
         self.rerank_k = 0  # candidates re-ranked by exact distance (needs vectors)
+        self.alive = None  # labels still searchable once rows are deleted
+
+    def delete(self, labels) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(labels) == 0:
+            return
+        if labels.min() < 0 or labels.max() >= self.count:
+            raise ValueError("deleted labels out of range")
+        self.alive = np.setdiff1d(np.arange(self.count), labels)
 
     @classmethod
     def build(cls, vectors, centroid, settings: PQSettings, seed: int, codebook=None):
@@ -140,6 +181,24 @@ class PQPartition:
             raise ValueError("PQ payload is damaged: row count mismatch")
         return cls(codebook, codes, np.asarray(centroid, np.float32), vectors)
 
+    def add(self, vectors: np.ndarray, threads: int = 1) -> None:
+        """Encode new rows with the existing codebook and append them."""
+        residuals = pad(vectors - self.centroid, self.codebook.dim)
+        codes = pq.encode(self.codebook, residuals)
+        error = pq.reconstruction_rmse(self.codebook, residuals, codes) ** 2 * len(codes)
+        self.codes = np.concatenate([self.codes, codes])
+        self.squared_error += float(error)
+        if self.vectors is not None:
+            self.vectors = np.concatenate([self.vectors, vectors])
+        self.count = len(self.codes)
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.vectors is None:
+            raise ValueError("this PQ index stores no exact vectors (rerankK=0); "
+                             "fit a new index from the source data instead")
+        labels = np.arange(self.count) if self.alive is None else self.alive
+        return labels, self.vectors[labels]
+
     def _tables(self, queries: np.ndarray, metric: str):
         """ADC tables and the per-query constant to add to table sums."""
         if metric == "l2":
@@ -155,6 +214,8 @@ class PQPartition:
 
     def search(self, queries, k, ef, metric, threads=1, labels=None):
         """ADC top-k (or top-``rerank_k`` re-ranked exactly) of each query."""
+        if self.alive is not None:
+            labels = self.alive if labels is None else np.intersect1d(labels, self.alive)
         codes = self.codes if labels is None else self.codes[labels]
         tables, shift = self._tables(queries, metric)
         rerank = self.rerank_k if self.vectors is not None else 0

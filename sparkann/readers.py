@@ -36,6 +36,7 @@ __all__ = [
     "read_idx_vectors",
     "read_ivecs",
     "read_vectors",
+    "to_parquet",
     "write_fvecs",
     "write_ivecs",
 ]
@@ -487,6 +488,24 @@ def read_vectors(path: PathLike, fmt: str | None = None, **kw: Any) -> np.ndarra
     if reader is None:
         raise ValueError(f"unknown format {fmt!r}; supported formats: {supported}")
     return reader(path, **kw)
+
+
+def to_parquet(path: PathLike, output: PathLike, fmt: str | None = None,
+               **kw: Any) -> tuple[int, int]:
+    """Convert a vector file to one Parquet file with columns ``id`` (long, the row
+    number) and ``vector`` (array<float>), ready for ``spark.read.parquet``.
+
+    The API behind ``sparkann convert``; ``fmt`` and ``**kw`` are as for
+    :func:`read_vectors` (e.g. ``dataset="test"`` for HDF5). Returns
+    ``(rows, dim)``. An existing ``output`` file is replaced.
+    """
+    from .cli import write_vectors_parquet  # pyarrow writer shared with the CLI
+
+    vectors = read_vectors(path, fmt, **kw)
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        raise ValueError(f"{path}: expected a 2-D array of vectors, got shape {vectors.shape}")
+    write_vectors_parquet(vectors, os.fspath(output))
+    return int(vectors.shape[0]), int(vectors.shape[1])
 
 
 def default_data_root() -> str | None:

@@ -44,10 +44,15 @@ class SearchSettings:
     fail_first_attempt: frozenset = frozenset()
     rerank_k: int = 0
     allowed_ids_col: str = ""
+    exclude_self_col: str = ""  # the query id column whose own id is dropped from answers
 
 
 def search(queries: DataFrame, manifest: storage.Manifest, settings: SearchSettings) -> DataFrame:
-    """``queries`` with a neighbours column added (best first)."""
+    """``queries`` with a neighbours column added (best first).
+
+    With ``exclude_self_col``, ``settings.k`` must already count the extra
+    neighbour that may be the query itself.
+    """
     keyed = queries.withColumn(QID, F.monotonically_increasing_id())
     columns = [F.col(QID).alias("qid"), vector_column(queries, settings.vector_col).alias("vector")]
     allowed_type = f"array<{manifest.id_type}>"
@@ -60,8 +65,15 @@ def search(queries: DataFrame, manifest: storage.Manifest, settings: SearchSetti
     if settings.allowed_ids_col:
         routed = routed.unionByName(route_to_subsets(rows, manifest, settings))
     num_queries = check_queries(rows, manifest, settings.vector_col)
+    log.info("sparkann: searching %d queries (k=%d, numProbes=%d, efSearch=%d)", num_queries,
+             settings.k, settings.num_probes, settings.ef_search)
     candidates = search_routed(routed, manifest, settings, num_queries)
-    return attach_neighbors(keyed, merge_top_k(candidates, settings.k), settings.neighbors_col)
+    found = attach_neighbors(keyed, merge_top_k(candidates, settings.k), settings.neighbors_col)
+    if not settings.exclude_self_col:
+        return found
+    own = F.col(settings.exclude_self_col)
+    others = F.filter(settings.neighbors_col, lambda n: n["id"] != own)
+    return found.withColumn(settings.neighbors_col, F.slice(others, 1, settings.k - 1))
 
 
 def check_queries(rows: DataFrame, manifest, name: str) -> int:
@@ -279,14 +291,18 @@ def _load_partition(manifest: storage.Manifest, batch: pa.RecordBatch, row: int,
     pid = batch.column("partition_id")[row].as_py()
     payload = batch.column("payload")[row].as_buffer()
     codebook = batch.column("codebook")[row].as_buffer() or pa.py_buffer(b"")
+    deleted = batch.column("deleted")[row].values.to_numpy(zero_copy_only=False)
     expected = manifest.checksums[pid]
-    if storage.sha256(payload, codebook) != expected or batch.column("checksum")[row].as_py() != expected:
+    actual = storage.partition_checksum(payload, codebook, deleted)
+    if actual != expected or batch.column("checksum")[row].as_py() != expected:
         raise ValueError(
             f"index partition {pid} is damaged: its payload checksum does not match the manifest"
         )
     ids = batch.column("ids")[row].values
+    vectors = _exact_vectors(manifest, batch, row, pid) if rerank else None
     try:
-        part = _partition(manifest, pid, payload, codebook, _exact_vectors(manifest, batch, row, pid) if rerank else None)
+        part = _partition(manifest, pid, payload, codebook, vectors)
+        part.delete(deleted)
     except ValueError as err:
         raise ValueError(f"index partition {pid}: {err}") from None
     if len(ids) != part.count:

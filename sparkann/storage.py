@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import uuid
+from functools import reduce
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -31,11 +32,11 @@ FORMAT_VERSION = 1
 MANIFESTS = "manifests"
 DATA = "data"
 INDEX_COLUMNS = [
-    "partition_id", "num_rows", "ids", "payload", "codebook", "checksum",
+    "partition_id", "num_rows", "ids", "payload", "codebook", "deleted", "checksum",
     "vectors", "vectors_checksum", "sq_error",
 ]
 # What a search reads: exact vectors only when it re-ranks.
-SEARCH_COLUMNS = ["partition_id", "ids", "payload", "codebook", "checksum"]
+SEARCH_COLUMNS = ["partition_id", "ids", "payload", "codebook", "deleted", "checksum"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Manifest:
     """Everything about an index except the partition payloads."""
 
     root: str
-    data_dir: str
+    partition_dirs: list[str]  # data directory (under root) of each partition
     params: dict
     dim: int
     num_vectors: int
@@ -60,31 +61,42 @@ class Manifest:
     partition_rows: list[int]
     checksums: list[str]
     vector_checksums: list[str] = field(default_factory=list)
-    squared_error: float = 0.0
+    deleted_counts: list[int] = field(default_factory=list)
+    partition_bytes: list[int] = field(default_factory=list)
+    partition_errors: list[float] = field(default_factory=list)  # PQ squared errors
     codebook: bytes = b""
     build_seconds: dict = field(default_factory=dict)
-    index_bytes: int = 0
     version: int = 0
+
+    @property
+    def index_bytes(self) -> int:
+        """Payload and codebook bytes of all partitions."""
+        return int(sum(self.partition_bytes))
+
+    @property
+    def squared_error(self) -> float:
+        return float(sum(self.partition_errors))
 
     @property
     def metric(self) -> str:
         return self.params["metric"]
 
     @property
-    def table_path(self) -> str:
-        return join(self.root, self.data_dir)
-
-    @property
     def token(self) -> str:
         """Identifies this exact index version inside worker caches."""
-        return f"{self.table_path}#{self.version}"
+        return f"{self.root}#{self.version}#{sha256(''.join(self.checksums).encode())[:16]}"
+
+    @property
+    def live_rows(self) -> list[int]:
+        return [rows - gone for rows, gone in zip(self.partition_rows, self.deleted_counts)]
 
     def to_json(self) -> str:
         doc = {
             "format": FORMAT_NAME,
             "formatVersion": FORMAT_VERSION,
             "version": self.version,
-            "dataDir": self.data_dir,
+            "partitionDirs": self.partition_dirs,
+            "deletedCounts": self.deleted_counts,
             "params": self.params,
             "dim": self.dim,
             "numVectors": self.num_vectors,
@@ -96,10 +108,10 @@ class Manifest:
             "partitionRows": self.partition_rows,
             "checksums": self.checksums,
             "vectorChecksums": self.vector_checksums,
-            "squaredError": self.squared_error,
+            "partitionErrors": self.partition_errors,
+            "partitionBytes": self.partition_bytes,
             "codebookSha256": sha256(self.codebook),
             "buildSeconds": self.build_seconds,
-            "indexBytes": self.index_bytes,
         }
         return json.dumps(doc, sort_keys=True)
 
@@ -119,7 +131,8 @@ class Manifest:
                 raise IndexFormatError("the manifest's PQ codebook is damaged (checksum mismatch)")
             return cls(
                 root=root,
-                data_dir=str(doc["dataDir"]),
+                partition_dirs=[str(x) for x in doc["partitionDirs"]],
+                deleted_counts=[int(x) for x in doc["deletedCounts"]],
                 params=dict(doc["params"]),
                 dim=int(doc["dim"]),
                 num_vectors=int(doc["numVectors"]),
@@ -130,10 +143,10 @@ class Manifest:
                 partition_rows=[int(x) for x in doc["partitionRows"]],
                 checksums=[str(x) for x in doc["checksums"]],
                 vector_checksums=[str(x) for x in doc["vectorChecksums"]],
-                squared_error=float(doc["squaredError"]),
+                partition_errors=[float(x) for x in doc["partitionErrors"]],
+                partition_bytes=[int(x) for x in doc["partitionBytes"]],
                 codebook=codebook,
                 build_seconds=dict(doc.get("buildSeconds", {})),
-                index_bytes=int(doc.get("indexBytes", 0)),
                 version=int(doc["version"]),
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -167,13 +180,23 @@ def new_data_dir() -> str:
 
 def write_table(table: DataFrame, path: str) -> None:
     """Store an index table; each partition in its own directory for pruning."""
-    table.select(*INDEX_COLUMNS).write.mode("errorifexists").partitionBy(
+    table.select(*INDEX_COLUMNS).write.mode("error").partitionBy(  # Connect: not "errorifexists"
         "partition_id"
     ).parquet(path)
 
 
 def read_table(spark: SparkSession, manifest: Manifest, columns=INDEX_COLUMNS) -> DataFrame:
-    return spark.read.parquet(manifest.table_path).select(*columns)
+    """The index table of this version, whose partitions may lie in several data dirs."""
+    by_dir: dict[str, list[int]] = {}
+    for pid, data_dir in enumerate(manifest.partition_dirs):
+        by_dir.setdefault(data_dir, []).append(pid)
+    parts = []
+    for data_dir, pids in sorted(by_dir.items()):
+        frame = spark.read.parquet(join(manifest.root, data_dir))
+        if len(pids) < len(manifest.partition_dirs):
+            frame = frame.where(F.col("partition_id").isin(pids))
+        parts.append(frame.select(*columns))
+    return reduce(DataFrame.unionByName, parts)
 
 
 def table_stats(spark: SparkSession, path: str) -> list:
@@ -182,6 +205,7 @@ def table_stats(spark: SparkSession, path: str) -> list:
         spark.read.parquet(path)
         .select(
             "partition_id", "num_rows", "checksum", "vectors_checksum", "sq_error",
+            F.coalesce(F.size("deleted"), F.lit(0)).alias("num_deleted"),
             (F.length("payload") + F.coalesce(F.length("codebook"), F.lit(0))).alias("nbytes"),
         )
         .orderBy("partition_id")
@@ -204,7 +228,7 @@ def publish(spark: SparkSession, manifest: Manifest) -> Manifest:
         row, "version long, manifest string, centroids binary, codebook binary"
     )
     path = join(manifest.root, MANIFESTS, f"v{manifest.version:08d}")
-    frame.coalesce(1).write.mode("errorifexists").parquet(path)
+    frame.coalesce(1).write.mode("error").parquet(path)
     log.info("published %s version %d", manifest.root, manifest.version)
     return manifest
 
@@ -244,6 +268,14 @@ def load(spark: SparkSession, root: str, version: int | None = None) -> Manifest
         raise IndexFormatError(f"{root} has no committed version {wanted}")
     row = rows[0]
     return Manifest.from_row(root, row.manifest, bytes(row.centroids), bytes(row.codebook))
+
+
+def active_session() -> SparkSession:
+    """The caller's SparkSession; sparkann never creates one itself."""
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError("no active SparkSession; create one before saving or loading")
+    return spark
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
@@ -286,13 +318,20 @@ def removed_on_failure(spark: SparkSession, root: str, data_dir: str):
 
 
 def replace_location(manifest: Manifest, root: str, data_dir: str) -> Manifest:
-    """The same index stored under another root."""
-    return replace(manifest, root=root, data_dir=data_dir, version=0)
+    """The same index stored under another root, in one data directory."""
+    dirs = [data_dir] * len(manifest.partition_dirs)
+    return replace(manifest, root=root, partition_dirs=dirs, version=0)
 
 
 def with_params(manifest: Manifest, params: dict) -> Manifest:
-    """Store current settings; build-time values already recorded are kept."""
-    fixed = ("numPartitions", "maxPartitionRows", "metric", "indexType", "hnswM",
-             "efConstruction", "seed", "sampleSize", "vectorCol", "idCol")
-    merged = {**params, **{k: manifest.params[k] for k in fixed if k in manifest.params}}
+    """Store the current search-time settings; build-time values stay as recorded."""
+    changeable = ("k", "numProbes", "efSearch", "neighborsCol", "rerankK", "allowedIdsCol",
+                  "queryBatchRows", "numThreads", "excludeSelf")
+    merged = {**manifest.params, **{k: params[k] for k in changeable if k in params}}
     return replace(manifest, params=merged)
+
+
+def partition_checksum(payload, codebook, deleted) -> str:
+    """SHA-256 over what a search trusts: payload, codebook and deleted labels."""
+    labels = np.sort(np.asarray(deleted, dtype="<i4")).tobytes()
+    return sha256(payload, codebook, labels)

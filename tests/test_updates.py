@@ -1,0 +1,128 @@
+"""Living indexes: add, delete, compact, rebalance, and the kNN self-join."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import neighbor_ids, vectors_frame
+
+from sparkann import ANNIndex, ANNIndexModel, datasets, exact
+from sparkann.selfjoin import knn_graph
+
+
+@pytest.fixture(scope="module")
+def data():
+    base = datasets.clustered(6000, 24, seed=21)
+    queries = datasets.clustered(150, 24, seed=21, sample_seed=22)
+    return base, queries
+
+
+def _recall(model, base_rows, base_ids, queries_df, queries, k=10):
+    found = neighbor_ids(model.transform(queries_df).collect(), key="qid")
+    truth = base_ids[exact.knn(base_rows, queries, k)[0]]
+    return exact.recall_at_k(found, truth, k)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "pq"])
+def test_add_matches_a_fresh_build_and_keeps_the_old_version(spark, data, tmp_path, kind):
+    base, queries = data
+    qdf = vectors_frame(spark, queries, id_name="qid")
+    ids = np.arange(len(base))
+    params = dict(numPartitions=6, seed=5, indexType=kind, pqSubvectors=8, rerankK=100)
+    path = str(tmp_path / "index")
+    first = ANNIndex(indexPath=path, **params).fit(vectors_frame(spark, base[:5000], ids[:5000]))
+    grown = first.add(vectors_frame(spark, base[5000:], ids[5000:]))
+    assert grown.summary()["numVectors"] == 6000 and grown.manifest.version == 2
+    fresh = ANNIndex(**params).fit(vectors_frame(spark, base, ids))
+    assert abs(_recall(grown, base, ids, qdf, queries) - _recall(fresh, base, ids, qdf, queries)) <= 0.01
+    old = ANNIndexModel.load(path, version=1)
+    assert old.summary()["numVectors"] == 5000
+    assert neighbor_ids(old.transform(qdf).collect(), "qid").max() < 5000
+
+
+def test_add_refuses_ids_already_indexed(spark, data):
+    base, _ = data
+    model = ANNIndex(numPartitions=2).fit(vectors_frame(spark, base[:500]))
+    with pytest.raises(ValueError, match=r"ids already in the index, for example id="):
+        model.add(vectors_frame(spark, base[490:510], np.arange(490, 510)))
+
+
+def test_delete_hides_ids_and_compact_rebuilds(spark, data):
+    base, queries = data
+    qdf = vectors_frame(spark, queries, id_name="qid")
+    ids = np.arange(len(base))
+    model = ANNIndex(numPartitions=4, seed=5).fit(vectors_frame(spark, base))
+    gone = np.unique(neighbor_ids(model.transform(qdf).collect(), "qid")[:, :3])
+    deleted = model.delete(gone.tolist())
+    assert deleted.summary()["numVectors"] == len(base) - len(gone)
+    found = neighbor_ids(deleted.transform(qdf).collect(), "qid")
+    assert not set(found.ravel()) & set(gone.tolist())
+    keep = np.setdiff1d(ids, gone)
+    fresh = ANNIndex(numPartitions=4, seed=5).fit(vectors_frame(spark, base[keep], keep))
+    assert abs(_recall(deleted, base[keep], keep, qdf, queries)
+               - _recall(fresh, base[keep], keep, qdf, queries)) <= 0.01
+    compacted = deleted.compact(minDeletedShare=0.0)
+    assert compacted.summary()["deletedRows"] == 0
+    assert compacted.summary()["numVectors"] == len(keep)
+    again = neighbor_ids(compacted.transform(qdf).collect(), "qid")
+    assert not set(again.ravel()) & set(gone.tolist())
+    assert _recall(compacted, base[keep], keep, qdf, queries) >= 0.95
+
+
+def test_drift_and_rebalance(spark, data):
+    base, queries = data
+    model = ANNIndex(numPartitions=4, seed=5).fit(vectors_frame(spark, base[:3000]))
+    assert model.summary()["drift"] == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    hot = (base[0] + 0.05 * rng.standard_normal((6000, base.shape[1]))).astype(np.float32)
+    skewed = model.add(vectors_frame(spark, hot, np.arange(3000, 9000)))
+    assert skewed.summary()["drift"] > 1.2
+    assert skewed.rebalance(maxDrift=10.0) is skewed  # below the threshold: nothing to do
+    balanced = skewed.rebalance(maxDrift=1.2)
+    assert balanced.summary()["drift"] == pytest.approx(1.0)
+    assert balanced.summary()["numVectors"] == 9000
+    rows = np.vstack([base[:3000], hot])
+    qdf = vectors_frame(spark, queries, id_name="qid")
+    assert _recall(balanced, rows, np.arange(9000), qdf, queries) >= 0.95
+
+
+def test_self_join_agrees_with_exact_search(spark, data):
+    base = data[0][:3000]
+    items = vectors_frame(spark, base)
+    model = ANNIndex(numPartitions=4, k=5).fit(items)
+    spark.conf.set("spark.sparkann.broadcastQueryBytes", "1")  # as for a collection too big to broadcast
+    try:
+        edges = knn_graph(model, items).toPandas()
+    finally:
+        spark.conf.unset("spark.sparkann.broadcastQueryBytes")
+    assert len(edges) == 3000 * 5 and (edges.id != edges.neighbor_id).all()
+    assert sorted(edges["rank"].unique()) == [1, 2, 3, 4, 5]
+    truth = exact.knn(base, base, 6)[0][:, 1:]
+    found = edges.sort_values(["id", "rank"]).neighbor_id.to_numpy().reshape(3000, 5)
+    assert exact.recall_at_k(found, truth, 5) >= 0.95
+
+
+def test_exclude_self_needs_the_id_column(spark, data):
+    model = ANNIndex(numPartitions=2, excludeSelf=True).fit(vectors_frame(spark, data[0][:300]))
+    with pytest.raises(ValueError, match=r"excludeSelf needs the id column 'id'"):
+        model.transform(vectors_frame(spark, data[1], id_name="qid"))
+
+
+@pytest.mark.slow
+def test_knn_join_job(spark, data, tmp_path):
+    source = str(tmp_path / "items.parquet")
+    vectors_frame(spark, data[0][:2000]).write.parquet(source)
+    out = str(tmp_path / "edges.parquet")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    job = os.path.join(os.path.dirname(__file__), "..", "jobs", "knn_join.py")
+    done = subprocess.run([sys.executable, job, "--input", source, "--output", out, "--k", "4",
+                           "--master", "local[2]"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    edges = spark.read.parquet(out)
+    assert edges.columns == ["id", "neighbor_id", "distance", "rank"]
+    assert edges.count() == 2000 * 4
