@@ -138,71 +138,20 @@ def _read_vecs(path: PathLike, dtype: str, kind: str, count: int | None) -> np.n
 
 
 def read_fvecs(path: PathLike, count: int | None = None) -> np.ndarray:
-    """Read a TEXMEX ``.fvecs`` file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        File to read.
-    count : int, optional
-        Read only the first ``count`` vectors (all of them when ``None``).
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 array of shape ``(n, d)``.
-
-    Raises
-    ------
-    ValueError
-        If the file is truncated, its dimensions disagree, or ``d <= 0``.
-    """
+    """A TEXMEX ``.fvecs`` file as a float32 array (n, d); ``count`` reads
+    only the first vectors. Raises ValueError on a truncated or inconsistent file."""
     return _read_vecs(path, "<f4", "fvecs", count)
 
 
 def read_ivecs(path: PathLike, count: int | None = None) -> np.ndarray:
-    """Read a TEXMEX ``.ivecs`` file (e.g. ground-truth neighbour ids).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        File to read.
-    count : int, optional
-        Read only the first ``count`` vectors (all of them when ``None``).
-
-    Returns
-    -------
-    numpy.ndarray
-        int32 array of shape ``(n, d)``.
-
-    Raises
-    ------
-    ValueError
-        If the file is truncated, its dimensions disagree, or ``d <= 0``.
-    """
+    """A TEXMEX ``.ivecs`` file (e.g. ground-truth ids) as an int32 array (n, d); ``count``
+    reads only the first vectors. Raises ValueError on a truncated or inconsistent file."""
     return _read_vecs(path, "<i4", "ivecs", count)
 
 
 def read_bvecs(path: PathLike, count: int | None = None) -> np.ndarray:
-    """Read a TEXMEX ``.bvecs`` file (e.g. SIFT1B).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        File to read.
-    count : int, optional
-        Read only the first ``count`` vectors (all of them when ``None``).
-
-    Returns
-    -------
-    numpy.ndarray
-        uint8 array of shape ``(n, d)``.
-
-    Raises
-    ------
-    ValueError
-        If the file is truncated, its dimensions disagree, or ``d <= 0``.
-    """
+    """A TEXMEX ``.bvecs`` file (e.g. SIFT1B) as a uint8 array (n, d); ``count`` reads
+    only the first vectors. Raises ValueError on a truncated or inconsistent file."""
     return _read_vecs(path, "u1", "bvecs", count)
 
 
