@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +27,10 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
+
+from .exact import top_k
 
 __all__ = [
     "PQCodebook",
@@ -192,7 +196,9 @@ def _train_subspace(
         # repeat them cyclically to fill all ksub slots.
         return np.resize(sub, (ksub, sub.shape[1]))
     km = KMeans(n_clusters=ksub, n_init=1, max_iter=max_iter, random_state=random_state)
-    return km.fit(sub).cluster_centers_.astype(np.float32)
+    with warnings.catch_warnings():  # constant subspaces (e.g. blank image borders) are fine
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return km.fit(sub).cluster_centers_.astype(np.float32)
 
 
 def train_codebook(
@@ -484,25 +490,6 @@ def adc_distances(tables: ArrayLike, codes: ArrayLike) -> np.ndarray:
     return out
 
 
-def _smallest_k(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise k smallest values, sorted, ties broken by lower column index."""
-    nq, n = dist.shape
-    k = min(k, n)
-    if k == 0:
-        return np.empty((nq, 0), dtype=np.intp), np.empty((nq, 0), dtype=dist.dtype)
-    part = np.argpartition(dist, k - 1, axis=1)
-    kth = np.take_along_axis(dist, part[:, k - 1 : k], axis=1)  # k-th smallest value
-    # argpartition picks arbitrary ties at the boundary: keep everything below the
-    # k-th value, then fill the remaining slots with the lowest-index ties.
-    below, tied = dist < kth, dist == kth
-    need = k - below.sum(axis=1, keepdims=True)
-    keep = below | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need))
-    idx = np.nonzero(keep)[1].reshape(nq, k)  # ascending index within each row
-    d = np.take_along_axis(dist, idx, axis=1)
-    order = np.argsort(d, axis=1, kind="stable")  # stable => ties stay index-ordered
-    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(d, order, axis=1)
-
-
 def adc_topk(
     tables: ArrayLike, codes: ArrayLike, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -526,7 +513,7 @@ def adc_topk(
         Matching float32 ADC distances.
     """
     k = _check_int("k", k, 1)
-    return _smallest_k(adc_distances(tables, codes), k)
+    return top_k(adc_distances(tables, codes), k)
 
 
 # ------------------------------------------------------------ serialization
