@@ -38,7 +38,8 @@ def test_add_matches_a_fresh_build_and_keeps_the_old_version(spark, data, tmp_pa
     grown = first.add(vectors_frame(spark, base[5000:], ids[5000:]))
     assert grown.summary()["numVectors"] == 6000 and grown.manifest.version == 2
     fresh = ANNIndex(**params).fit(vectors_frame(spark, base, ids))
-    assert abs(_recall(grown, base, ids, qdf, queries) - _recall(fresh, base, ids, qdf, queries)) <= 0.01
+    grown_recall = _recall(grown, base, ids, qdf, queries)
+    assert abs(grown_recall - _recall(fresh, base, ids, qdf, queries)) <= 0.01
     old = ANNIndexModel.load(path, version=1)
     assert old.summary()["numVectors"] == 5000
     assert neighbor_ids(old.transform(qdf).collect(), "qid").max() < 5000
@@ -94,7 +95,8 @@ def test_self_join_agrees_with_exact_search(spark, data):
     base = data[0][:3000]
     items = vectors_frame(spark, base)
     model = ANNIndex(numPartitions=4, k=5).fit(items)
-    spark.conf.set("spark.sparkann.broadcastQueryBytes", "1")  # as for a collection too big to broadcast
+    # as for a collection too big to broadcast
+    spark.conf.set("spark.sparkann.broadcastQueryBytes", "1")
     try:
         edges = knn_graph(model, items).toPandas()
     finally:
