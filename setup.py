@@ -20,10 +20,14 @@ setup(
         "hnswlib>=0.8,<0.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        # everything `python -m pytest -q tests` needs: Spark Connect client, notebook runner
+        "test": ["pytest>=8", "hypothesis>=6", "pyspark[connect]>=4.0,<5", "matplotlib>=3.7",
+                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25"],
         "connect": ["pyspark[connect]>=4.0,<5"],
         "hdf5": ["h5py>=3"],
-        "bench": ["matplotlib>=3.7", "faiss-cpu>=1.8"],
+        "eval": ["matplotlib>=3.7"],  # sparkann evaluate / jobs/evaluate.py charts
+        "lint": ["ruff>=0.5", "mypy>=1.10"],
+        "bench": ["matplotlib>=3.7", "faiss-cpu>=1.8", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["sparkann=sparkann.cli:main"]},
 )

@@ -20,7 +20,7 @@ from .observe import StageTimer
 from .partitions import HNSWPartition, PQPartition, PQSettings, pad, padded_dim
 from .partitions import train_codebook as train_pq_codebook
 from .router import ShardPlan, nearest_centroids
-from .tasks import fail_first_attempt, resolve_threads, threads_per_task
+from .tasks import FaultPlan, fail_first_attempt, resolve_threads, threads_per_task
 from .vectors import id_type, normalize_rows, to_matrix, vector_column
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,14 @@ class BuildSettings:
     seed: int
     num_threads: int
     deterministic: bool = False
-    fail_first_attempt: frozenset = frozenset()
+    fail_first_attempt: FaultPlan | frozenset = frozenset()
     index_type: str = "hnsw"
     allow_duplicate_ids: bool = False
     pq: PQSettings = PQSettings()
 
 
-def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict) -> storage.Manifest:
+def build_index(df: DataFrame, settings: BuildSettings, root: str,
+                params: dict) -> storage.Manifest:
     """Build the index of ``df`` under ``root`` and publish it; returns its manifest."""
     spark = df.sparkSession
     stage = StageTimer(spark)
@@ -58,7 +59,8 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
         num_vectors, dim = check_rows(rows, settings)
     log.info("sparkann: indexing %d vectors of dimension %d", num_vectors, dim)
     if settings.index_type == "pq" and settings.pq.subvectors > dim:
-        raise ValueError(f"pqSubvectors={settings.pq.subvectors} is larger than the dimension {dim}")
+        raise ValueError(
+            f"pqSubvectors={settings.pq.subvectors} is larger than the dimension {dim}")
     num_clusters = settings.num_clusters or partitioner.default_num_clusters(num_vectors)
     if num_clusters > num_vectors:
         raise ValueError(
@@ -72,7 +74,8 @@ def build_index(df: DataFrame, settings: BuildSettings, root: str, params: dict)
         _assign_fn(centroids, metric, dim), "id " + kind + ", vector array<float>, cluster int"
     )
     with stage("count clusters"):
-        sizes = cluster_sizes(assigned, num_clusters) if num_clusters > 1 else np.array([num_vectors])
+        sizes = (cluster_sizes(assigned, num_clusters) if num_clusters > 1
+                 else np.array([num_vectors]))
     max_rows = settings.max_partition_rows or partitioner.default_max_partition_rows(
         dim, settings.hnsw_m
     )
@@ -176,7 +179,8 @@ def check_rows(rows: DataFrame, settings: BuildSettings) -> tuple[int, int]:
 
 
 def duplicate_example(rows: DataFrame):
-    return rows.groupBy("id").count().where(F.col("count") > 1).first()["id"]
+    row = rows.groupBy("id").count().where(F.col("count") > 1).first()
+    return None if row is None else row["id"]
 
 
 def sample_vectors(rows, settings, num_clusters, num_vectors, dim) -> np.ndarray:
@@ -210,7 +214,8 @@ def with_partition_ids(assigned: DataFrame, plan: ShardPlan) -> DataFrame:
 def _table_schema(kind: str) -> str:
     return (
         f"partition_id int, num_rows long, ids array<{kind}>, payload binary, "
-        "codebook binary, deleted array<int>, checksum string, vectors binary, vectors_checksum string, "
+        "codebook binary, deleted array<int>, checksum string, vectors binary, "
+        "vectors_checksum string, "
         "sq_error double"
     )
 

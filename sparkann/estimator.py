@@ -227,7 +227,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
     def compact(self, minDeletedShare: float = 0.2) -> "ANNIndexModel":
         """Rebuild the partitions in which at least ``minDeletedShare`` of rows are deleted."""
         spark = storage.active_session()
-        return self._with(update.compact(self.manifest, minDeletedShare, _build_settings(self, spark)))
+        settings = _build_settings(self, spark)
+        return self._with(update.compact(self.manifest, minDeletedShare, settings))
 
     def rebalance(self, maxDrift: float = 1.5) -> "ANNIndexModel":
         """Retrain centroids and rebuild when ``summary()["drift"]`` exceeds ``maxDrift``."""
@@ -283,7 +284,7 @@ class IndexWriter(MLWriter):
             storage.write_table(storage.read_table(spark, manifest), storage.join(path, data_dir))
             manifest = storage.replace_location(manifest, path, data_dir)
         manifest = storage.with_params(manifest, self.model.param_values())
-        self.model._manifest = storage.publish(spark, manifest)
+        storage.publish(spark, manifest)  # the model keeps answering from where it was
 
     def saveImpl(self, path: str) -> None:  # pragma: no cover - save() is overridden
         self.save(path)
@@ -318,7 +319,7 @@ def _work_dir(spark: SparkSession) -> str:
     base = spark.conf.get(WORK_DIR_CONF, None)
     if base:
         return storage.join(base, storage.new_data_dir().split("/")[-1])
-    master = spark.conf.get("spark.master", "local")
+    master = spark.conf.get("spark.master", "local") or "local"
     if not master.startswith("local"):
         log.warning(
             "indexPath is not set and %s is not configured: the index goes to a local "

@@ -231,7 +231,8 @@ def _recall(found: list[list], truth: list[list], k: int) -> float:
     return round(float(np.mean(shares)), 6)
 
 
-def _settings(model, k: int, probes: Sequence[int] | None, efs: Sequence[int] | None):
+def _settings(model, k: int, probes: Sequence[int] | None,
+              efs: Sequence[int] | None) -> list[tuple[int, int]]:
     """The (numProbes, efSearch) grid, cheapest first; impossible settings dropped."""
     partitions = len(model.manifest.centroids)
     if probes is None:
@@ -264,7 +265,8 @@ def sweep(model, base: DataFrame, queries: DataFrame, probes: Sequence[int] | No
     """
     evaluation = evaluation or QuerySample(model, base, queries, k, sample, seed)
     grid = _settings(model, evaluation.k, probes, ef)
-    evaluation.measure(*grid[0], model=model)  # warm-up: partitions load into the workers
+    first_probes, first_ef = grid[0]
+    evaluation.measure(first_probes, first_ef, model=model)  # warm-up: load the partitions
     return [evaluation.measure(p, e, model=model) for p, e in grid]
 
 
@@ -315,7 +317,8 @@ def tune(model, base: DataFrame, queries: DataFrame, target_recall: float,
         raise ValueError(f"target_recall={target_recall} is out of range: must be in (0, 1]")
     evaluation = evaluation or QuerySample(model, base, queries, k, sample, seed)
     grid = _settings(model, evaluation.k, probes, ef)
-    best = evaluation.measure(*grid[-1], model=model)
+    most_probes, most_ef = grid[-1]
+    best = evaluation.measure(most_probes, most_ef, model=model)
     trials = [best]
     if best.recall < target_recall:
         raise ValueError(
@@ -323,8 +326,8 @@ def tune(model, base: DataFrame, queries: DataFrame, target_recall: float,
             f"numProbes={best.num_probes} efSearch={best.ef_search}, reaches {best.recall:.4f}; "
             "try larger numProbes / efSearch values"
         )
-    for setting in grid[:-1]:
-        trial = evaluation.measure(*setting, model=model)
+    for probes_, ef_ in grid[:-1]:
+        trial = evaluation.measure(probes_, ef_, model=model)
         trials.append(trial)
         if trial.recall >= target_recall:
             best = trial
@@ -344,6 +347,7 @@ def plot_sweep(trials: Sequence[Trial], path: str, title: str = "") -> str:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError as err:
         raise ImportError("plotting needs matplotlib; install it with "
                           "`pip install sparkann[eval]` (or `pip install matplotlib`)") from err
@@ -356,8 +360,11 @@ def plot_sweep(trials: Sequence[Trial], path: str, title: str = "") -> str:
             ax.annotate(f"ef={t.ef_search}", (t.recall, t.queries_per_second), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
     ax.set_xlabel("recall@k")
-    ax.set_ylabel("queries per second")
+    ax.set_ylabel("queries per second (log scale)")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:,.4g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "sparkann: recall versus throughput")

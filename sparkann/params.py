@@ -82,7 +82,8 @@ class ANNParams(Params):
         self._setDefault(
             vectorCol="vector", idCol="id", metric="l2", indexType="hnsw", numPartitions=0,
             hnswM=16, efConstruction=200, sampleSize=0, maxPartitionRows=0, seed=42,
-            numThreads=0, deterministic=False, allowDuplicateIds=False, indexPath="", k=10, numProbes=0, efSearch=0,
+            numThreads=0, deterministic=False, allowDuplicateIds=False, indexPath="", k=10,
+            numProbes=0, efSearch=0,
             neighborsCol="neighbors", queryBatchRows=20_000, pqSubvectors=16, pqBits=8,
             pqCodebook="partition", rerankK=0, allowedIdsCol="", excludeSelf=False,
         )
@@ -131,16 +132,19 @@ class ANNParams(Params):
             if values[name] < low:
                 raise ValueError(f"{name}={values[name]} is out of range: must be >= {low}")
             if name in _AT_MOST and values[name] > _AT_MOST[name]:
-                raise ValueError(f"{name}={values[name]} is out of range: must be <= {_AT_MOST[name]}")
+                raise ValueError(
+                    f"{name}={values[name]} is out of range: must be <= {_AT_MOST[name]}")
         if values["efSearch"] and values["efSearch"] < values["k"]:
-            raise ValueError(f"efSearch={values['efSearch']} must be >= k={values['k']} (or 0 for automatic)")
+            raise ValueError(f"efSearch={values['efSearch']} must be >= k={values['k']} "
+                             "(or 0 for automatic)")
         for name in ("vectorCol", "idCol", "neighborsCol"):
             if not values[name]:
                 raise ValueError(f"{name} must name a column, got {values[name]!r}")
 
     def param_values(self) -> dict:
         """All settings as plain JSON values, as stored in the manifest."""
-        return {p.name: self.getOrDefault(p) for p in self.params if self.hasDefault(p) or self.isSet(p)}
+        return {p.name: self.getOrDefault(p) for p in self.params
+                if self.hasDefault(p) or self.isSet(p)}
 
 
 def _check_choice(name: str, value, choices) -> None:

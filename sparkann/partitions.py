@@ -87,7 +87,8 @@ class HNSWPartition:
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(labels, vectors) of the rows not deleted."""
         labels = np.setdiff1d(np.arange(self.count), self.deleted)
-        return labels, np.asarray(self.graph.get_items(labels), dtype=np.float32).reshape(-1, self.graph.dim)
+        vectors = np.asarray(self.graph.get_items(labels), dtype=np.float32)
+        return labels, vectors.reshape(-1, self.graph.dim)
 
     @classmethod
     def load(cls, payload) -> "HNSWPartition":
@@ -133,7 +134,7 @@ class PQPartition:
         self.count = len(codes)
         self.squared_error = squared_error  # sum of squared reconstruction errors at build
         self.rerank_k = 0  # candidates re-ranked by exact distance (needs vectors)
-        self.alive = None  # labels still searchable once rows are deleted
+        self.alive: np.ndarray | None = None  # labels still searchable once rows are deleted
 
     def delete(self, labels) -> None:
         labels = np.asarray(labels, dtype=np.int64)

@@ -20,7 +20,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -426,7 +426,7 @@ def read_vectors(path: PathLike, fmt: str | None = None, **kw: Any) -> np.ndarra
                 f"{path}: cannot infer the vector format from the file name; "
                 f"pass fmt= (supported formats: {supported})"
             )
-    readers = {
+    readers: dict[str, Callable[..., np.ndarray]] = {
         "fvecs": read_fvecs,
         "ivecs": read_ivecs,
         "bvecs": read_bvecs,

@@ -106,5 +106,6 @@ class Router:
         shard_counts = self.plan.counts[clusters]
         query_pos = np.repeat(rows, shard_counts)
         first = np.repeat(self.plan.offsets[clusters], shard_counts)
-        within = np.arange(len(first)) - np.repeat(np.cumsum(shard_counts) - shard_counts, shard_counts)
+        starts = np.cumsum(shard_counts) - shard_counts
+        within = np.arange(len(first)) - np.repeat(starts, shard_counts)
         return query_pos.astype(np.int64), (first + within).astype(np.int64)

@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from . import pq, storage
 from .partitions import HNSWPartition, PQPartition
 from .router import Router, ShardPlan
-from .tasks import fail_first_attempt, resolve_threads, threads_per_task
+from .tasks import FaultPlan, fail_first_attempt, resolve_threads, threads_per_task
 from .vectors import list_array, normalize_rows, to_matrix, vector_column
 
 QID = "__sparkann_qid"
@@ -41,7 +41,7 @@ class SearchSettings:
     query_batch_rows: int = 20_000
     broadcast_bytes: int = 256 << 20
     num_threads: int = 0
-    fail_first_attempt: frozenset = frozenset()
+    fail_first_attempt: FaultPlan | frozenset = frozenset()
     rerank_k: int = 0
     allowed_ids_col: str = ""
     exclude_self_col: str = ""  # the query id column whose own id is dropped from answers
@@ -99,9 +99,11 @@ def allowed_ids_column(queries: DataFrame, name: str, type_name: str):
     """The optional per-query list of ids answers are restricted to."""
     dtype = queries.schema[name].dataType if name in queries.columns else None
     if dtype is None:
-        raise ValueError(f"allowedIdsCol={name!r} not found; the DataFrame has columns {queries.columns}")
+        raise ValueError(
+            f"allowedIdsCol={name!r} not found; the DataFrame has columns {queries.columns}")
     if not isinstance(dtype, T.ArrayType):
-        raise TypeError(f"allowedIdsCol={name!r} has type {dtype.simpleString()}; expected {type_name}")
+        raise TypeError(
+            f"allowedIdsCol={name!r} has type {dtype.simpleString()}; expected {type_name}")
     return F.col(name).cast(type_name).alias("allowed")
 
 
@@ -158,7 +160,8 @@ def search_routed(routed: DataFrame, manifest, settings: SearchSettings, num_que
 def merge_top_k(candidates: DataFrame, k: int) -> DataFrame:
     """The ``k`` smallest distances per query, ties by id: (qid, neighbors)."""
     best = F.slice(F.array_sort(F.collect_list(F.struct("distance", "id"))), 1, k)
-    as_output = F.transform(best, lambda s: F.struct(s["id"].alias("id"), s["distance"].alias("distance")))
+    as_output = F.transform(
+        best, lambda s: F.struct(s["id"].alias("id"), s["distance"].alias("distance")))
     return candidates.groupBy("qid").agg(as_output.alias("neighbors"))
 
 
@@ -167,7 +170,8 @@ def attach_neighbors(keyed: DataFrame, merged: DataFrame, column: str) -> DataFr
     merged = merged.withColumnRenamed("qid", QID)
     empty = F.array().cast(merged.schema["neighbors"].dataType)
     found = F.coalesce(F.col("neighbors"), empty).alias(column)
-    return keyed.join(merged, QID, "left").select(*[keyed[c] for c in keyed.columns if c != QID], found)
+    kept = [keyed[c] for c in keyed.columns if c != QID]
+    return keyed.join(merged, QID, "left").select(*kept, found)
 
 
 def _plan(manifest: storage.Manifest) -> ShardPlan:
@@ -306,7 +310,8 @@ def _load_partition(manifest: storage.Manifest, batch: pa.RecordBatch, row: int,
     except ValueError as err:
         raise ValueError(f"index partition {pid}: {err}") from None
     if len(ids) != part.count:
-        raise ValueError(f"index partition {pid} is damaged: {len(ids)} ids for {part.count} vectors")
+        raise ValueError(
+            f"index partition {pid} is damaged: {len(ids)} ids for {part.count} vectors")
     return (part, ids), payload.size + (0 if part.kind == "hnsw" else part.codes.nbytes)
 
 

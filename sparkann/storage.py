@@ -18,9 +18,9 @@ import hashlib
 import json
 import logging
 import uuid
-from functools import reduce
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import reduce
 
 import numpy as np
 from pyspark.errors import AnalysisException
@@ -298,6 +298,7 @@ def _hadoop_fs(spark: SparkSession, path: str):
     if jvm_session is None:
         return None
     jvm = spark.sparkContext._jvm
+    assert jvm is not None
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     return hpath.getFileSystem(jvm_session.sessionState().newHadoopConf()), hpath
 

@@ -17,10 +17,16 @@ from pyspark.sql import functions as F
 
 from . import pq, storage
 from .build import (
-    BuildSettings, StageTimer, _assign_fn, _table_schema, check_rows, partition_row,
-    partition_seed, with_partition_ids,
+    BuildSettings,
+    StageTimer,
+    _assign_fn,
+    _table_schema,
+    check_rows,
+    partition_row,
+    partition_seed,
+    with_partition_ids,
 )
-from .partitions import HNSWPartition, PQPartition, PQSettings
+from .partitions import HNSWPartition, PQPartition
 from .router import ShardPlan
 from .search import _plan
 from .vectors import id_type, normalize_rows, to_matrix, vector_column
@@ -28,20 +34,24 @@ from .vectors import id_type, normalize_rows, to_matrix, vector_column
 log = logging.getLogger(__name__)
 
 
-def add_rows(manifest: storage.Manifest, df: DataFrame, settings: BuildSettings) -> storage.Manifest:
+def add_rows(manifest: storage.Manifest, df: DataFrame,
+             settings: BuildSettings) -> storage.Manifest:
     """Route ``df``'s rows to the existing centroids and insert them into their partitions."""
     spark = df.sparkSession
     stage = StageTimer(spark)
     kind = id_type(df, settings.id_col)
     if kind != manifest.id_type:
-        raise TypeError(f"idCol={settings.id_col!r} holds {kind} ids; the index holds {manifest.id_type} ids")
+        raise TypeError(f"idCol={settings.id_col!r} holds {kind} ids; "
+                        f"the index holds {manifest.id_type} ids")
     rows = df.select(
-        F.col(settings.id_col).cast(kind).alias("id"), vector_column(df, settings.vector_col).alias("vector")
+        F.col(settings.id_col).cast(kind).alias("id"),
+        vector_column(df, settings.vector_col).alias("vector"),
     )
     with stage("validate input"):
         _, dim = check_rows(rows, settings)
         if dim != manifest.dim:
-            raise ValueError(f"column {settings.vector_col!r} has dimension {dim}; the index has {manifest.dim}")
+            raise ValueError(f"column {settings.vector_col!r} has dimension {dim}; "
+                             f"the index has {manifest.dim}")
         _refuse_existing_ids(rows, manifest, settings)
     plan = _plan(manifest)
     routed = with_partition_ids(_assign_to_filled(rows, manifest, plan, kind), plan)
@@ -60,7 +70,8 @@ def delete_ids(manifest: storage.Manifest, ids: DataFrame) -> storage.Manifest:
     located = storage.read_table(spark, manifest, ["partition_id", "ids"]).select(
         "partition_id", F.posexplode("ids").alias("label", "id")
     )
-    hits = located.join(ids.select(F.col(ids.columns[0]).cast(manifest.id_type).alias("id")).distinct(), "id")
+    wanted = ids.select(F.col(ids.columns[0]).cast(manifest.id_type).alias("id")).distinct()
+    hits = located.join(wanted, "id")
     labels = hits.groupBy("partition_id").agg(F.collect_list("label").alias("new_deleted"))
     touched = [r.partition_id for r in labels.select("partition_id").collect()]
     if not touched:
@@ -71,10 +82,12 @@ def delete_ids(manifest: storage.Manifest, ids: DataFrame) -> storage.Manifest:
     return _publish_update(spark, manifest, updated, touched)
 
 
-def compact(manifest: storage.Manifest, min_deleted_share: float, settings: BuildSettings) -> storage.Manifest:
+def compact(manifest: storage.Manifest, min_deleted_share: float,
+            settings: BuildSettings) -> storage.Manifest:
     """Rebuild the partitions whose deleted share is at least ``min_deleted_share``."""
     touched = [
-        pid for pid, (rows, gone) in enumerate(zip(manifest.partition_rows, manifest.deleted_counts))
+        pid
+        for pid, (rows, gone) in enumerate(zip(manifest.partition_rows, manifest.deleted_counts))
         if gone and gone / rows >= min_deleted_share
     ]
     if not touched:
@@ -92,7 +105,8 @@ def live_rows(manifest: storage.Manifest, spark) -> DataFrame:
 
 
 def _refuse_existing_ids(rows: DataFrame, manifest, settings) -> None:
-    existing = storage.read_table(rows.sparkSession, manifest, ["ids"]).select(F.explode("ids").alias("id"))
+    existing = storage.read_table(rows.sparkSession, manifest, ["ids"]).select(
+        F.explode("ids").alias("id"))
     clash = rows.select("id").join(existing, "id").first()
     if clash is not None:
         raise ValueError(
@@ -116,9 +130,11 @@ def _publish_update(spark, manifest, updated: DataFrame, touched: list[int]) -> 
     data_dir = storage.new_data_dir()
     with storage.removed_on_failure(spark, manifest.root, data_dir):
         storage.write_table(updated, storage.join(manifest.root, data_dir))
-    stats = {s.partition_id: s for s in storage.table_stats(spark, storage.join(manifest.root, data_dir))}
+    written = storage.table_stats(spark, storage.join(manifest.root, data_dir))
+    stats = {s.partition_id: s for s in written}
     if sorted(stats) != sorted(touched):
-        raise RuntimeError(f"the update wrote partitions {sorted(stats)}, expected {sorted(touched)}")
+        raise RuntimeError(
+            f"the update wrote partitions {sorted(stats)}, expected {sorted(touched)}")
     dirs, rows, sums, vsums, gone, nbytes, errors = (list(x) for x in (
         manifest.partition_dirs, manifest.partition_rows, manifest.checksums,
         manifest.vector_checksums, manifest.deleted_counts, manifest.partition_bytes,
@@ -128,18 +144,20 @@ def _publish_update(spark, manifest, updated: DataFrame, touched: list[int]) -> 
         vsums[pid], gone[pid] = s.vectors_checksum or "", s.num_deleted
         nbytes[pid], errors[pid] = s.nbytes, s.sq_error
     live = np.asarray(rows) - np.asarray(gone)
-    cluster_sizes = np.bincount(_plan(manifest).cluster_of, weights=live, minlength=len(manifest.centroids))
-    updated = replace(
+    cluster_sizes = np.bincount(_plan(manifest).cluster_of, weights=live,
+                                minlength=len(manifest.centroids))
+    new_manifest = replace(
         manifest, partition_dirs=dirs, partition_rows=rows, checksums=sums, vector_checksums=vsums,
         deleted_counts=gone, num_vectors=int(live.sum()),
         cluster_sizes=[int(x) for x in cluster_sizes], partition_bytes=nbytes,
         partition_errors=errors,
     )
-    return storage.publish(spark, updated)
+    return storage.publish(spark, new_manifest)
 
 
 def _load(manifest, row: dict, vectors=None):
     """A partition object from an index-table row (checksums were checked at write)."""
+    part: HNSWPartition | PQPartition
     if manifest.params.get("indexType", "hnsw") == "hnsw":
         part = HNSWPartition.load(row["payload"])
     else:
@@ -148,9 +166,10 @@ def _load(manifest, row: dict, vectors=None):
         stored = None
         if row.get("vectors") is not None:
             stored = np.frombuffer(row["vectors"], np.float32).reshape(-1, manifest.dim)
-        part = PQPartition.load(row["payload"], pq.codebook_from_bytes(shared),
-                                manifest.centroids[cluster], stored)
-        part.squared_error = row.get("sq_error") or 0.0
+        pq_part = PQPartition.load(row["payload"], pq.codebook_from_bytes(shared),
+                                   manifest.centroids[cluster], stored)
+        pq_part.squared_error = row.get("sq_error") or 0.0
+        part = pq_part
     part.delete(row.get("deleted") or [])
     return part
 
@@ -163,7 +182,8 @@ def _emit(manifest, pid, ids, part, codebook, deleted) -> pa.Table:
     checksum = storage.partition_checksum(part.payload(), codebook, deleted)
     table = table.set_column(table.schema.get_field_index("deleted"), "deleted",
                              pa.array([sorted(int(x) for x in deleted)], pa.list_(pa.int32())))
-    return table.set_column(table.schema.get_field_index("checksum"), "checksum", pa.array([checksum]))
+    return table.set_column(table.schema.get_field_index("checksum"), "checksum",
+                            pa.array([checksum]))
 
 
 def _insert_fn(manifest, settings: BuildSettings):
@@ -188,7 +208,8 @@ def _mark_deleted_fn():
             for row in batch.to_pylist():
                 deleted = sorted(set(row["deleted"] or []) | set(row["new_deleted"]))
                 row["deleted"] = deleted
-                row["checksum"] = storage.partition_checksum(row["payload"], row["codebook"] or b"", deleted)
+                row["checksum"] = storage.partition_checksum(row["payload"],
+                                                             row["codebook"] or b"", deleted)
                 del row["new_deleted"]
                 yield pa.RecordBatch.from_pylist([row], schema=_arrow_schema(batch))
 
@@ -230,7 +251,8 @@ def _live_fn(manifest):
                 labels, vectors = _load(manifest, row).live_vectors()
                 ids = pa.array(row["ids"]).take(pa.array(labels))
                 offsets = pa.array(np.arange(0, vectors.size + 1, manifest.dim), pa.int32())
-                values = pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1), pa.float32()))
+                values = pa.ListArray.from_arrays(offsets,
+                                                  pa.array(vectors.reshape(-1), pa.float32()))
                 yield pa.RecordBatch.from_arrays([ids, values], ["id", "vector"])
 
     return recover

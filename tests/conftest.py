@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +32,7 @@ def spark():
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "2")
-        .config("spark.driver.memory", "4g")
+        .config("spark.driver.memory", "6g")  # whole suite in one JVM: room for big payloads
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
@@ -63,3 +67,83 @@ def shared_dataset(name):
     if root is None or not os.path.isdir(os.path.join(root, name)):
         pytest.skip(f"shared dataset {name} not present")
     return readers.load_dataset(name, root)
+
+
+CONNECT_START_SECONDS = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session=True, and its children."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _start_connect_server(workdir) -> tuple[subprocess.Popen, int]:
+    import pyspark
+
+    spark_home = os.path.dirname(pyspark.__file__)
+    script = os.path.join(spark_home, "sbin", "start-connect-server.sh")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE")}
+    env.update(SPARK_HOME=spark_home, SPARK_LOG_DIR=str(workdir), SPARK_PID_DIR=str(workdir),
+               SPARK_IDENT_STRING=f"sparkann-test-{port}", PYSPARK_PYTHON=sys.executable)
+    command = [
+        "bash", script, "--wait", "--master", "local[2]", "--driver-memory", "2g",
+        "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+        "--conf", f"spark.connect.grpc.binding.port={port}",
+        "--conf", "spark.ui.enabled=false",
+        "--conf", "spark.sql.shuffle.partitions=4",
+        "--conf", "spark.default.parallelism=2",
+    ]
+    log = open(os.path.join(workdir, f"server-{port}.log"), "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    return process, port
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory):
+    """A local Spark Connect server (pyspark's sbin/start-connect-server.sh) on a free
+    port of 127.0.0.1 for the whole run; yields its ``sc://`` URL, stops it afterwards."""
+    workdir = tmp_path_factory.mktemp("spark-connect")
+    for attempt in range(3):  # another process may take the free port first
+        process, port = _start_connect_server(workdir)
+        deadline = time.monotonic() + CONNECT_START_SECONDS
+        while process.poll() is None and time.monotonic() < deadline:
+            if _listening(port):
+                break
+            time.sleep(1)
+        if process.poll() is None and _listening(port):
+            break
+        _stop_group(process)
+    else:
+        logs = sorted(workdir.glob("server-*.log"))
+        tail = logs[-1].read_text()[-4000:] if logs else ""
+        pytest.fail(f"the Spark Connect server did not start:\n{tail}")
+    try:
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        _stop_group(process)

@@ -61,7 +61,8 @@ def last_json(text: str):
 
 
 def describe(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+    return (f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}"
+            f"\nstderr:\n{result.stderr[-5000:]}")
 
 
 # --------------------------------------------------------------------------

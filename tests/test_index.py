@@ -77,7 +77,8 @@ def test_neighbours_across_partition_borders(spark):
     base = np.vstack([left, right]).astype(np.float32)
     queries = np.column_stack([np.zeros(50), np.linspace(-0.5, 0.5, 50)]).astype(np.float32)
     model = ANNIndex(numPartitions=2, numProbes=2).fit(vectors_frame(spark, base))
-    found = neighbor_ids(model.transform(vectors_frame(spark, queries, id_name="qid")).collect(), "qid")
+    query_frame = vectors_frame(spark, queries, id_name="qid")
+    found = neighbor_ids(model.transform(query_frame).collect(), "qid")
     truth, _ = exact.knn(base, queries, 10)
     assert exact.recall_at_k(found, truth, 10) >= 0.99
     sides = np.unique(found < 2000)
@@ -116,7 +117,8 @@ def test_vector_udt_double_arrays_and_string_ids(spark, clustered_data):
     doubles = vectors_frame(spark, queries, id_name="qid", vector_type=pa.float64())
     model = ANNIndex(vectorCol="features", idCol="key", numPartitions=3, k=5).fit(udt)
     rows = model.setK(5).transform(doubles.withColumnRenamed("vector", "features")).collect()
-    found = [[int(n.id.split("-")[1]) for n in r.neighbors] for r in sorted(rows, key=lambda r: r.qid)]
+    found = [[int(n.id.split("-")[1]) for n in r.neighbors]
+             for r in sorted(rows, key=lambda r: r.qid)]
     assert exact.recall_at_k(np.array(found), truth, 5) >= 0.95
 
 

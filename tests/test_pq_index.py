@@ -84,7 +84,8 @@ def _column_bytes(path, name):
     meta = papq.ParquetFile(path).metadata
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
     col = names.index(name)
-    return sum(meta.row_group(g).column(col).total_compressed_size for g in range(meta.num_row_groups))
+    return sum(meta.row_group(g).column(col).total_compressed_size
+               for g in range(meta.num_row_groups))
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "pq"])
@@ -95,7 +96,8 @@ def test_subset_search_returns_only_allowed_ids(data, kind):
                rng.choice([15, 60, 3000], size=len(queries))]
     allowed = {i: s.tolist() for i, s in enumerate(subsets)}
     with_subsets = qdf.join(
-        qdf.sparkSession.createDataFrame(list(allowed.items()), "qid long, allowed array<long>"), "qid"
+        qdf.sparkSession.createDataFrame(list(allowed.items()), "qid long, allowed array<long>"),
+        "qid",
     )
     model = ANNIndex(indexType=kind, numPartitions=4, pqSubvectors=8, rerankK=200,
                      allowedIdsCol="allowed").fit(bdf)
@@ -113,7 +115,8 @@ def test_subset_search_returns_only_allowed_ids(data, kind):
 def test_subset_smaller_than_k_and_plain_queries_mix(data):
     base, queries, bdf, qdf = data
     mixed = qdf.withColumn(
-        "allowed", F.when(F.col("qid") % 2 == 0, F.array(F.lit(5).cast("long"), F.lit(7).cast("long")))
+        "allowed",
+        F.when(F.col("qid") % 2 == 0, F.array(F.lit(5).cast("long"), F.lit(7).cast("long"))),
     )
     model = ANNIndex(numPartitions=4, allowedIdsCol="allowed").fit(bdf)
     for row in model.transform(mixed).collect():
