@@ -39,7 +39,7 @@ EF_CONSTRUCTION = 200
 SEED = 42
 HNSW_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 256)
 PROBES = (1, 2, 3, 4, 6, 8)
-SPARK_EFS = (10, 16, 32, 64, 128)
+SPARK_EFS = (16, 24, 32, 48, 64, 128)
 LSH_TABLES = (4,)
 LSH_BUCKET_FACTORS = (0.5, 1.0, 2.0)  # x the median distance to the 10th true neighbour
 LSH_JOIN_BUDGET_S = 240  # the join's query sample is cut to about this many seconds
@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="keep the cases already in --out/results.json and run only the others")
     p.add_argument("--probes", default=None,
                    help="numProbes values of the sparkann sweep (default 1,2,3,4,6,8)")
+    p.add_argument("--probe-epsilons", default="0,0.1",
+                   help="probeEpsilon values of the sparkann sweep, for numProbes > 1 "
+                        "(default 0,0.1; 0 = no probe pruning)")
     p.add_argument("--efs", default=None,
                    help="efSearch values of the sparkann sweep (default 10,16,32,64,128)")
     p.add_argument("--lsh-factors", default=None,
@@ -103,6 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     args.probes = ints(args.probes) if args.probes else (PROBES[:3] if q else PROBES)
+    args.probe_epsilons = tuple(float(x) for x in args.probe_epsilons.split(","))
     args.spark_efs = ints(args.efs) if args.efs else ((16, 32, 64) if q else SPARK_EFS)
     args.hnsw_efs = (16, 32, 64) if q else HNSW_EFS
     args.lsh_factors = (tuple(float(x) for x in args.lsh_factors.split(",")) if args.lsh_factors
@@ -308,8 +312,9 @@ def run_sparkann(spark, case: Case, args, recorder: StageRecorder) -> tuple[dict
     summary = model.summary()
     partitions = summary["numPartitions"]
 
-    def search(path, probes, ef):
-        m = model.copy({model.numProbes: probes, model.efSearch: ef})
+    def search(path, probes, ef, epsilon=0.0):
+        m = model.copy({model.numProbes: probes, model.efSearch: ef,
+                        model.probeEpsilon: epsilon})
         out = m.transform(spark.read.parquet(path)).select("id", "neighbors").toArrow()
         return out
 
@@ -322,22 +327,23 @@ def run_sparkann(spark, case: Case, args, recorder: StageRecorder) -> tuple[dict
     with bench.measure() as cold:
         search(recall_path, min(probes), min(args.spark_efs))
     points = []
-    for p in probes:
+    for p, eps in [(p, e) for p in probes for e in args.probe_epsilons if p > 1 or not e]:
         for ef in args.spark_efs:
-            times, table = bench.timed_repeats(lambda: search(recall_path, p, ef), 1)
+            times, table = bench.timed_repeats(lambda: search(recall_path, p, ef, eps), 1)
             found = neighbor_ids(table, case.recall_n)
-            points.append({"numProbes": p, "efSearch": ef, "seconds": times,
-                           "qps": case.recall_n / bench.median(times),
+            points.append({"numProbes": p, "probeEpsilon": eps, "efSearch": ef,
+                           "seconds": times, "qps": case.recall_n / bench.median(times),
                            "recall": bench.recall(found, case.truth, K)})
-            log.info("%s sparkann probes=%d ef=%d recall=%.4f qps=%.0f", case.name, p, ef,
-                     points[-1]["recall"], points[-1]["qps"])
+            log.info("%s sparkann probes=%d eps=%g ef=%d recall=%.4f qps=%.0f", case.name, p,
+                     eps, ef, points[-1]["recall"], points[-1]["qps"])
     chosen = dict(bench.fastest_at_recall(points))
     throughput, search_memory = [], {}
     for n in case.query_counts:
         mark = recorder.mark()
         with bench.measure() as phase:
             times, table = bench.timed_repeats(
-                lambda: search(case.query_paths[n], chosen["numProbes"], chosen["efSearch"]),
+                lambda: search(case.query_paths[n], chosen["numProbes"], chosen["efSearch"],
+                               chosen["probeEpsilon"]),
                 args.repeats)
         stages[f"search {n} queries x{len(times)}"] = recorder.since(mark)
         found = neighbor_ids(table, n)
@@ -348,7 +354,8 @@ def run_sparkann(spark, case: Case, args, recorder: StageRecorder) -> tuple[dict
         search_memory = phase.memory
     return {
         "build": build.as_dict(), "summary": _json_safe(summary), "cold_search": cold.as_dict(),
-        "sweep": {"probe_values": probes, "ef_values": list(args.spark_efs), "points": points},
+        "sweep": {"probe_values": probes, "ef_values": list(args.spark_efs),
+                  "epsilon_values": list(args.probe_epsilons), "points": points},
         "chosen": chosen, "throughput": throughput, "search_memory": search_memory,
         "stages": stages,
         "stage_summary": {k: bench.stage_summary(v) for k, v in stages.items()},

@@ -590,13 +590,15 @@ def _case_markdown(name: str, case: dict) -> list[str]:
                 "| numProbes \\ efSearch | "
                 + " | ".join(str(e) for e in sweep["ef_values"]) + " |",
                 "| --- | " + " | ".join("---" for _ in sweep["ef_values"]) + " |"]
-        cells = {(p["numProbes"], p["efSearch"]): p for p in sweep["points"]}
-        for probes in sweep["probe_values"]:
+        cells = {(p["numProbes"], p.get("probeEpsilon", 0), p["efSearch"]): p
+                 for p in sweep["points"]}
+        for probes, eps in sorted({key[:2] for key in cells}):
             row = []
             for ef in sweep["ef_values"]:
-                p = cells.get((probes, ef))
+                p = cells.get((probes, eps, ef))
                 row.append("–" if p is None else f"{p['recall']:.3f} / {p['qps']:,.0f}")
-            out.append(f"| {probes} | " + " | ".join(row) + " |")
+            label = f"{probes}, probeEpsilon={eps:g}" if eps else str(probes)
+            out.append(f"| {label} | " + " | ".join(row) + " |")
         out.append("")
     hsweep = (case.get("hnswlib") or {}).get("sweep")
     if hsweep:
@@ -613,7 +615,8 @@ def _case_markdown(name: str, case: dict) -> list[str]:
 
 
 def _setting(chosen: dict) -> str:
-    parts = [f"{k}={chosen[k]}" for k in ("numProbes", "efSearch") if k in chosen]
+    parts = [f"{k}={chosen[k]:g}" for k in ("numProbes", "probeEpsilon", "efSearch")
+             if chosen.get(k)]
     return ", ".join(parts)
 
 

@@ -143,6 +143,10 @@ def _add_search(commands, common) -> None:
     p.add_argument("--num-probes", type=non_negative_int, default=None,
                    help="clusters searched per query (default: the index's setting, "
                         "normally 0 = automatic)")
+    p.add_argument("--probe-epsilon", type=float, default=None,
+                   help="probe a cluster past the nearest only within (1 + this) x the "
+                        "nearest centroid's distance (default: the index's setting, "
+                        "normally 0 = off)")
     p.add_argument("--ef-search", type=non_negative_int, default=None,
                    help="HNSW search beam width (default: the index's setting, "
                         "normally 0 = automatic)")
@@ -521,6 +525,8 @@ def _apply_search_options(model, args: argparse.Namespace) -> None:
     model.setNeighborsCol(args.neighbors_col)
     if args.num_probes is not None:
         model.setNumProbes(args.num_probes)
+    if args.probe_epsilon is not None:
+        model.setProbeEpsilon(args.probe_epsilon)
     if args.ef_search is not None:
         model.setEfSearch(args.ef_search)
     if args.vector_col is not None:

@@ -18,7 +18,7 @@ from .build import BuildSettings, balance, build_index
 from .observe import job_label
 from .params import ANNParams
 from .partitions import PQSettings
-from .search import SearchSettings, search
+from .search import PAYLOAD_READS_CONF, SearchSettings, search
 from .tasks import injected_failures
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class ANNIndex(Estimator, ANNParams):
         indexPath="",
         k=10,
         numProbes=0,
+        probeEpsilon=0.0,
         efSearch=0,
         neighborsCol="neighbors",
         queryBatchRows=20_000,
@@ -152,6 +153,9 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         limit = dataset.sparkSession.conf.get(BROADCAST_CONF, None)
         if limit:
             settings = replace(settings, broadcast_bytes=int(limit))
+        reads = dataset.sparkSession.conf.get(PAYLOAD_READS_CONF, None)
+        if reads:
+            settings = replace(settings, payload_reads=reads)
         settings = replace(settings, fail_first_attempt=injected_failures(dataset.sparkSession))
         with job_label(dataset.sparkSession, "sparkann: search"):  # its eager jobs
             return search(dataset, self.manifest, settings)
@@ -172,6 +176,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             neighbors_col=values["neighborsCol"],
             k=values["k"] + (1 if values["excludeSelf"] else 0),
             num_probes=probes,
+            probe_epsilon=values["probeEpsilon"],
             ef_search=values["efSearch"] or max(DEFAULT_MIN_EF, values["k"]),
             query_batch_rows=values["queryBatchRows"],
             num_threads=values["numThreads"],

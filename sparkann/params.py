@@ -21,6 +21,7 @@ _AT_LEAST = {
     "queryBatchRows": 1,
     "pqSubvectors": 1,
     "rerankK": 0,
+    "probeEpsilon": 0,
 }
 _AT_MOST = {"hnswM": 2048}
 
@@ -70,6 +71,9 @@ class ANNParams(Params):
     k = _param("k", "neighbours returned per query", TypeConverters.toInt)
     numProbes = _param("numProbes", "clusters searched per query (0 = automatic)",
                        TypeConverters.toInt)
+    probeEpsilon = _param("probeEpsilon", "probe a cluster past the nearest only if its centroid "
+                          "is within (1 + probeEpsilon) x the nearest one's distance "
+                          "(0 = always probe numProbes clusters)", TypeConverters.toFloat)
     efSearch = _param("efSearch", "HNSW search beam width (0 = automatic, at least k)",
                       TypeConverters.toInt)
     neighborsCol = _param("neighborsCol", "output column: array<struct<id, distance>>",
@@ -83,7 +87,7 @@ class ANNParams(Params):
             vectorCol="vector", idCol="id", metric="l2", indexType="hnsw", numPartitions=0,
             hnswM=16, efConstruction=200, sampleSize=0, maxPartitionRows=0, seed=42,
             numThreads=0, deterministic=False, allowDuplicateIds=False, indexPath="", k=10,
-            numProbes=0, efSearch=0,
+            numProbes=0, probeEpsilon=0.0, efSearch=0,
             neighborsCol="neighbors", queryBatchRows=20_000, pqSubvectors=16, pqBits=8,
             pqCodebook="partition", rerankK=0, allowedIdsCol="", excludeSelf=False,
         )
@@ -93,6 +97,9 @@ class ANNParams(Params):
 
     def setNumProbes(self, value: int):
         return self._set(numProbes=value)
+
+    def setProbeEpsilon(self, value: float):
+        return self._set(probeEpsilon=value)
 
     def setEfSearch(self, value: int):
         return self._set(efSearch=value)

@@ -24,8 +24,9 @@ _CHUNK_ROWS = 4096
 
 def nearest_centroids(
     vectors: np.ndarray, centroids: np.ndarray, metric: str, count: int
-) -> np.ndarray:
-    """Indices (n, count) of each vector's ``count`` nearest centroids, nearest first.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (n, count) of each vector's ``count`` nearest centroids, nearest first,
+    and their distances: Euclidean, or for ``ip`` the negative inner product.
 
     ``l2`` and ``cosine`` rank by Euclidean distance (cosine vectors are already
     normalised); ``ip`` ranks by largest inner product, as IVF does for MIPS.
@@ -34,14 +35,27 @@ def nearest_centroids(
     centroids = np.asarray(centroids, dtype=np.float32)
     count = min(count, len(centroids))
     out = np.empty((len(vectors), count), dtype=np.int64)
+    dists = np.empty((len(vectors), count), dtype=np.float32)
     sq_norms = (centroids**2).sum(axis=1)
     for start in range(0, len(vectors), _CHUNK_ROWS):
         chunk = vectors[start : start + _CHUNK_ROWS]
         scores = -2.0 * chunk @ centroids.T if metric != "ip" else -(chunk @ centroids.T)
         if metric != "ip":
             scores += sq_norms[None, :]
-        out[start : start + len(chunk)] = top_k(scores, count)[0]
-    return out
+        rows = slice(start, start + len(chunk))
+        out[rows], dists[rows] = top_k(scores, count)
+        if metric != "ip":
+            dists[rows] = np.sqrt(np.maximum(dists[rows] + (chunk**2).sum(1)[:, None], 0.0))
+    return out, dists
+
+
+def within_slack(distances: np.ndarray, epsilon: float) -> np.ndarray:
+    """Which ranked centroids lie within ``(1 + epsilon)`` of the nearest one's
+    distance (query-aware pruning, as in SPANN); all of them when epsilon is 0."""
+    if epsilon <= 0:
+        return np.ones(distances.shape, dtype=bool)
+    nearest = distances[:, :1]
+    return distances - nearest <= epsilon * np.abs(nearest)
 
 
 @dataclass(frozen=True)
@@ -87,20 +101,27 @@ class Router:
         enough = int(np.searchsorted(np.cumsum(ascending), k)) + 1
         return int(min(len(self.sizes), max(num_probes, 1) + enough))
 
-    def rank(self, queries: np.ndarray, count: int) -> np.ndarray:
-        """The ``count`` nearest clusters of each query, nearest first."""
+    def rank(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``count`` nearest clusters of each query, nearest first, and their distances."""
         if self._graph is None:
             return nearest_centroids(queries, self.centroids, self.metric, count)
-        labels, _ = hnsw.search(self._graph, queries, count, max(2 * count, 64), self.metric)
-        return labels
+        return hnsw.search(self._graph, queries, count, max(2 * count, 64), self.metric)
 
-    def route(self, queries: np.ndarray, num_probes: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return flat arrays ``(query_positions, partition_ids)``."""
-        ranked = self.rank(queries, self.probes_needed(num_probes, k))
+    def route(
+        self, queries: np.ndarray, num_probes: int, k: int, epsilon: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return flat arrays ``(query_positions, partition_ids)``.
+
+        Each query visits its nearest cluster and up to ``num_probes - 1`` more
+        within ``epsilon`` (see :func:`within_slack`), then further clusters
+        until the visited ones hold ``k`` vectors.
+        """
+        ranked, distances = self.rank(queries, self.probes_needed(num_probes, k))
         sizes = self.sizes[ranked]
         before = np.cumsum(sizes, axis=1) - sizes
         position = np.arange(ranked.shape[1])[None, :]
-        keep = ((position < num_probes) | (before < k)) & (sizes > 0)
+        wanted = (position < num_probes) & within_slack(distances, epsilon)
+        keep = (wanted | (before < k)) & (sizes > 0)
         rows, cols = np.nonzero(keep)
         clusters = ranked[rows, cols]
         shard_counts = self.plan.counts[clusters]

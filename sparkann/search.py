@@ -1,14 +1,17 @@
-"""Batch search with Spark: route, group per partition, broadcast-join, merge.
+"""Batch search with Spark: route, group per partition, search, merge.
 
-Each partition's payload is read once per job and searched with all the
-queries routed to it in one batched call; loaded graphs stay cached in the
-Python worker between tasks and jobs.
+Routed queries are shuffled so each (partition, chunk) lands in one task,
+which loads that partition from its Parquet file on a cache miss and searches
+all its queries in one batched call; loaded graphs stay cached in the Python
+worker between tasks and jobs. Indexes on stores the tasks cannot read are
+read by Spark instead and joined with the grouped queries.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,14 +20,23 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as fs
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from . import pq, storage
+from . import pq as product_quantizer
+from . import storage
 from .partitions import HNSWPartition, PQPartition
 from .router import Router, ShardPlan
-from .tasks import FaultPlan, fail_first_attempt, resolve_threads, threads_per_task
+from .tasks import (
+    FaultPlan,
+    cluster_cores,
+    fail_first_attempt,
+    resolve_threads,
+    threads_per_task,
+)
 from .vectors import list_array, normalize_rows, to_matrix, vector_column
 
 QID = "__sparkann_qid"
@@ -45,6 +57,8 @@ class SearchSettings:
     rerank_k: int = 0
     allowed_ids_col: str = ""
     exclude_self_col: str = ""  # the query id column whose own id is dropped from answers
+    probe_epsilon: float = 0.0  # query-aware probe pruning (0 = off)
+    payload_reads: str = "auto"  # "task", "join" or "auto" (see PAYLOAD_READS_CONF)
 
 
 def search(queries: DataFrame, manifest: storage.Manifest, settings: SearchSettings) -> DataFrame:
@@ -136,13 +150,76 @@ def route_to_subsets(rows: DataFrame, manifest, settings: SearchSettings) -> Dat
 
 def search_routed(routed: DataFrame, manifest, settings: SearchSettings, num_queries: int):
     """(qid, id, distance) candidates of routed queries from their partitions."""
+    files = payload_files(routed.sparkSession, manifest, settings.payload_reads)
+    if files is None:
+        return _search_joined(routed, manifest, settings, num_queries)
+    return _search_in_tasks(routed, manifest, settings, num_queries, files)
+
+
+def payload_files(spark, manifest, mode: str) -> dict[int, list[str]] | None:
+    """Partition file URIs when tasks read payloads themselves, else None.
+
+    "auto" reads in tasks when the index lies on a local (or mounted) file
+    system, which every executor sees; other stores go through Spark's reader.
+    """
+    if mode not in PAYLOAD_READS:
+        raise ValueError(f"{PAYLOAD_READS_CONF}={mode!r}: expected one of {PAYLOAD_READS}")
+    if mode == "join":
+        return None
+    key = (manifest.token, tuple(manifest.partition_dirs), mode)
+    if key not in _FILES:
+        files = storage.partition_files(spark, manifest)
+        local = all(uri.startswith("file:") for uris in files.values() for uri in uris)
+        _FILES[key] = files if mode == "task" or local else None
+    return _FILES[key]
+
+
+PAYLOAD_READS_CONF = "spark.sparkann.payloadReads"
+PAYLOAD_READS = ("auto", "task", "join")
+_FILES: dict = {}  # (index token, data dirs, mode) -> partition files, on the driver
+
+
+def _search_in_tasks(routed, manifest, settings, num_queries, files):
+    """One shuffle sends each (partition, chunk) of routed queries to its own task,
+    which loads the partition from its file on a cache miss."""
+    spark = routed.sparkSession
+    num_partitions, cores = len(manifest.checksums), cluster_cores(spark)
+    chunks = _chunks(num_queries, settings.query_batch_rows, num_partitions, cores)
+    cap = max(4 * cores, int(spark.conf.get("spark.sql.shuffle.partitions")))
+    tasks = min(num_partitions * chunks, cap)
+    key = F.col("partition_id") * chunks + F.pmod(F.col("qid"), chunks)
+    spread = _by_id(routed, tasks, key)
+    threads = threads_per_task(spark, settings.num_threads, tasks)
+    return spread.mapInArrow(
+        _search_tasks_fn(manifest, settings, threads, files),
+        f"qid long, id {manifest.id_type}, distance float",
+    )
+
+
+def _chunks(num_queries: int, batch_rows: int, num_partitions: int, cores: int) -> int:
+    """Query chunks per partition: at most ``batch_rows`` queries each, and enough
+    (about four tasks per core) that the last wave of tasks keeps the cores busy,
+    unless chunks would fall below a thousand queries."""
+    by_size = math.ceil(num_queries / batch_rows)
+    by_cores = min(math.ceil(4 * cores / num_partitions), num_queries // 1000)
+    return max(1, by_size, by_cores)
+
+
+def _by_id(frame: DataFrame, tasks: int, key) -> DataFrame:
+    """Rows to task ``key mod tasks`` (hash partitioning before Spark 4.1)."""
+    if hasattr(frame, "repartitionById"):
+        return frame.repartitionById(tasks, key.cast("int"))
+    return frame.repartition(tasks, key)
+
+
+def _search_joined(routed, manifest, settings, num_queries):
+    """Queries grouped per (partition, chunk) and joined with the index table."""
     spark = routed.sparkSession
     chunks = max(1, math.ceil(num_queries / settings.query_batch_rows))
     grouped = routed.groupBy("partition_id", F.pmod(F.col("qid"), chunks).alias("chunk")).agg(
         F.collect_list(F.struct("qid", "vector", "allowed")).alias("queries")
     )
-    reads = storage.SEARCH_COLUMNS + (["vectors", "vectors_checksum"] if settings.rerank_k else [])
-    table = storage.read_table(spark, manifest, reads)
+    table = storage.read_table(spark, manifest, _payload_columns(settings))
     num_partitions = len(manifest.checksums)
     if num_partitions > 1 and num_queries * settings.num_probes < 2 * num_partitions:
         wanted = [r.partition_id for r in routed.select("partition_id").distinct().collect()]
@@ -155,6 +232,10 @@ def search_routed(routed: DataFrame, manifest, settings: SearchSettings, num_que
     return joined.mapInArrow(
         _search_fn(manifest, settings, threads), f"qid long, id {manifest.id_type}, distance float"
     )
+
+
+def _payload_columns(settings: SearchSettings) -> list[str]:
+    return storage.SEARCH_COLUMNS + (["vectors", "vectors_checksum"] if settings.rerank_k else [])
 
 
 def merge_top_k(candidates: DataFrame, k: int) -> DataFrame:
@@ -194,7 +275,7 @@ def _route_fn(manifest: storage.Manifest, settings: SearchSettings):
         router = _cached(("router", manifest.token), lambda: (_router(manifest), 0))
         for batch in batches:
             vectors = _query_matrix(batch.column("vector"), dim, metric, settings.vector_col)
-            rows, partitions = router.route(vectors, probes, k)
+            rows, partitions = router.route(vectors, probes, k, settings.probe_epsilon)
             take = pa.array(rows)
             yield pa.RecordBatch.from_arrays(
                 [
@@ -234,6 +315,7 @@ def _query_matrix(column: pa.Array, dim: int, metric: str, name: str) -> np.ndar
 
 
 def _search_fn(manifest: storage.Manifest, settings: SearchSettings, thread_hint: int):
+    """Rows of the index table joined with their grouped queries."""
     rerank = settings.rerank_k > 0
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -244,13 +326,57 @@ def _search_fn(manifest: storage.Manifest, settings: SearchSettings, thread_hint
                 pid = batch.column("partition_id")[row].as_py()
                 part, ids = _cached(
                     (manifest.token, pid, rerank),
-                    lambda: _load_partition(manifest, batch, row, rerank),
+                    lambda: _load_partition(manifest, pid, batch.slice(row, 1), rerank),
                 )
-                part.rerank_k = settings.rerank_k
                 queries = batch.column("queries")[row].values
                 yield from _answer(part, ids, queries, manifest, settings, threads)
 
     return run
+
+
+def _search_tasks_fn(manifest, settings: SearchSettings, thread_hint: int, files: dict):
+    """Routed query rows, all of a (partition, chunk) in one task."""
+    rerank = settings.rerank_k > 0
+    columns = [c for c in _payload_columns(settings) if c != "partition_id"]
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        fail_first_attempt("search", settings.fail_first_attempt)
+        threads = resolve_threads(thread_hint)
+        received = list(batches)
+        if not received or not sum(b.num_rows for b in received):
+            return
+        table = pa.Table.from_batches(received)
+        table = table.sort_by("partition_id")
+        pids = table.column("partition_id").to_numpy()
+        starts = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1]])
+        for start, stop in zip(starts, np.r_[starts[1:], len(pids)]):
+            pid = int(pids[start])
+            part, ids = _cached(
+                (manifest.token, pid, rerank),
+                lambda: _load_partition(manifest, pid, _read_row(files[pid], columns, pid),
+                                        rerank),
+            )
+            queries = _struct(table.slice(start, stop - start), ["qid", "vector", "allowed"])
+            yield from _answer(part, ids, queries, manifest, settings, threads)
+
+    return run
+
+
+def _struct(table: pa.Table, names: list[str]) -> pa.StructArray:
+    return pa.StructArray.from_arrays([table.column(n).combine_chunks() for n in names], names)
+
+
+def _read_row(uris: list[str], columns: list[str], pid: int) -> pa.Table:
+    """A partition's one row of the index table, read from its Parquet file(s)."""
+    tables = []
+    for uri in uris:
+        filesystem, path = fs.FileSystem.from_uri(re.sub(r"^s3[an]://", "s3://", uri))
+        tables.append(pq.read_table(path, columns=columns, filesystem=filesystem))
+    table = pa.concat_tables(tables)
+    if table.num_rows != 1:
+        raise ValueError(
+            f"index partition {pid} is damaged: its files hold {table.num_rows} rows, not 1")
+    return table
 
 
 def _answer(part, ids: pa.Array, queries: pa.StructArray, manifest, settings, threads):
@@ -260,6 +386,7 @@ def _answer(part, ids: pa.Array, queries: pa.StructArray, manifest, settings, th
     allowed = queries.field("allowed")
     plain = np.asarray(allowed.is_null())
     k, ef, metric = settings.k, settings.ef_search, manifest.metric
+    part.rerank_k = settings.rerank_k
     if plain.any():
         labels, dists = part.search(vectors[plain], k, ef, metric, threads)
         yield _candidates(qids[plain], labels, dists, ids)
@@ -290,20 +417,19 @@ def _candidates(qids, labels, dists, ids) -> pa.RecordBatch:
     )
 
 
-def _load_partition(manifest: storage.Manifest, batch: pa.RecordBatch, row: int, rerank: bool):
-    """Verify a partition's bytes against the manifest and load it."""
-    pid = batch.column("partition_id")[row].as_py()
-    payload = batch.column("payload")[row].as_buffer()
-    codebook = batch.column("codebook")[row].as_buffer() or pa.py_buffer(b"")
-    deleted = batch.column("deleted")[row].values.to_numpy(zero_copy_only=False)
+def _load_partition(manifest: storage.Manifest, pid: int, row, rerank: bool):
+    """Verify a partition's row of the index table against the manifest and load it."""
+    payload = row.column("payload")[0].as_buffer()
+    codebook = row.column("codebook")[0].as_buffer() or pa.py_buffer(b"")
+    deleted = row.column("deleted")[0].values.to_numpy(zero_copy_only=False)
     expected = manifest.checksums[pid]
     actual = storage.partition_checksum(payload, codebook, deleted)
-    if actual != expected or batch.column("checksum")[row].as_py() != expected:
+    if actual != expected or row.column("checksum")[0].as_py() != expected:
         raise ValueError(
             f"index partition {pid} is damaged: its payload checksum does not match the manifest"
         )
-    ids = batch.column("ids")[row].values
-    vectors = _exact_vectors(manifest, batch, row, pid) if rerank else None
+    ids = row.column("ids")[0].values
+    vectors = _exact_vectors(manifest, row, pid) if rerank else None
     try:
         part = _partition(manifest, pid, payload, codebook, vectors)
         part.delete(deleted)
@@ -320,12 +446,12 @@ def _partition(manifest, pid, payload, codebook, vectors):
         return HNSWPartition.load(memoryview(payload))
     shared = manifest.codebook or bytes(codebook)
     cluster = int(_plan(manifest).cluster_of[pid])
-    return PQPartition.load(memoryview(payload), pq.codebook_from_bytes(shared),
+    return PQPartition.load(memoryview(payload), product_quantizer.codebook_from_bytes(shared),
                             manifest.centroids[cluster], vectors)
 
 
-def _exact_vectors(manifest, batch, row, pid) -> np.ndarray:
-    data = batch.column("vectors")[row].as_buffer()
+def _exact_vectors(manifest, row, pid) -> np.ndarray:
+    data = row.column("vectors")[0].as_buffer()
     if data is None:
         raise ValueError(f"index partition {pid} stores no exact vectors; rebuild with rerankK > 0")
     if storage.sha256(data) != manifest.vector_checksums[pid]:

@@ -199,6 +199,29 @@ def read_table(spark: SparkSession, manifest: Manifest, columns=INDEX_COLUMNS) -
     return reduce(DataFrame.unionByName, parts)
 
 
+def partition_files(spark: SparkSession, manifest: Manifest) -> dict[int, list[str]]:
+    """The Parquet file URIs holding each partition's row, as Spark lists them."""
+    found: dict[int, list[str]] = {}
+    for data_dir in sorted(set(manifest.partition_dirs)):
+        for uri in spark.read.parquet(join(manifest.root, data_dir)).inputFiles():
+            pid = _partition_of(uri)
+            if pid is not None and pid < len(manifest.partition_dirs) \
+                    and manifest.partition_dirs[pid] == data_dir:
+                found.setdefault(pid, []).append(uri)
+    missing = sorted(set(range(len(manifest.partition_dirs))) - set(found))
+    if missing:
+        raise IndexFormatError(
+            f"{manifest.root}: the files of index partition(s) {missing[:10]} are missing")
+    return found
+
+
+def _partition_of(uri: str) -> int | None:
+    for part in uri.split("/"):
+        if part.startswith("partition_id="):
+            return int(part.split("=", 1)[1])
+    return None
+
+
 def table_stats(spark: SparkSession, path: str) -> list:
     """Per-partition facts of a written table, read without the payloads' bytes."""
     return (
@@ -326,8 +349,8 @@ def replace_location(manifest: Manifest, root: str, data_dir: str) -> Manifest:
 
 def with_params(manifest: Manifest, params: dict) -> Manifest:
     """Store the current search-time settings; build-time values stay as recorded."""
-    changeable = ("k", "numProbes", "efSearch", "neighborsCol", "rerankK", "allowedIdsCol",
-                  "queryBatchRows", "numThreads", "excludeSelf")
+    changeable = ("k", "numProbes", "probeEpsilon", "efSearch", "neighborsCol", "rerankK",
+                  "allowedIdsCol", "queryBatchRows", "numThreads", "excludeSelf")
     merged = {**manifest.params, **{k: params[k] for k in changeable if k in params}}
     return replace(manifest, params=merged)
 

@@ -445,12 +445,17 @@ def damage_payload(path: Path, partition: int) -> None:
     pq.write_table(table, file)
 
 
-def test_a_damaged_payload_fails_naming_its_partition(saved, frames, tmp_path):
+@pytest.mark.parametrize("reads", ["task", "join"])
+def test_a_damaged_payload_fails_naming_its_partition(saved, frames, tmp_path, spark, reads):
     path = copy_of(saved, tmp_path)
     damage_payload(path, 2)
     model = ANNIndexModel.load(str(path))
-    with pytest.raises(Exception, match="index partition 2 is damaged: its payload checksum"):
-        model.transform(frames[1]).collect()
+    spark.conf.set("spark.sparkann.payloadReads", reads)
+    try:
+        with pytest.raises(Exception, match="index partition 2 is damaged: its payload checksum"):
+            model.transform(frames[1]).collect()
+    finally:
+        spark.conf.unset("spark.sparkann.payloadReads")
 
 
 def test_a_newer_manifest_format_is_refused(saved, tmp_path):

@@ -107,9 +107,33 @@ def test_meta_hnsw_routing_agrees_with_brute_force(monkeypatch):
     sizes = np.full(600, 10)
     router = Router(centroids, "l2", sizes, ShardPlan.from_cluster_sizes(sizes, 100))
     assert router._graph is not None
-    ranked = router.rank(queries, 5)
-    truth = nearest_centroids(queries, centroids, "l2", 5)
+    ranked, distances = router.rank(queries, 5)
+    truth, truth_distances = nearest_centroids(queries, centroids, "l2", 5)
     assert exact.recall_at_k(ranked, truth, 5) >= 0.95
+    np.testing.assert_allclose(distances[:, 0], truth_distances[:, 0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_centroid_distances_follow_the_metric(metric):
+    centroids = datasets.clustered(40, 8, seed=3)
+    queries = datasets.clustered(20, 8, seed=3, sample_seed=4)
+    ranked, distances = nearest_centroids(queries, centroids, metric, 3)
+    full = exact.pairwise_distances(queries, centroids, metric)
+    np.testing.assert_allclose(distances, np.take_along_axis(full, ranked, 1),
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_probe_pruning_skips_far_clusters_but_keeps_k_reachable():
+    centroids = np.array([[0.0], [1.0], [1.3], [5.0]], np.float32)
+    sizes = np.array([20, 20, 20, 20])
+    router = Router(centroids, "l2", sizes, ShardPlan.from_cluster_sizes(sizes, 1000))
+    query = np.array([[0.6]], np.float32)  # distances 0.6, 0.4, 0.7, 4.4
+    assert sorted(router.route(query, 4, 10)[1].tolist()) == [0, 1, 2, 3]
+    assert sorted(router.route(query, 4, 10, epsilon=0.6)[1].tolist()) == [0, 1]
+    assert sorted(router.route(query, 4, 10, epsilon=0.8)[1].tolist()) == [0, 1, 2]
+    assert sorted(router.route(query, 2, 10, epsilon=100)[1].tolist()) == [0, 1]
+    # pruning never leaves fewer than k vectors reachable
+    assert sorted(router.route(query, 4, 30, epsilon=0.01)[1].tolist()) == [0, 1]
 
 
 @settings(max_examples=30, deadline=None)
@@ -129,7 +153,7 @@ def test_routing_properties(sizes, max_rows, probes, k, seed):
     plan = ShardPlan.from_cluster_sizes(sizes, max_rows)
     router = Router(centroids, "l2", sizes, plan)
     queries = rng.standard_normal((7, 3)).astype(np.float32)
-    rows, parts = router.route(queries, probes, k)
+    rows, parts = router.route(queries, probes, k, epsilon=seed % 3 * 0.25)
     cluster_of = np.repeat(np.arange(len(sizes)), plan.counts)
     for q in range(len(queries)):
         mine = parts[rows == q]

@@ -74,12 +74,20 @@ def exactly_k_distinct(found: list[list[int]]) -> bool:
     return all(len(ids) == K and len(set(ids)) == K for ids in found)
 
 
-def job_stats(spark, group: str) -> dict:
-    """Failed and killed task attempts (all stage attempts) in the jobs of a job group."""
+def job_stats(spark, group: str, settle_seconds: float = 60) -> dict:
+    """Failed and killed task attempts (all stage attempts) in the jobs of a job group.
+
+    A job ends with its stages, while attempts that lost to a speculative copy
+    are still being killed: wait until none of the group's attempts is active.
+    """
     store = spark.sparkContext._jsc.sc().statusStore()
     convert = spark.sparkContext._jvm.scala.jdk.javaapi.CollectionConverters
+    jobs = spark.sparkContext.statusTracker().getJobIdsForGroup(group)
+    deadline = time.monotonic() + settle_seconds
+    while time.monotonic() < deadline and any(store.job(j).numActiveTasks() for j in jobs):
+        time.sleep(0.2)
     stats = {"failed_tasks": 0, "killed_tasks": 0, "kill_reasons": {}}
-    for job in spark.sparkContext.statusTracker().getJobIdsForGroup(group):
+    for job in jobs:
         data = store.job(job)
         stats["failed_tasks"] += data.numFailedTasks()
         stats["killed_tasks"] += data.numKilledTasks()
