@@ -53,6 +53,7 @@ _VALID_NBITS = (4, 8)
 _VALID_KSUB = tuple(1 << b for b in _VALID_NBITS)
 _CHUNK_ROWS = 16_384  # vectors per block when encoding / measuring error
 _TEMP_ELEMS = 1 << 22  # max elements of a temporary in adc_distances
+_TOPK_ELEMS = 1 << 24  # max query x code distances held at once by adc_topk
 _MAGIC = b"SPQ1"
 _HEADER = struct.Struct("<4sIII")  # magic, m, ksub, dsub (little-endian)
 
@@ -513,7 +514,14 @@ def adc_topk(
         Matching float32 ADC distances.
     """
     k = _check_int("k", k, 1)
-    return top_k(adc_distances(tables, codes), k)
+    t = _check_tables(tables)
+    c = _check_codes(codes, t.shape[1], t.shape[2])
+    width = min(k, len(c))
+    indices = np.empty((len(t), width), np.int64)
+    distances = np.empty((len(t), width), np.float32)
+    for rows in _chunks(len(t), max(1, _TOPK_ELEMS // max(len(c), 1))):
+        indices[rows], distances[rows] = top_k(adc_distances(t[rows], c), k)
+    return indices, distances
 
 
 # ------------------------------------------------------------ serialization
