@@ -594,10 +594,10 @@ METHOD_NOTES = [
     "results to the driver), with partition graphs already cached in the Python workers "
     "(the cold first search is recorded separately); hnswlib = `knn_query` on the in-memory "
     "array. Median of {repeats} runs.",
-    "Search settings: the fastest point of each method's sweep (numProbes × efSearch for "
-    "sparkann, ef for hnswlib) that reaches recall@10 ≥ 0.95 on the recall sample; recall of "
-    "the throughput runs is measured on their first {recall_n:,} queries (exact ground truth "
-    "from faiss IndexFlatL2, or shipped with SIFT10K).",
+    "Search settings: the fastest point of each method's sweep (numProbes × probeEpsilon × "
+    "efSearch for sparkann, ef for hnswlib) that reaches recall@10 ≥ 0.95 on the recall "
+    "sample; recall of the throughput runs is measured on their first {recall_n:,} queries "
+    "(exact ground truth from faiss IndexFlatL2, or shipped with SIFT10K).",
     "MLlib LSH: `BucketedRandomProjectionLSH` on `array_to_vector` features, hashed base "
     "cached; bucketLength tuned on 20 queries over {factors} × the median true 10-NN "
     "distance ({tables} hash tables; the highest recall, ties within 0.02 to the faster). "
@@ -766,7 +766,7 @@ def headline_of(case: dict) -> dict:
             continue
         last = m["throughput"][-1]
         chosen = m["chosen"]
-        setting = ", ".join(f"{k}={chosen[k]}" for k in ("numProbes", "efSearch") if k in chosen)
+        setting = bench.setting_text(chosen)
         head[key] = {"qps": last["qps"], "recall": last["recall"], "queries": last["queries"],
                      "build_seconds": m["build"]["seconds"],
                      "note": f"{last['queries']:,} queries, {setting}, median of "
@@ -793,6 +793,8 @@ def headline_of_sizes(sizes, cases: dict) -> str | None:
 def finish(results: dict, args, headline_name: str | None) -> None:
     """Headline case, target ratios and scaling exponents from the cases measured."""
     results["headline_case"] = headline_name
+    for case in results["cases"].values():
+        case["headline"] = headline_of(case)
     head = results["cases"].get(headline_name or "", {}).get("headline")
     if head:
         results["targets"] = bench.target_ratios(head)

@@ -567,7 +567,7 @@ def _case_markdown(name: str, case: dict) -> list[str]:
         qps = " / ".join(_fmt(t.get("qps")) for t in m.get("throughput", []))
         chosen = m.get("chosen") or {}
         build_seconds = _fmt((m.get("build") or {}).get("seconds"), 1)
-        out.append(f"| {key} ({_setting(chosen)}) | {build_seconds} | "
+        out.append(f"| {key} ({setting_text(chosen)}) | {build_seconds} | "
                    f"{memory} | {_fmt(chosen.get('recall'), 3)} | {qps} |")
     for key in ("mllib_lsh", "exact_spark"):
         m = case.get(key)
@@ -614,7 +614,8 @@ def _case_markdown(name: str, case: dict) -> list[str]:
     return out
 
 
-def _setting(chosen: dict) -> str:
+def setting_text(chosen: dict) -> str:
+    """A sweep point's search settings, e.g. 'numProbes=6, probeEpsilon=0.1, efSearch=48'."""
     parts = [f"{k}={chosen[k]:g}" for k in ("numProbes", "probeEpsilon", "efSearch")
              if chosen.get(k)]
     return ", ".join(parts)
@@ -641,7 +642,7 @@ def plot_recall_vs_qps(results: dict, path: str) -> None:
                        alpha=0.35)
             front = pareto(pts)
             ax.plot([p["qps"] for p in front], [p["recall"] for p in front], "-o", c="tab:blue",
-                    ms=4, label="sparkann (numProbes × efSearch)")
+                    ms=4, label="sparkann (numProbes × probeEpsilon × efSearch)")
         h = (case.get("hnswlib") or {}).get("sweep") or []
         if h:
             ax.plot([p["qps"] for p in h], [p["recall"] for p in h], "-s", c="tab:orange", ms=4,

@@ -255,7 +255,8 @@ def _add_knn_join(commands, common) -> None:
     p.add_argument("--metric", default="l2", choices=("l2", "ip", "cosine"))
     p.add_argument("--num-partitions", type=non_negative_int, default=0)
     p.add_argument("--num-probes", type=non_negative_int, default=0)
-    p.add_argument("--mode", default="errorifexists", choices=("errorifexists", "overwrite"))
+    p.add_argument("--mode", default="errorifexists", choices=WRITE_MODES,
+                   help="what to do if --output exists (default: errorifexists)")
     p.set_defaults(func=run_knn_join)
 
 
@@ -274,7 +275,8 @@ def run_knn_join(args: argparse.Namespace) -> int:
         items = _read_parquet(spark, args.input)
         started = time.perf_counter()
         with _spark_path_errors():
-            knn_graph(index.fit(items), items).write.mode(args.mode).parquet(args.output)
+            knn_graph(index.fit(items), items).write.mode(_writer_mode(args.mode)).parquet(
+                args.output)
         print(json.dumps({"output": args.output, "k": args.k,
                           "seconds": round(time.perf_counter() - started, 3)}))
     return 0
@@ -509,7 +511,7 @@ def run_search(args: argparse.Namespace) -> int:
         queries = _read_parquet(spark, args.queries)
         log.info("searching %s with %s", args.index, args.queries)
         started = time.perf_counter()
-        mode = "error" if args.mode == "errorifexists" else args.mode  # Spark Connect's name
+        mode = _writer_mode(args.mode)
         with _spark_path_errors(), job_label(spark, "sparkann: search"):
             model.transform(queries).write.mode(mode).parquet(args.output)
         seconds = time.perf_counter() - started
@@ -517,6 +519,11 @@ def run_search(args: argparse.Namespace) -> int:
         print(json.dumps({"output": args.output, "queries": num_queries, "k": model.getK(),
                           "seconds": round(seconds, 3)}))
     return 0
+
+
+def _writer_mode(mode: str) -> str:
+    """The writer's name for a --mode choice that classic Spark and Connect both accept."""
+    return "error" if mode == "errorifexists" else mode
 
 
 def _apply_search_options(model, args: argparse.Namespace) -> None:

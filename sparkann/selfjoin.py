@@ -10,8 +10,8 @@ def knn_graph(model, items: DataFrame) -> DataFrame:
     """Edges ``(id, neighbor_id, distance, rank)`` from each row of ``items`` to its
     ``k`` nearest other rows in ``model``'s index (rank 1 is the nearest).
 
-    ``items`` is searched like any query set, so a collection too large to
-    broadcast is shuffle-joined against the index table.
+    ``items`` is searched like any query set: its rows are routed and shuffled
+    to the search tasks of their partitions; nothing is collected on the driver.
     """
     id_col, out = model.getOrDefault("idCol"), model.getOrDefault("neighborsCol")
     searched = model.copy({model.excludeSelf: True}).transform(items)

@@ -156,6 +156,18 @@ def test_adc_topk_matches_exact_search_on_decoded(metric):
     assert recall(idx, truth) == 1.0
 
 
+def test_adc_topk_scores_queries_in_bounded_blocks(monkeypatch):
+    import sparkann.pq as pq_module
+
+    cb = trained(8, 8)
+    tables, codes = adc_tables(cb, QUERIES, "l2"), encode(cb, DATA)
+    whole = adc_topk(tables, codes, 10)
+    monkeypatch.setattr(pq_module, "_TOPK_ELEMS", 3 * len(codes))  # three queries per block
+    blocked = adc_topk(tables, codes, 10)
+    np.testing.assert_array_equal(whole[0], blocked[0])
+    np.testing.assert_array_equal(whole[1], blocked[1])
+
+
 def test_adc_topk_recall_vs_raw_data():
     cb = trained(16, 8)
     idx, _ = adc_topk(adc_tables(cb, QUERIES, "l2"), encode(cb, DATA), 10)
