@@ -177,32 +177,7 @@ def classify_processes(root_pid: int) -> dict[str, int]:
     JVM forks (the pyspark daemon and its workers). RSS of forked workers counts
     pages shared with the daemon more than once: an upper bound.
     """
-    import psutil
-
-    out = {"driver_python": 0, "jvm": 0, "python_workers": 0}
-    try:
-        root = psutil.Process(root_pid)
-        out["driver_python"] = root.memory_info().rss
-        children = root.children(recursive=True)
-    except psutil.Error:
-        return out
-    jvms = set()
-    for proc in children:
-        try:
-            if "java" in proc.name():
-                jvms.add(proc.pid)
-                out["jvm"] += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    for proc in children:
-        try:
-            if proc.pid in jvms:
-                continue
-            if any(parent.pid in jvms for parent in proc.parents()):
-                out["python_workers"] += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return out
+    return rss_by_class(process_classes(root_pid))
 
 
 class MemorySampler:

@@ -222,7 +222,7 @@ def _table_schema(kind: str) -> str:
 
 def global_codebook(sample: np.ndarray, centroids: np.ndarray, settings: BuildSettings) -> bytes:
     """One PQ codebook for all partitions, trained on the sample's residuals."""
-    nearest = nearest_centroids(sample, centroids, settings.metric, 1)[0][:, 0]
+    nearest = nearest_centroids(sample, centroids, settings.metric, 1)[:, 0]
     width = padded_dim(sample.shape[1], settings.pq.subvectors)
     residuals = pad(sample - centroids[nearest], width)
     return pq.codebook_to_bytes(train_pq_codebook(residuals, settings.pq, settings.seed))
@@ -234,7 +234,7 @@ def _assign_fn(centroids: np.ndarray, metric: str, dim: int):
             vectors = to_matrix(batch.column("vector"), dim, "column 'vector'")
             if metric == "cosine":
                 vectors = normalize_rows(vectors)
-            cluster = nearest_centroids(vectors, centroids, metric, 1)[0][:, 0]
+            cluster = nearest_centroids(vectors, centroids, metric, 1)[:, 0]
             yield pa.RecordBatch.from_arrays(
                 [batch.column("id"), batch.column("vector"), pa.array(cluster, pa.int32())],
                 ["id", "vector", "cluster"],

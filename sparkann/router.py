@@ -24,18 +24,35 @@ _CHUNK_ROWS = 4096
 
 def nearest_centroids(
     vectors: np.ndarray, centroids: np.ndarray, metric: str, count: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (n, count) of each vector's ``count`` nearest centroids, nearest first,
-    and their distances: Euclidean, or for ``ip`` the negative inner product.
+) -> np.ndarray:
+    """Indices (n, count) of each vector's ``count`` nearest centroids, nearest first.
 
     ``l2`` and ``cosine`` rank by Euclidean distance (cosine vectors are already
     normalised); ``ip`` ranks by largest inner product, as IVF does for MIPS.
     """
+    return _ranked_scores(vectors, centroids, metric, count)[0]
+
+
+def centroid_distances(
+    vectors: np.ndarray, centroids: np.ndarray, metric: str, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest_centroids` and their distances: Euclidean, or for ``ip`` the
+    negative inner product."""
+    ranked, scores = _ranked_scores(vectors, centroids, metric, count)
+    if metric == "ip":
+        return ranked, scores
+    sq_norms = (np.asarray(vectors, dtype=np.float32) ** 2).sum(axis=1)[:, None]
+    return ranked, np.sqrt(np.maximum(scores + sq_norms, 0.0))
+
+
+def _ranked_scores(vectors, centroids, metric: str, count: int):
+    """Top ``count`` centroid indices and scores that rank like the distances
+    (squared Euclidean minus the vector's squared norm, or negative inner product)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     centroids = np.asarray(centroids, dtype=np.float32)
     count = min(count, len(centroids))
     out = np.empty((len(vectors), count), dtype=np.int64)
-    dists = np.empty((len(vectors), count), dtype=np.float32)
+    scores_out = np.empty((len(vectors), count), dtype=np.float32)
     sq_norms = (centroids**2).sum(axis=1)
     for start in range(0, len(vectors), _CHUNK_ROWS):
         chunk = vectors[start : start + _CHUNK_ROWS]
@@ -43,10 +60,8 @@ def nearest_centroids(
         if metric != "ip":
             scores += sq_norms[None, :]
         rows = slice(start, start + len(chunk))
-        out[rows], dists[rows] = top_k(scores, count)
-        if metric != "ip":
-            dists[rows] = np.sqrt(np.maximum(dists[rows] + (chunk**2).sum(1)[:, None], 0.0))
-    return out, dists
+        out[rows], scores_out[rows] = top_k(scores, count)
+    return out, scores_out
 
 
 def within_slack(distances: np.ndarray, epsilon: float) -> np.ndarray:
@@ -104,7 +119,7 @@ class Router:
     def rank(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``count`` nearest clusters of each query, nearest first, and their distances."""
         if self._graph is None:
-            return nearest_centroids(queries, self.centroids, self.metric, count)
+            return centroid_distances(queries, self.centroids, self.metric, count)
         return hnsw.search(self._graph, queries, count, max(2 * count, 64), self.metric)
 
     def route(

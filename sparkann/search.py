@@ -324,10 +324,7 @@ def _search_fn(manifest: storage.Manifest, settings: SearchSettings, thread_hint
         for batch in batches:
             for row in range(batch.num_rows):
                 pid = batch.column("partition_id")[row].as_py()
-                part, ids = _cached(
-                    (manifest.token, pid, rerank),
-                    lambda: _load_partition(manifest, pid, batch.slice(row, 1), rerank),
-                )
+                part, ids = _loaded(manifest, pid, rerank, lambda: batch.slice(row, 1))
                 queries = batch.column("queries")[row].values
                 yield from _answer(part, ids, queries, manifest, settings, threads)
 
@@ -343,7 +340,7 @@ def _search_tasks_fn(manifest, settings: SearchSettings, thread_hint: int, files
         fail_first_attempt("search", settings.fail_first_attempt)
         threads = resolve_threads(thread_hint)
         received = list(batches)
-        if not received or not sum(b.num_rows for b in received):
+        if not sum(b.num_rows for b in received):
             return
         table = pa.Table.from_batches(received)
         table = table.sort_by("partition_id")
@@ -351,15 +348,18 @@ def _search_tasks_fn(manifest, settings: SearchSettings, thread_hint: int, files
         starts = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1]])
         for start, stop in zip(starts, np.r_[starts[1:], len(pids)]):
             pid = int(pids[start])
-            part, ids = _cached(
-                (manifest.token, pid, rerank),
-                lambda: _load_partition(manifest, pid, _read_row(files[pid], columns, pid),
-                                        rerank),
-            )
+            part, ids = _loaded(manifest, pid, rerank,
+                                lambda: _read_row(files[pid], columns, pid))
             queries = _struct(table.slice(start, stop - start), ["qid", "vector", "allowed"])
             yield from _answer(part, ids, queries, manifest, settings, threads)
 
     return run
+
+
+def _loaded(manifest: storage.Manifest, pid: int, rerank: bool, read_row):
+    """(partition, ids) from the worker cache, or verified and loaded from ``read_row()``."""
+    return _cached((manifest.token, pid, rerank),
+                   lambda: _load_partition(manifest, pid, read_row(), rerank))
 
 
 def _struct(table: pa.Table, names: list[str]) -> pa.StructArray:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -72,6 +73,19 @@ class LogLines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+@contextmanager
+def sparkann_logs(spark, progress_seconds: str):
+    """Collect sparkann's log lines with progress reports every ``progress_seconds``."""
+    lines = LogLines()
+    logging.getLogger("sparkann").addHandler(lines)
+    spark.conf.set("spark.sparkann.progressSeconds", progress_seconds)
+    try:
+        yield lines
+    finally:
+        logging.getLogger("sparkann").removeHandler(lines)
+        spark.conf.unset("spark.sparkann.progressSeconds")
+
+
 def _raises(error, fn, match: str = ""):
     try:
         fn()
@@ -83,14 +97,8 @@ def _raises(error, fn, match: str = ""):
 
 @check
 def fit_logs_stages_and_leaves_no_tags(ctx: Context):
-    lines = LogLines()
-    logging.getLogger("sparkann").addHandler(lines)
-    ctx.spark.conf.set("spark.sparkann.progressSeconds", "0.5")
-    try:
+    with sparkann_logs(ctx.spark, "0.5") as lines:
         model = ctx.model
-    finally:
-        logging.getLogger("sparkann").removeHandler(lines)
-        ctx.spark.conf.unset("spark.sparkann.progressSeconds")
     summary = model.summary()
     assert summary["numVectors"] == 4000 and summary["numPartitions"] == 4, summary
     assert "build partition indexes" in summary["buildSeconds"], summary["buildSeconds"]
@@ -121,15 +129,9 @@ def _slow_batches(batches):
 def long_stages_log_progress(ctx: Context):
     from sparkann.observe import StageTimer
 
-    lines = LogLines()
-    logging.getLogger("sparkann").addHandler(lines)
-    ctx.spark.conf.set("spark.sparkann.progressSeconds", "0.2")
-    try:
+    with sparkann_logs(ctx.spark, "0.2") as lines:
         with StageTimer(ctx.spark)("slow stage"):
             ctx.spark.range(0, 8, 1, 4).mapInArrow(_slow_batches, "id long").collect()
-    finally:
-        logging.getLogger("sparkann").removeHandler(lines)
-        ctx.spark.conf.unset("spark.sparkann.progressSeconds")
     progress = [line for line in lines.lines if "tasks done" in line]
     assert progress and progress[0].startswith("sparkann: slow stage: "), lines.lines
 
