@@ -20,9 +20,11 @@ setup(
         "hnswlib>=0.8,<0.9",
     ],
     extras_require={
-        # everything `python -m pytest -q tests` needs: Spark Connect client, notebook runner
+        # everything `python -m pytest -q tests` needs: Spark Connect client, notebook runner,
+        # the HDF5 reader and the benchmark smoke run
         "test": ["pytest>=8", "hypothesis>=6", "pyspark[connect]>=4.0,<5", "matplotlib>=3.7",
-                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25"],
+                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25", "h5py>=3",
+                 "psutil>=5.9"],
         "connect": ["pyspark[connect]>=4.0,<5"],
         "hdf5": ["h5py>=3"],
         "eval": ["matplotlib>=3.7"],  # sparkann evaluate / jobs/evaluate.py charts
