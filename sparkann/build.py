@@ -1,12 +1,17 @@
-"""Build an index with Spark: sample, train centroids, assign, shard, build, store.
+"""Build an index with Spark: check, train centroids, assign once, build, store.
 
-Spark code here only moves data; the algorithms are in :mod:`partitioner`,
-:mod:`router` and :mod:`hnsw`.
+Spark code here only moves data; the algorithms live in
+:mod:`sparkann.partitioning` and :mod:`sparkann.index`. Driver-side work is
+bounded by the number of centroids, never by the number of rows: the
+centroids are trained on bounded samples (the fine level of a two-level
+training runs in Spark tasks), every row is assigned exactly once, and
+partition sizes and bytes come from the build tasks' own output.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -15,124 +20,119 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from . import partitioner, pq, storage
+from . import testing
+from .index import PartitionContext, index_type
+from .loader import checked_meta
+from .metrics import Metric, get_metric
 from .observe import StageTimer
-from .partitions import HNSWPartition, PQPartition, PQSettings, pad, padded_dim
-from .partitions import train_codebook as train_pq_codebook
-from .router import ShardPlan, nearest_centroids
-from .tasks import FaultPlan, fail_first_attempt, resolve_threads, threads_per_task
-from .vectors import id_type, normalize_rows, to_matrix, vector_column
+from .partitioning import kmeans
+from .partitioning.router import (
+    META_HNSW_MIN_CENTROIDS,
+    CentroidRanker,
+    ShardPlan,
+    build_centroid_graph,
+    rank_brute_force,
+)
+from .storage import tables
+from .storage.format import IndexFormatError, Locations, Manifest, Meta, Partitions, sha256
+from .storage.fs import join, read_file, store_for
+from .storage.versions import new_run
+from .tasks import resolve_threads, threads_per_task
+from .vectors import id_type, list_array, to_matrix, vector_column
 
 log = logging.getLogger(__name__)
+LOCATION_BUCKET_ROWS = 1 << 20  # ids per bucket of the id-location table
 
 
 @dataclass(frozen=True)
-class BuildSettings:
-    vector_col: str
-    id_col: str
-    metric: str
-    num_clusters: int | None
-    hnsw_m: int
-    ef_construction: int
-    sample_size: int | None
-    max_partition_rows: int | None
-    seed: int
-    num_threads: int
-    deterministic: bool = False
-    fail_first_attempt: FaultPlan | frozenset = frozenset()
-    index_type: str = "hnsw"
-    allow_duplicate_ids: bool = False
-    pq: PQSettings = PQSettings()
+class MetaHandle:
+    """How a task finds the meta file of an index being built."""
+
+    uri: str
+    sha256: str
+    dim: int
+    inline: bytes | None = None
+
+    def read(self) -> Meta:
+        data = self.inline if self.inline is not None else read_file(self.uri, 8 << 30)
+        if sha256(data) != self.sha256:
+            raise IndexFormatError(f"the meta file {self.uri} changed during the build")
+        return Meta.from_bytes(data, self.dim)
 
 
-def build_index(df: DataFrame, settings: BuildSettings, root: str,
-                params: dict) -> storage.Manifest:
-    """Build the index of ``df`` under ``root`` and publish it; returns its manifest."""
-    spark = df.sparkSession
-    stage = StageTimer(spark)
-    kind = id_type(df, settings.id_col)
-    rows = df.select(
-        F.col(settings.id_col).cast("long" if kind == "long" else "string").alias("id"),
-        vector_column(df, settings.vector_col).alias("vector"),
-    )
+@dataclass(frozen=True)
+class Built:
+    """What a build wrote: its partitions, meta file and id locations."""
+
+    partitions: Partitions
+    meta_file: str
+    meta_sha256: str
+    locations: Locations
+    num_clusters: int
+    max_partition_rows: int
+
+
+def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, str]:
+    """(id, vector array<float>) of a user's DataFrame, and the id type."""
+    kind = id_type(df, id_col)
+    rows = df.select(F.col(id_col).cast("long" if kind == "long" else "string").alias("id"),
+                     vector_column(df, vector_col).alias("vector"))
+    return rows, kind
+
+
+def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: bool,
+                stage: StageTimer) -> tuple[Built, int, int]:
+    """Write an index of ``rows`` (id, vector) under ``root``; returns what was built,
+    the row count and the dimension. Nothing is published."""
+    spark = rows.sparkSession
+    metric = get_metric(params["metric"])
     with stage("validate input"):
-        num_vectors, dim = check_rows(rows, settings)
-    log.info("sparkann: indexing %d vectors of dimension %d", num_vectors, dim)
-    if settings.index_type == "pq" and settings.pq.subvectors > dim:
-        raise ValueError(
-            f"pqSubvectors={settings.pq.subvectors} is larger than the dimension {dim}")
-    num_clusters = settings.num_clusters or partitioner.default_num_clusters(num_vectors)
-    if num_clusters > num_vectors:
-        raise ValueError(
-            f"numPartitions={num_clusters} is larger than the number of rows ({num_vectors})"
-        )
+        num_rows, dim = check_rows(rows, params)
+    log.info("sparkann: indexing %d vectors of dimension %d", num_rows, dim)
+    cls = index_type(params["indexType"])
+    check_index_params(params, dim)
+    num_clusters = params["numPartitions"] or kmeans.default_num_clusters(num_rows)
+    if num_clusters > num_rows:
+        raise ValueError(f"numPartitions={num_clusters} is larger than the number of rows "
+                         f"({num_rows})")
+    max_rows = params["maxPartitionRows"] or kmeans.default_max_partition_rows(
+        dim, int(params.get("hnswM", 16)))
+    seed = int(params["seed"])
     with stage("train centroids"):
-        sample = sample_vectors(rows, settings, num_clusters, num_vectors, dim)
-        centroids = partitioner.train_centroids(sample, num_clusters, settings.seed)
-    metric = settings.metric
-    assigned = rows.mapInArrow(
-        _assign_fn(centroids, metric, dim), "id " + kind + ", vector array<float>, cluster int"
-    )
-    with stage("count clusters"):
-        sizes = (cluster_sizes(assigned, num_clusters) if num_clusters > 1
-                 else np.array([num_vectors]))
-    max_rows = settings.max_partition_rows or partitioner.default_max_partition_rows(
-        dim, settings.hnsw_m
-    )
-    plan = ShardPlan.from_cluster_sizes(sizes, max_rows)
-    log.info("sparkann: %d clusters in %d partitions (largest %d rows)", num_clusters,
-             plan.num_partitions, int(sizes.max()))
-    codebook = b""
-    if settings.index_type == "pq" and settings.pq.codebook == "global":
-        with stage("train global codebook"):
-            codebook = global_codebook(sample, centroids, settings)
-    data_dir = storage.new_data_dir()
-    threads = threads_per_task(spark, settings.num_threads, plan.num_partitions)
-    with stage("build partition indexes"), storage.removed_on_failure(spark, root, data_dir):
-        table = with_partition_ids(assigned, plan).groupBy("partition_id").applyInArrow(
-            _build_fn(settings, kind, threads, centroids[plan.cluster_of], codebook),
-            _table_schema(kind),
-        )
-        storage.write_table(table, storage.join(root, data_dir))
+        centroids, sample, estimated = train_centroids(rows, metric, num_clusters, num_rows,
+                                                       dim, params)
+    plan = ShardPlan.from_cluster_sizes(np.maximum(estimated, 1), max_rows)
+    log.info("sparkann: %d clusters in %d partitions", num_clusters, plan.num_partitions)
+    with stage("train shared data"):
+        graph = (build_centroid_graph(centroids, metric, seed)
+                 if num_clusters >= META_HNSW_MIN_CENTROIDS else b"")
+        ranker = CentroidRanker(centroids, metric, graph)
+        context = PartitionContext(metric, dim, params)
+        nearest = ranker.nearest(sample)
+        shared = cls.train_shared(sample, sample - centroids[nearest], context, seed)
+    meta = write_meta(spark, root, Meta(centroids, plan.counts, graph, shared), inline)
+    run = new_run("data")
+    threads = 1 if params["deterministic"] else threads_per_task(
+        spark, int(params["numThreads"]), plan.num_partitions)
+    with stage("build partition indexes"), removed_on_failure(spark, root, [run, meta[0]]):
+        assigned = assign(rows, meta[1], metric, dim, kind)
+        table = per_partition(assigned, plan.num_partitions,
+                              build_fn(meta[1], params, dim, threads), tables.index_schema(kind))
+        tables.write_table(table, join(root, run), "partition_id")
     with stage("check partitions"):
-        stats = storage.table_stats(spark, storage.join(root, data_dir))
-    _check_stats(stats, plan)
-    manifest = storage.Manifest(
-        root=root,
-        partition_dirs=[data_dir] * plan.num_partitions,
-        params={**params, "numPartitions": num_clusters, "maxPartitionRows": max_rows,
-                "balanceAtBuild": balance([s.num_rows for s in stats])},
-        dim=dim,
-        num_vectors=num_vectors,
-        id_type=kind,
-        centroids=centroids,
-        cluster_sizes=[int(s) for s in sizes],
-        shard_counts=[int(c) for c in plan.counts],
-        partition_rows=[s.num_rows for s in stats],
-        checksums=[s.checksum for s in stats],
-        vector_checksums=[s.vectors_checksum or "" for s in stats],
-        deleted_counts=[0] * len(stats),
-        partition_errors=[float(s.sq_error) for s in stats],
-        partition_bytes=[int(s.nbytes) for s in stats],
-        codebook=codebook,
-        build_seconds=stage.seconds,
-    )
-    with stage("publish"):
-        return storage.publish(spark, manifest)
+        partitions = written_partitions(spark, root, run, plan.num_partitions)
+    with stage("write id locations"):
+        locations = write_locations(spark, root, partitions, num_rows, kind)
+    built = Built(partitions, meta[0], meta[1].sha256, locations, num_clusters, max_rows)
+    return built, num_rows, dim
 
 
-def balance(sizes) -> float:
-    """Largest partition over the mean partition: 1.0 is perfect balance."""
-    sizes = np.asarray(sizes, dtype=np.float64)
-    return float(sizes.max() / max(sizes.mean(), 1e-9))
-
-
-def check_rows(rows: DataFrame, settings: BuildSettings) -> tuple[int, int]:
+def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
     """One pass of checks before any expensive work; returns (count, dim)."""
     vec = F.col("vector")
     bad_value = F.exists(vec, lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
-    zero = F.forall(vec, lambda x: x == 0) if settings.metric == "cosine" else F.lit(False)
-    distinct = F.lit(None) if settings.allow_duplicate_ids else F.count_distinct("id")
+    zero = F.forall(vec, lambda x: x == 0) if params["metric"] == "cosine" else F.lit(False)
+    distinct = F.lit(None) if params["allowDuplicateIds"] else F.count_distinct("id")
     stats = rows.agg(
         F.sum(zero.cast("long")).alias("zero_vectors"),
         F.min(F.when(zero, F.col("id"))).alias("zero_id"),
@@ -145,7 +145,7 @@ def check_rows(rows: DataFrame, settings: BuildSettings) -> tuple[int, int]:
         F.min(F.when(bad_value, F.col("id"))).alias("bad_id"),
         F.sum(bad_value.cast("long")).alias("bad_values"),
     ).collect()[0]
-    col, idc = settings.vector_col, settings.id_col
+    col, idc = params["vectorCol"], params["idCol"]
     if stats.n == 0:
         raise ValueError("the input DataFrame is empty; there is nothing to index")
     if stats.null_vectors:
@@ -155,26 +155,21 @@ def check_rows(rows: DataFrame, settings: BuildSettings) -> tuple[int, int]:
     if stats.bad_values:
         raise ValueError(
             f"column {col!r} holds NaN or infinite values in {stats.bad_values} row(s), "
-            f"for example {idc}={stats.bad_id!r}"
-        )
+            f"for example {idc}={stats.bad_id!r}")
     if stats.min_dim != stats.max_dim:
-        raise ValueError(
-            f"column {col!r} holds vectors of differing lengths "
-            f"({stats.min_dim} to {stats.max_dim})"
-        )
+        raise ValueError(f"column {col!r} holds vectors of differing lengths "
+                         f"({stats.min_dim} to {stats.max_dim})")
     if stats.min_dim == 0:
         raise ValueError(f"column {col!r} holds empty vectors")
     if stats.zero_vectors:
         raise ValueError(
             f"column {col!r} holds {stats.zero_vectors} all-zero vector(s), which have no "
-            f"direction for the cosine metric, for example {idc}={stats.zero_id!r}"
-        )
+            f"direction for the cosine metric, for example {idc}={stats.zero_id!r}")
     if stats.distinct_ids is not None and stats.distinct_ids != stats.n:
         raise ValueError(
             f"column {idc!r} holds {stats.n - stats.distinct_ids} duplicate id(s), for example "
             f"{idc}={duplicate_example(rows)!r}; drop them (df.dropDuplicates([{idc!r}])) or "
-            "set allowDuplicateIds=True to index every row"
-        )
+            "set allowDuplicateIds=True to index every row")
     return int(stats.n), int(stats.min_dim)
 
 
@@ -183,116 +178,177 @@ def duplicate_example(rows: DataFrame):
     return None if row is None else row["id"]
 
 
-def sample_vectors(rows, settings, num_clusters, num_vectors, dim) -> np.ndarray:
-    """A seeded random sample of vectors, collected to the driver as Arrow."""
-    size = settings.sample_size or partitioner.default_sample_size(num_clusters)
-    fraction = min(1.0, 1.2 * size / num_vectors)
+def check_index_params(params: dict, dim: int) -> None:
+    """Settings that can only be checked against the data's dimension."""
+    if params["indexType"] == "pq" and params["pqSubvectors"] > dim:
+        raise ValueError(f"pqSubvectors={params['pqSubvectors']} is larger than the "
+                         f"dimension {dim}")
+
+
+# ----------------------------------------------------------------- centroids
+
+
+def sample_vectors(rows: DataFrame, size: int, num_rows: int, seed: int, metric: Metric,
+                   dim: int) -> np.ndarray:
+    """A seeded random sample of about ``size`` prepared vectors, collected to the driver."""
+    fraction = min(1.0, 1.2 * size / num_rows)
     picked = rows.select("vector")
     if fraction < 1.0:
-        picked = picked.sample(fraction=fraction, seed=settings.seed)
+        picked = picked.sample(fraction=fraction, seed=seed)
     table = picked.limit(size).toArrow()
-    sample = to_matrix(table.column("vector"), dim)
-    return normalize_rows(sample) if settings.metric == "cosine" else sample
+    return metric.prepare(to_matrix(table.column("vector"), dim))
 
 
-def cluster_sizes(assigned: DataFrame, num_clusters: int) -> np.ndarray:
-    sizes = np.zeros(num_clusters, dtype=np.int64)
-    for row in assigned.groupBy("cluster").count().collect():
-        sizes[row["cluster"]] = row["count"]
-    return sizes
+def train_centroids(rows: DataFrame, metric: Metric, num_clusters: int, num_rows: int,
+                    dim: int, params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centroids, a driver sample, estimated rows per cluster)."""
+    seed = int(params["seed"])
+    requested = int(params["sampleSize"] or 0)
+    if not kmeans.two_level(num_clusters):
+        size = min(kmeans.sample_rows(num_clusters, requested), kmeans.MAX_DRIVER_SAMPLE_ROWS)
+        sample = sample_vectors(rows, size, num_rows, seed, metric, dim)
+        centroids = kmeans.train(sample, num_clusters, seed)
+        counts = np.bincount(CentroidRanker(centroids, metric).nearest(sample),
+                             minlength=num_clusters)
+        return centroids, sample, counts * (num_rows / len(sample))
+    coarse_n = kmeans.coarse_count(num_clusters)
+    size = min(kmeans.sample_rows(coarse_n), kmeans.MAX_DRIVER_SAMPLE_ROWS)
+    sample = sample_vectors(rows, size, num_rows, seed, metric, dim)
+    coarse = kmeans.train(sample, coarse_n, seed)
+    fine_rows = kmeans.sample_rows(num_clusters, requested)
+    centroids, counts = train_fine_level(rows, metric, coarse, num_clusters, fine_rows,
+                                         num_rows, dim, seed)
+    return centroids, sample, counts * (num_rows / max(counts.sum(), 1))
 
 
-def with_partition_ids(assigned: DataFrame, plan: ShardPlan) -> DataFrame:
-    """Partition id = first shard of the row's cluster + hash(id) mod its shard count."""
-    offsets = F.array(*map(F.lit, plan.offsets.tolist()))
-    counts = F.array(*map(F.lit, plan.counts.tolist()))
-    cluster = F.col("cluster") + 1
-    shard = F.pmod(F.xxhash64("id"), F.element_at(counts, cluster))
-    return assigned.withColumn("partition_id", (F.element_at(offsets, cluster) + shard).cast("int"))
+def train_fine_level(rows: DataFrame, metric: Metric, coarse: np.ndarray, num_clusters: int,
+                     sample_size: int, num_rows: int, dim: int, seed: int):
+    """Fine centroids of every coarse cluster, trained in parallel Spark tasks on a
+    sample of about ``sample_size`` rows; returns them and their sample counts."""
+    fraction = min(1.0, sample_size / num_rows)
+    picked = rows.select("vector")
+    if fraction < 1.0:
+        picked = picked.sample(fraction=fraction, seed=seed + 1)
+    grouped = picked.mapInArrow(_coarse_fn(coarse, metric, dim),
+                                "coarse int, vector array<float>")
+    sizes = np.zeros(len(coarse), np.int64)
+    for row in grouped.groupBy("coarse").count().collect():
+        sizes[row["coarse"]] = row["count"]
+    counts = kmeans.fine_counts(sizes, num_clusters)
+    trained = grouped.groupBy("coarse").applyInArrow(
+        _fine_fn(counts, dim, seed, metric.centroid_space),
+        "coarse int, centroids binary, counts binary").collect()
+    by_coarse = {row["coarse"]: row for row in trained}
+    parts, sample_counts = [], []
+    for cluster in np.flatnonzero(counts):
+        row = by_coarse[int(cluster)]
+        parts.append(np.frombuffer(row["centroids"], np.float32).reshape(-1, dim))
+        sample_counts.append(np.frombuffer(row["counts"], np.int64))
+    centroids = np.concatenate(parts)
+    if len(centroids) != num_clusters:
+        raise RuntimeError(f"the fine level trained {len(centroids)} of {num_clusters} "
+                           "centroids")
+    return centroids, np.concatenate(sample_counts).astype(np.float64)
 
 
-def _table_schema(kind: str) -> str:
-    return (
-        f"partition_id int, num_rows long, ids array<{kind}>, payload binary, "
-        "codebook binary, deleted array<int>, checksum string, vectors binary, "
-        "vectors_checksum string, "
-        "sq_error double"
-    )
-
-
-def global_codebook(sample: np.ndarray, centroids: np.ndarray, settings: BuildSettings) -> bytes:
-    """One PQ codebook for all partitions, trained on the sample's residuals."""
-    nearest = nearest_centroids(sample, centroids, settings.metric, 1)[:, 0]
-    width = padded_dim(sample.shape[1], settings.pq.subvectors)
-    residuals = pad(sample - centroids[nearest], width)
-    return pq.codebook_to_bytes(train_pq_codebook(residuals, settings.pq, settings.seed))
-
-
-def _assign_fn(centroids: np.ndarray, metric: str, dim: int):
+def _coarse_fn(coarse: np.ndarray, metric: Metric, dim: int):
     def assign(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        ranker = CentroidRanker(coarse, metric)
         for batch in batches:
-            vectors = to_matrix(batch.column("vector"), dim, "column 'vector'")
-            if metric == "cosine":
-                vectors = normalize_rows(vectors)
-            cluster = nearest_centroids(vectors, centroids, metric, 1)[:, 0]
+            vectors = metric.prepare(to_matrix(batch.column("vector"), dim))
             yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), batch.column("vector"), pa.array(cluster, pa.int32())],
-                ["id", "vector", "cluster"],
-            )
+                [pa.array(ranker.nearest(vectors), pa.int32()), list_array(vectors)],
+                ["coarse", "vector"])
 
     return assign
 
 
-def _build_fn(settings: BuildSettings, kind: str, threads: int, centroid_of, codebook: bytes):
-    """The per-partition task: vectors in, one index-table row out."""
+def _fine_fn(counts: np.ndarray, dim: int, seed: int, space: str):
+    def train(key, table):
+        cluster = key[0].as_py()
+        vectors = to_matrix(table.column("vector"), dim)
+        vectors = vectors[np.lexsort(vectors.T[::-1])]  # arrival order varies; results must not
+        fine = kmeans.train_fine(vectors, int(counts[cluster]), seed * 7919 + cluster)
+        nearest = rank_brute_force(vectors, fine, space, 1)[0][:, 0]
+        return pa.table({"coarse": pa.array([cluster], pa.int32()),
+                         "centroids": pa.array([fine.astype(np.float32).tobytes()]),
+                         "counts": pa.array([np.bincount(nearest, minlength=len(fine))
+                                             .astype(np.int64).tobytes()])})
 
-    def build_partition(key, table):  # no hints: pyspark infers its eval type from them
-        partition_id = key[0].as_py()
-        fail_first_attempt("build", settings.fail_first_attempt)
-        if settings.deterministic:  # rows arrive in shuffle-fetch order, which varies
+    return train
+
+
+def write_meta(spark, root: str, meta: Meta, inline: bool) -> tuple[str, MetaHandle]:
+    """Write the meta file; returns its path (relative to the root) and a task handle."""
+    data = meta.to_bytes()
+    relative = f"{new_run('meta')}.bin"
+    store_for(spark, root).write(join(root, relative), data)
+    return relative, MetaHandle(join(root, relative), sha256(data), meta.centroids.shape[1],
+                                data if inline else None)
+
+
+# ------------------------------------------------------------ assign and build
+
+
+def assign(rows: DataFrame, meta: MetaHandle, metric: Metric, dim: int, kind: str) -> DataFrame:
+    """(id, prepared vector, partition_id) of every row: one assignment pass."""
+    hashed = rows.select("id", "vector", F.xxhash64("id").alias("id_hash"))
+    return hashed.mapInArrow(_assign_fn(meta, metric, dim),
+                             f"id {kind}, vector array<float>, partition_id int")
+
+
+def _assign_fn(meta: MetaHandle, metric: Metric, dim: int):
+    def assign_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        loaded = meta.read()
+        ranker = CentroidRanker(loaded.centroids, metric, loaded.centroid_graph)
+        plan = ShardPlan(loaded.shard_counts)
+        for batch in batches:
+            vectors = metric.prepare(to_matrix(batch.column("vector"), dim, "column 'vector'"))
+            pids = plan.partition_of(ranker.nearest(vectors),
+                                     batch.column("id_hash").to_numpy(zero_copy_only=False))
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), list_array(vectors), pa.array(pids, pa.int32())],
+                ["id", "vector", "partition_id"])
+
+    return assign_rows
+
+
+def per_partition(assigned: DataFrame, num_partitions: int, fn, schema: str) -> DataFrame:
+    """``fn(partition_id, rows)`` applied to all rows of each partition, one Spark task
+    per partition (``repartitionById`` is never coalesced, unlike a ``groupBy``)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        received = [b for b in batches if b.num_rows]  # one partition: bounded by its size
+        if not received:
+            return
+        received = pa.Table.from_batches(received)
+        pids = received.column("partition_id").to_numpy()
+        for pid in np.unique(pids):
+            rows = received.filter(pa.array(pids == pid)) if len(np.unique(pids)) > 1 \
+                else received
+            yield from fn(int(pid), rows).to_batches()
+
+    return assigned.repartitionById(num_partitions, "partition_id").mapInArrow(run, schema)
+
+
+def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int):
+    """The per-partition task: prepared vectors in, one index-table row out."""
+    metric, cls = get_metric(params["metric"]), index_type(params["indexType"])
+    deterministic = bool(params["deterministic"])
+
+    def build_partition(pid: int, table: pa.Table) -> pa.Table:
+        testing.inject("build")
+        if deterministic:  # rows arrive in shuffle-fetch order, which varies
             table = table.sort_by("id")
-        vectors = to_matrix(table.column("vector"), None, f"partition {partition_id}")
-        if settings.metric == "cosine":
-            vectors = normalize_rows(vectors)
-        seed = partition_seed(settings.seed, partition_id)
-        if settings.index_type == "pq":
-            shared = pq.codebook_from_bytes(codebook) if codebook else None
-            part = PQPartition.build(vectors, centroid_of[partition_id], settings.pq, seed, shared)
-            own_codebook = b"" if shared else pq.codebook_to_bytes(part.codebook)
-            exact_vectors = part.vectors.tobytes() if part.vectors is not None else None
-            error = part.squared_error
-        else:
-            part = HNSWPartition.build(
-                vectors, settings.metric, settings.hnsw_m, settings.ef_construction, seed,
-                1 if settings.deterministic else resolve_threads(threads),
-            )
-            own_codebook, exact_vectors, error = b"", None, 0.0
-        return partition_row(partition_id, table.column("id"), part.payload(), own_codebook,
-                             exact_vectors, error)
+        loaded = meta.read()
+        cluster = int(ShardPlan(loaded.shard_counts).cluster_of[pid])
+        context = PartitionContext(metric, dim, params, loaded.centroids[cluster], loaded.shared)
+        vectors = to_matrix(table.column("vector"), dim, f"partition {pid}")
+        index = cls.build(vectors, context, partition_seed(int(params["seed"]), pid),
+                          1 if deterministic else resolve_threads(threads))
+        return tables.partition_row(pid, table.column("id"), index.store())
 
     return build_partition
-
-
-def partition_row(partition_id, ids, payload, codebook, exact_vectors, sq_error) -> pa.Table:
-    """One row of the index table."""
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    one_list = pa.array([0, len(ids)], pa.int32())
-    return pa.table(
-        {
-            "partition_id": pa.array([partition_id], pa.int32()),
-            "num_rows": pa.array([len(ids)], pa.int64()),
-            "ids": pa.ListArray.from_arrays(one_list, ids),
-            "payload": pa.array([payload], pa.binary()),
-            "codebook": pa.array([codebook], pa.binary()),
-            "deleted": pa.array([[]], pa.list_(pa.int32())),
-            "checksum": pa.array([storage.partition_checksum(payload, codebook, [])], pa.string()),
-            "vectors": pa.array([exact_vectors], pa.binary()),
-            "vectors_checksum": pa.array(
-                [None if exact_vectors is None else storage.sha256(exact_vectors)], pa.string()
-            ),
-            "sq_error": pa.array([sq_error], pa.float64()),
-        }
-    )
 
 
 def partition_seed(seed: int, partition_id: int) -> int:
@@ -300,10 +356,93 @@ def partition_seed(seed: int, partition_id: int) -> int:
     return (seed * 1_000_003 + partition_id * 7919) % (2**31 - 1)
 
 
-def _check_stats(stats, plan: ShardPlan) -> None:
-    found = [s.partition_id for s in stats]
-    if found != list(range(plan.num_partitions)):
-        raise RuntimeError(
-            f"the index table holds partitions {found[:10]}..., expected "
-            f"0..{plan.num_partitions - 1}; the build output is incomplete"
-        )
+def written_partitions(spark, root: str, run: str, num_partitions: int) -> Partitions:
+    """Per-partition facts of a written index table; partitions without rows are empty."""
+    found = tables.written(spark, root, run, tables.INDEX_FACTS)
+    facts: dict[int, tuple] = {}
+    for row, file in found:
+        pid = row["partition_id"]
+        if pid in facts or not 0 <= pid < num_partitions:
+            raise RuntimeError(f"the index table holds partition {pid} more than once or out "
+                               f"of range 0..{num_partitions - 1}; the build output is damaged")
+        facts[pid] = (file, int(row["num_rows"]), int(row["payload_bytes"]), row["checksum"],
+                      float(row["sq_error"] or 0.0))
+    empty = ("", 0, 0, "", 0.0)
+    columns = list(zip(*(facts.get(pid, empty) for pid in range(num_partitions))))
+    return Partitions(files=list(columns[0]), rows=list(columns[1]),
+                      payload_bytes=list(columns[2]), checksums=list(columns[3]),
+                      sq_errors=list(columns[4]), deletes=[[] for _ in range(num_partitions)])
+
+
+def location_buckets(num_rows: int) -> int:
+    return max(1, math.ceil(num_rows / LOCATION_BUCKET_ROWS))
+
+
+def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
+                    kind: str) -> Locations:
+    """The id-location table (bucket, id, partition_id) from the written partitions'
+    id columns (payloads are not read)."""
+    buckets = location_buckets(num_rows)
+    files = [join(root, f) for f in partitions.files if f]
+    ids = spark.read.parquet(*files).select(F.explode("ids").alias("id"),
+                                            F.col("pid").alias("partition_id"))
+    located = ids.mapInArrow(bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
+    run = new_run("locations")
+    tables.write_table(located.repartitionById(buckets, "bucket"), join(root, run), "bucket")
+    by_bucket: list[list[str]] = [[] for _ in range(buckets)]
+    for row, file in tables.written(spark, root, run, ["bucket"]):
+        if file not in by_bucket[row["bucket"]]:
+            by_bucket[row["bucket"]].append(file)
+    return Locations(buckets, by_bucket)
+
+
+def bucket_fn(buckets: int):
+    """(id, partition_id) rows with their id-location bucket."""
+
+    def with_bucket(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            ids = batch.column("id")
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(tables.id_buckets(ids, buckets), pa.int32()), ids,
+                 batch.column("partition_id")], ["bucket", "id", "partition_id"])
+
+    return with_bucket
+
+
+class removed_on_failure:
+    """Delete what a failed write left under the root (best effort)."""
+
+    def __init__(self, spark, root: str, paths: list[str]):
+        self.spark, self.root, self.paths = spark, root, paths
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is None:
+            return False
+        store = store_for(self.spark, self.root)
+        for path in self.paths:
+            try:
+                store.delete(join(self.root, path))
+            except Exception:  # the original error matters more
+                log.warning("could not remove the partial output %s", join(self.root, path))
+        return False
+
+
+def new_manifest(root: str, built: Built, params: dict, user_set: list[str], dim: int,
+                 kind: str, build_seconds: dict) -> Manifest:
+    """The manifest of a fresh build (version numbers are set when it is published)."""
+    stored = {**params, "numPartitions": built.num_clusters,
+              "maxPartitionRows": built.max_partition_rows}
+    return Manifest(root=root, version=0, index_type=params["indexType"],
+                    metric=params["metric"], dim=dim, id_type=kind, params=stored,
+                    user_set=list(user_set), meta_file=built.meta_file,
+                    meta_sha256=built.meta_sha256, partitions=built.partitions,
+                    locations=built.locations, build_seconds=build_seconds)
+
+
+def with_checked_meta(spark, manifest: Manifest) -> Meta:
+    """The meta file of a manifest, read on the driver and verified."""
+    data = store_for(spark, manifest.root).read(join(manifest.root, manifest.meta_file), 8 << 30)
+    return checked_meta(manifest, data)

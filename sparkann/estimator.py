@@ -1,122 +1,176 @@
-"""``ANNIndex`` (an Estimator) and ``ANNIndexModel``: orchestration only."""
+"""``ANNIndex`` (an Estimator) and ``ANNIndexModel``: orchestration only.
+
+The data flow lives in :mod:`sparkann.build`, :mod:`sparkann.search`,
+:mod:`sparkann.update` and :mod:`sparkann.calibrate`; the index on storage in
+:mod:`sparkann.storage`.
+"""
 
 from __future__ import annotations
 
-import atexit
 import logging
-import shutil
-import tempfile
+import math
+import uuid
 from dataclasses import replace
 
+import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.base import Estimator, Model
-from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
+from pyspark.ml.util import (
+    DefaultParamsReadable,
+    DefaultParamsReader,
+    DefaultParamsWritable,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from . import partitioner, storage, update
-from .build import BuildSettings, balance, build_index
-from .observe import job_label
+from . import build, calibrate, update
+from .index import SearchKnobs
+from .loader import IndexHandle
+from .observe import StageTimer, job_label
 from .params import ANNParams
-from .partitions import PQSettings
-from .search import PAYLOAD_READS_CONF, SearchSettings, search
-from .tasks import injected_failures
+from .search import SearchPlan, check_query_schema, choose_strategy, payload_reads, run_search
+from .search.plan import memory_needed
+from .storage import tables
+from .storage.format import DeleteFile, IndexFormatError, Manifest, sha256
+from .storage.fs import is_local, join, store_for
+from .storage.versions import load as load_version
+from .storage.versions import new_run, publish, vacuum
 
 log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
-# Routed query sets estimated above this many bytes are shuffle-joined, not broadcast.
-BROADCAST_CONF = "spark.sparkann.broadcastQueryBytes"
 DEFAULT_MIN_EF = 64
+CALIBRATED = ("numProbes", "efSearch", "rerankK")
 
 
-class ANNIndex(Estimator, ANNParams):
-    """Approximate nearest-neighbour index: IVF partitions, one HNSW graph each.
+class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadable):
+    """Approximate nearest-neighbour index: IVF partitions, one index (HNSW graph or
+    PQ codes) per partition, built and searched with Spark.
 
-    ``fit`` trains coarse centroids on a sample, routes every vector to its
-    nearest centroid, builds one HNSW graph per partition inside Spark tasks and
-    stores them as a versioned index directory (``indexPath``, or a temporary
-    directory). The returned :class:`ANNIndexModel` searches query DataFrames.
+    ``fit`` trains coarse centroids, assigns every vector to its nearest one,
+    builds one partition index per cluster inside Spark tasks, stores them as a
+    versioned index directory and calibrates the search defaults to
+    ``targetRecall``. The returned :class:`ANNIndexModel` searches query
+    DataFrames.
 
     Examples
     --------
-    >>> index = ANNIndex(vectorCol="embedding", metric="cosine", k=5)  # doctest: +SKIP
-    >>> model = index.fit(items)                                        # doctest: +SKIP
-    >>> model.transform(queries).select("id", "neighbors").show()       # doctest: +SKIP
-    >>> model.save("s3://bucket/indexes/items")                         # doctest: +SKIP
+    >>> from sparkann import ANNIndex, datasets
+    >>> vectors = datasets.clustered(2000, 16, seed=1)
+    >>> items = spark.createDataFrame(
+    ...     [(i, v.tolist()) for i, v in enumerate(vectors)], "id long, vector array<float>")
+    >>> model = ANNIndex(k=3, numPartitions=4, targetRecall=0.9).fit(items)
+    >>> row = model.transform(items.limit(1)).first()
+    >>> [n.id for n in row.neighbors][0] == row.id
+    True
+    >>> model.summary()["numVectors"]
+    2000
     """
 
     @keyword_only
-    def __init__(
-        self,
-        *,
-        vectorCol="vector",
-        idCol="id",
-        metric="l2",
-        indexType="hnsw",
-        numPartitions=0,
-        hnswM=16,
-        efConstruction=200,
-        sampleSize=0,
-        maxPartitionRows=0,
-        seed=42,
-        numThreads=0,
-        deterministic=False,
-        allowDuplicateIds=False,
-        indexPath="",
-        k=10,
-        numProbes=0,
-        probeEpsilon=0.0,
-        efSearch=0,
-        neighborsCol="neighbors",
-        queryBatchRows=20_000,
-        pqSubvectors=16,
-        pqBits=8,
-        pqCodebook="partition",
-        rerankK=0,
-        allowedIdsCol="",
-        excludeSelf=False,
-    ):
+    def __init__(self, *, vectorCol="vector", idCol="id", metric="l2", indexType="hnsw",
+                 numPartitions=0, maxPartitionRows=0, sampleSize=0, seed=42, numThreads=0,
+                 deterministic=False, allowDuplicateIds=False, indexPath=None,
+                 targetRecall=0.95, hnswM=16, efConstruction=200, efSearch=None,
+                 pqSubvectors=16, pqBits=8, pqCodebook="partition", rerankK=None, k=10,
+                 numProbes=None, probeEpsilon=0.0, neighborsCol="neighbors",
+                 allowedIdsCol=None, excludeSelf=False, searchStrategy="auto"):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, **kwargs):
-        """Set any of the constructor's keyword parameters."""
-        self._set(**kwargs)
+        """Set any of the constructor's keyword parameters (None leaves one unset)."""
+        self._set(**{name: value for name, value in kwargs.items() if value is not None})
         return self
 
     def _fit(self, dataset: DataFrame) -> "ANNIndexModel":
-        self.validate()
-        values = self.param_values()
-        root = values["indexPath"] or _work_dir(dataset.sparkSession)
-        manifest = build_index(dataset, _build_settings(self, dataset.sparkSession), root, values)
-        return _resolve_probes(self._copyValues(ANNIndexModel(manifest)))
+        spark = dataset.sparkSession
+        params = self.param_values()
+        params.setdefault("rerankK", 0)
+        root = index_root(spark, self.optional("indexPath"))
+        stage = StageTimer(spark)
+        rows, kind = build.input_rows(dataset, params["vectorCol"], params["idCol"])
+        built, num_rows, dim = build.build_index(rows, kind, params, root, False, stage)
+        stats = {"balanceAtBuild": balance(built.partitions.rows)}
+        manifest = build.new_manifest(root, built, {**params, **stats}, self.user_set(), dim,
+                                      kind, stage.seconds)
+        manifest = with_search_defaults(manifest, fixed_defaults(manifest))
+        if params["targetRecall"] > 0:
+            with stage("calibrate"):
+                report = calibrate_staged(spark, manifest, rows, num_rows, params)
+            manifest = with_calibration(manifest, report)
+        manifest = replace(manifest, build_seconds=stage.seconds)
+        with stage("publish"):
+            manifest, digest = publish(spark, manifest, None)
+        return self._copyValues(ANNIndexModel(manifest, digest))._with_index_defaults()
 
 
-def _build_settings(params: ANNParams, spark) -> BuildSettings:
-    """Build settings from an estimator's or a model's params."""
-    values = params.param_values()
-    return BuildSettings(
-        vector_col=values["vectorCol"],
-        id_col=values["idCol"],
-        metric=values["metric"],
-        num_clusters=values["numPartitions"] or None,
-        hnsw_m=values["hnswM"],
-        ef_construction=values["efConstruction"],
-        sample_size=values["sampleSize"] or None,
-        max_partition_rows=values["maxPartitionRows"] or None,
-        seed=values["seed"],
-        num_threads=values["numThreads"],
-        deterministic=values["deterministic"],
-        fail_first_attempt=injected_failures(spark),
-        index_type=values["indexType"],
-        allow_duplicate_ids=values["allowDuplicateIds"],
-        pq=PQSettings(
-            subvectors=values["pqSubvectors"],
-            nbits=values["pqBits"],
-            codebook=values["pqCodebook"],
-            rerank_k=values["rerankK"],
-        ),
-    )
+def balance(sizes) -> float:
+    """Largest partition over the mean partition: 1.0 is perfect balance."""
+    sizes = np.asarray([s for s in sizes], dtype=np.float64)
+    return float(sizes.max() / max(sizes.mean(), 1e-9)) if len(sizes) else 1.0
+
+
+def fixed_defaults(manifest: Manifest) -> dict:
+    """Search defaults without calibration."""
+    clusters = manifest.params["numPartitions"]
+    k = int(manifest.params.get("k", 10))
+    return {"numProbes": int(min(clusters, max(3, math.ceil(math.sqrt(clusters))))),
+            "efSearch": max(DEFAULT_MIN_EF, k),
+            "rerankK": int(manifest.params.get("rerankK") or 0)}
+
+
+def with_search_defaults(manifest: Manifest, values: dict) -> Manifest:
+    """The manifest with search defaults stored, never over a value the user set."""
+    params = dict(manifest.params)
+    for name, value in values.items():
+        if name not in manifest.user_set:
+            params[name] = value
+    return replace(manifest, params=params)
+
+
+def with_calibration(manifest: Manifest, report: dict) -> Manifest:
+    chosen = {name: report[name] for name in CALIBRATED if name in report}
+    return replace(with_search_defaults(manifest, chosen), calibration=report)
+
+
+def calibrate_staged(spark, manifest: Manifest, base: DataFrame, num_rows: int, params: dict,
+                     queries: DataFrame | None = None) -> dict:
+    """Calibrate a manifest not yet published: tasks read it from a staging file."""
+    store = store_for(spark, manifest.root)
+    staged = f"staging/{uuid.uuid4().hex}.json"
+    text = manifest.to_json().encode()
+    store.write(join(manifest.root, staged), text)
+    try:
+        handle = IndexHandle(manifest.root, 0, sha256(text), manifest_file=staged)
+        return calibrate.calibrate(spark, handle, base, num_rows, int(params["k"]),
+                                   float(params["targetRecall"]), int(params["seed"]),
+                                   float(params["probeEpsilon"]), queries)
+    finally:
+        store.delete(join(manifest.root, staged))
+
+
+def index_root(spark: SparkSession, path: str | None) -> str:
+    """Where an index goes: ``indexPath``, else under ``spark.sparkann.workDir``, else
+    under the warehouse directory; refused when executors could not read it."""
+    if path:
+        return store_for(spark, path).qualify(path)
+    warehouse = spark.conf.get("spark.sql.warehouse.dir", None) or "spark-warehouse"
+    base = spark.conf.get(WORK_DIR_CONF, None) or join(warehouse, "sparkann")
+    master = spark.conf.get("spark.master", "local") or "local"
+    if is_local(base) and not master.startswith("local"):
+        raise ValueError(
+            f"indexPath is not set and the default location {base!r} is on the driver's local "
+            f"disk, which executors on other hosts cannot read; set indexPath (or the Spark "
+            f"setting {WORK_DIR_CONF}) to shared storage such as s3://, hdfs:// or dbfs:/")
+    root = join(base, f"index-{uuid.uuid4().hex[:12]}")
+    log.info("sparkann: indexPath is not set; writing the index to %s", root)
+    return store_for(spark, root).qualify(root)
 
 
 class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
@@ -125,131 +179,208 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
     The output column (``neighborsCol``) is ``array<struct<id, distance: float>>``,
     best first, with ``min(k, numVectors)`` entries. Distances: Euclidean for
     ``l2``, ``1 - cosine similarity`` for ``cosine``, negative inner product for
-    ``ip`` (smaller is better for all three).
+    ``ip`` (smaller is better for all three). ``transform`` is lazy: it runs no
+    Spark job and works on streaming DataFrames.
     """
 
-    def __init__(self, manifest: storage.Manifest | None = None):
+    def __init__(self, manifest: Manifest | None = None, manifest_sha256: str = ""):
         super().__init__()
         self._manifest = manifest
+        self._manifest_sha = manifest_sha256
 
     @property
-    def manifest(self) -> storage.Manifest:
+    def manifest(self) -> Manifest:
         if self._manifest is None:
             raise ValueError("this ANNIndexModel holds no index; use fit() or load()")
         return self._manifest
 
     def copy(self, extra=None) -> "ANNIndexModel":
         copied = super().copy(extra)
-        copied._manifest = self._manifest
+        copied._manifest, copied._manifest_sha = self._manifest, self._manifest_sha
         return copied
 
-    def _transform(self, dataset: DataFrame) -> DataFrame:
-        settings = self._search_settings()
-        if settings.exclude_self_col and settings.exclude_self_col not in dataset.columns:
-            raise ValueError(
-                f"excludeSelf needs the id column {settings.exclude_self_col!r} in the queries; "
-                f"they have columns {dataset.columns}"
-            )
-        limit = dataset.sparkSession.conf.get(BROADCAST_CONF, None)
-        if limit:
-            settings = replace(settings, broadcast_bytes=int(limit))
-        reads = dataset.sparkSession.conf.get(PAYLOAD_READS_CONF, None)
-        if reads:
-            settings = replace(settings, payload_reads=reads)
-        settings = replace(settings, fail_first_attempt=injected_failures(dataset.sparkSession))
-        with job_label(dataset.sparkSession, "sparkann: search"):  # its eager jobs
-            return search(dataset, self.manifest, settings)
+    def _with_index_defaults(self) -> "ANNIndexModel":
+        """Take the index's stored search defaults as this model's defaults."""
+        stored = self.manifest.params
+        self._setDefault(**{name: stored[name] for name in CALIBRATED
+                            if stored.get(name) is not None and self.hasParam(name)})
+        return self
 
-    def _search_settings(self) -> SearchSettings:
-        self.validate()
-        values = self.param_values()
-        num_clusters = len(self.manifest.centroids)
-        probes = values["numProbes"]
-        if probes < 1:
-            raise ValueError(f"numProbes={probes} is out of range: must be >= 1")
-        if probes > num_clusters:
-            raise ValueError(
-                f"numProbes={probes} is larger than the number of partitions ({num_clusters})"
-            )
-        return SearchSettings(
-            vector_col=values["vectorCol"],
-            neighbors_col=values["neighborsCol"],
-            k=values["k"] + (1 if values["excludeSelf"] else 0),
-            num_probes=probes,
-            probe_epsilon=values["probeEpsilon"],
-            ef_search=values["efSearch"] or max(DEFAULT_MIN_EF, values["k"]),
-            query_batch_rows=values["queryBatchRows"],
-            num_threads=values["numThreads"],
-            rerank_k=values["rerankK"] if self.manifest.params.get("indexType") == "pq" else 0,
-            allowed_ids_col=values["allowedIdsCol"],
-            exclude_self_col=values["idCol"] if values["excludeSelf"] else "",
-        )
+    def _handle(self, spark) -> IndexHandle:
+        from .search import handle_for
+
+        return handle_for(spark, self.manifest, self._manifest_sha,
+                          payload_reads(spark, self.manifest))
+
+    # ---------------------------------------------------------------- search
+
+    def searchSettings(self) -> dict:
+        """The settings a search with this model uses, after defaults and clamping."""
+        clusters = int(self.manifest.params["numPartitions"])
+        probes = self.getNumProbes()
+        if probes > clusters:
+            log.info("sparkann: numProbes=%d is more than the %d clusters; searching all",
+                     probes, clusters)
+        k = self.getK()
+        ef = self.getEfSearch()
+        if ef < k:
+            if self.isSet(self.efSearch):
+                raise ValueError(f"efSearch={ef} must be >= k={k}")
+            ef = k
+        return {"k": k, "numProbes": min(probes, clusters), "efSearch": ef,
+                "rerankK": self.getRerankK() if self.manifest.index_type == "pq" else 0,
+                "probeEpsilon": self.getProbeEpsilon(),
+                "searchStrategy": self.getSearchStrategy()}
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        spark = dataset.sparkSession
+        settings = self.searchSettings()
+        manifest = self.manifest
+        allowed = self.optional("allowedIdsCol") or ""
+        exclude = self.getExcludeSelf()
+        check_query_schema(dataset, self.getVectorCol(), self.getNeighborsCol(), allowed,
+                           self.getIdCol() if exclude else None, manifest.id_type)
+        reads = payload_reads(spark, manifest)
+        with_vectors = manifest.index_type == "pq" and settings["rerankK"] > 0
+        strategy = choose_strategy(spark, manifest, settings["searchStrategy"], reads,
+                                   with_vectors)
+        plan = SearchPlan(
+            handle=self._handle(spark), id_type=manifest.id_type, dim=manifest.dim,
+            vector_col=self.getVectorCol(), neighbors_col=self.getNeighborsCol(),
+            k=settings["k"], num_probes=settings["numProbes"],
+            probe_epsilon=settings["probeEpsilon"],
+            knobs=SearchKnobs(settings["efSearch"], settings["rerankK"], self.getNumThreads()),
+            with_vectors=with_vectors, allowed_col=allowed, exclude_self=exclude,
+            id_col=self.getIdCol(), strategy=strategy, reads=reads,
+            location_buckets=manifest.locations.buckets if manifest.locations else 1)
+        return run_search(dataset, manifest, plan)
+
+    # --------------------------------------------------------------- summary
 
     def summary(self) -> dict:
-        """Size, layout and build timings of the index."""
+        """Size, layout, calibration and build timings of the index."""
         m = self.manifest
-        sizes = m.live_rows
-        current = balance(sizes)
+        live = m.partitions.live
+        current = balance(live)
         extra = {}
-        if m.params.get("indexType") == "pq":
-            extra["pqReconstructionRMSE"] = (m.squared_error / sum(m.partition_rows)) ** 0.5
+        if m.index_type == "pq":
+            stored = max(sum(m.partitions.rows), 1)
+            extra["pqReconstructionRMSE"] = (sum(m.partitions.sq_errors) / stored) ** 0.5
         return {
             **extra,
             "numVectors": m.num_vectors,
             "dim": m.dim,
             "metric": m.metric,
-            "indexType": m.params.get("indexType", "hnsw"),
-            "numPartitions": len(m.centroids),
-            "numShards": len(sizes),
-            "partitionSizes": list(sizes),
+            "indexType": m.index_type,
+            "numPartitions": int(m.params["numPartitions"]),
+            "numShards": m.num_partitions,
+            "partitionSizes": list(live),
             "balance": current,
-            "drift": current / m.params.get("balanceAtBuild", current),
-            "deletedRows": sum(m.deleted_counts),
+            "drift": current / float(m.params.get("balanceAtBuild") or current or 1.0),
+            "deletedRows": int(sum(m.partitions.deleted)),
             "buildSeconds": dict(m.build_seconds),
             "indexBytes": m.index_bytes,
-            "bytesPerVector": m.index_bytes / m.num_vectors,
+            "bytesPerVector": m.index_bytes / max(m.num_vectors, 1),
+            "memoryBytesPerWorker": memory_needed(m, False),
+            "searchDefaults": {name: m.params.get(name) for name in CALIBRATED},
+            "calibration": {k: v for k, v in m.calibration.items() if k != "trials"},
             "path": m.root,
             "version": m.version,
         }
 
+    # --------------------------------------------------------------- updates
+
+    def _params_for_update(self) -> dict:
+        return {**self.manifest.params, **self.param_values()}
+
     def add(self, df: DataFrame) -> "ANNIndexModel":
         """A new version that also holds ``df``'s rows (routed to the existing centroids).
 
-        Only the partitions the new rows reach are rewritten; the new version is
-        published next to this one, which stays loadable.
+        Only the partitions the new rows reach are rewritten; the version this
+        model holds stays loadable. Ids deleted before may be added again.
         """
-        manifest = update.add_rows(self.manifest, df, _build_settings(self, df.sparkSession))
-        return self._with(manifest)
+        spark = df.sparkSession
+        with job_label(spark, "sparkann: add"):
+            result = update.add_rows(spark, self.manifest, self._handle(spark), df,
+                                     self._params_for_update())
+        return self._with(*result)
 
     def delete(self, ids) -> "ANNIndexModel":
         """A new version whose answers never contain ``ids`` (a list, or a DataFrame
-        whose first column holds ids)."""
-        spark = storage.active_session()
+        whose first column holds ids). Writes small delete files, not partitions."""
+        spark = active_session()
         if not isinstance(ids, DataFrame):
             ids = spark.createDataFrame([(i,) for i in ids], f"id {self.manifest.id_type}")
-        return self._with(update.delete_ids(self.manifest, ids))
+        with job_label(spark, "sparkann: delete"):
+            result = update.delete_ids(spark, self.manifest, self._handle(spark), ids)
+        return self if result is None else self._with(*result)
 
     def compact(self, minDeletedShare: float = 0.2) -> "ANNIndexModel":
         """Rebuild the partitions in which at least ``minDeletedShare`` of rows are deleted."""
-        spark = storage.active_session()
-        settings = _build_settings(self, spark)
-        return self._with(update.compact(self.manifest, minDeletedShare, settings))
+        spark = active_session()
+        with job_label(spark, "sparkann: compact"):
+            result = update.compact(spark, self.manifest, self._handle(spark), minDeletedShare,
+                                    self._params_for_update())
+        return self if result is None else self._with(*result)
 
     def rebalance(self, maxDrift: float = 1.5) -> "ANNIndexModel":
         """Retrain centroids and rebuild when ``summary()["drift"]`` exceeds ``maxDrift``."""
         if self.summary()["drift"] <= maxDrift:
             return self
-        spark = storage.active_session()
-        rows = update.live_rows(self.manifest, spark)
-        values = {**self.param_values(), "vectorCol": "vector", "idCol": "id"}
-        settings = replace(_build_settings(self, spark), vector_col="vector", id_col="id",
-                           num_clusters=len(self.manifest.centroids))
-        return self._with(build_index(rows, settings, self.manifest.root, values))
+        spark = active_session()
+        params = {**self._params_for_update(),
+                  "numPartitions": int(self.manifest.params["numPartitions"])}
+        stage = StageTimer(spark)
+        rows = update.live_rows(spark, self.manifest, self._handle(spark))
+        built, _, dim = build.build_index(rows, self.manifest.id_type, params,
+                                          self.manifest.root, False, stage)
+        stats = {"balanceAtBuild": balance(built.partitions.rows)}
+        manifest = build.new_manifest(self.manifest.root, built, {**params, **stats},
+                                      self.manifest.user_set, dim, self.manifest.id_type,
+                                      stage.seconds)
+        manifest = replace(manifest, calibration=self.manifest.calibration)
+        return self._with(*publish(spark, manifest, self.manifest.version))
 
-    def _with(self, manifest: storage.Manifest) -> "ANNIndexModel":
-        model = self.copy()
-        model._manifest = manifest
+    def calibrate(self, targetRecall: float = 0.95, queries: DataFrame | None = None,
+                  sampleSeed: int | None = None) -> "ANNIndexModel":
+        """Re-tune the search defaults to ``targetRecall`` and publish them as a new
+        version. ``queries`` (with this model's vector column) replaces the sample
+        of indexed rows, which matters when queries are unlike the indexed rows."""
+        if not 0 < targetRecall < 1:
+            raise ValueError(f"targetRecall={targetRecall} is out of range: must be in (0, 1)")
+        spark = active_session()
+        handle = self._handle(spark)
+        base = update.live_rows(spark, self.manifest, handle)
+        sample = None
+        if queries is not None:
+            check_query_schema(queries, self.getVectorCol(), self.getNeighborsCol(), None,
+                               None, self.manifest.id_type)
+            sample = queries.select(F.lit(None).cast(self.manifest.id_type).alias("id"),
+                                    build.vector_column(queries, self.getVectorCol())
+                                    .alias("vector"))
+        with job_label(spark, "sparkann: calibrate"):
+            report = calibrate.calibrate(spark, handle, base, self.manifest.num_vectors,
+                                         self.getK(), targetRecall,
+                                         self.getSeed() if sampleSeed is None else sampleSeed,
+                                         self.getProbeEpsilon(), sample)
+        manifest = with_calibration(self.manifest, report)
+        model = self._with(*publish(spark, manifest, self.manifest.version))
+        for name in CALIBRATED:  # calibrated values become the defaults, not user settings
+            if name in report and not self.isSet(self.getParam(name)):
+                model._setDefault(**{name: report[name]})
         return model
+
+    def vacuum(self, retainVersions: int = 1) -> dict:
+        """Delete versions older than the newest ``retainVersions`` and every file no
+        retained version needs; returns what was kept and removed."""
+        return vacuum(active_session(), self.manifest.root, retainVersions)
+
+    def _with(self, manifest: Manifest, digest: str) -> "ANNIndexModel":
+        model = self.copy()
+        model._manifest, model._manifest_sha = manifest, digest
+        return model._with_index_defaults()
+
+    # ----------------------------------------------------------- persistence
 
     def write(self) -> "IndexWriter":
         return IndexWriter(self)
@@ -264,32 +395,43 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         return IndexReader().load(path, version)
 
 
+def active_session() -> SparkSession:
+    """The caller's SparkSession; sparkann never creates one itself."""
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError("no active SparkSession; create one first")
+    return spark
+
+
 class IndexWriter(MLWriter):
-    """Saves a model: data first, then the manifest that makes it visible."""
+    """Saves a model as an index directory that is also a pyspark.ml model directory
+    (``metadata/`` for Pipeline persistence); earlier versions at the path stay."""
 
     def __init__(self, model: ANNIndexModel):
         super().__init__()
         self.model = model
 
     def save(self, path: str) -> None:
-        spark = storage.active_session()
+        spark = self.sparkSession
+        store = store_for(spark, path)
+        root = store.qualify(path)
         manifest = self.model.manifest
-        if storage.path_exists(spark, path):
+        if store.exists(root) and store.list(root):
             if not self.shouldOverwrite:
-                raise FileExistsError(
-                    f"{path} already exists; use model.write().overwrite().save(path) to "
-                    "publish a new version over it"
-                )
-            if not _is_index(spark, path):
-                raise FileExistsError(
-                    f"{path} exists and is not a sparkann index; refusing to write into it"
-                )
-        if storage.join(path, "") != storage.join(manifest.root, ""):
-            data_dir = storage.new_data_dir()
-            storage.write_table(storage.read_table(spark, manifest), storage.join(path, data_dir))
-            manifest = storage.replace_location(manifest, path, data_dir)
-        manifest = storage.with_params(manifest, self.model.param_values())
-        storage.publish(spark, manifest)  # the model keeps answering from where it was
+                raise FileExistsError(f"{path} already exists; use model.write().overwrite()"
+                                      ".save(path) to publish a new version over it")
+            if not is_index(spark, root):
+                raise FileExistsError(f"{path} exists and is not a sparkann index; refusing "
+                                      "to write into it")
+        params = {**manifest.params, **self.model.param_values()}
+        manifest = replace(manifest, params=params, user_set=self.model.user_set())
+        if root.rstrip("/") != manifest.root.rstrip("/"):
+            manifest = copy_index(spark, manifest, root)
+        publish(spark, manifest, None)
+        metadata = join(root, "metadata")
+        store.delete(metadata)
+        DefaultParamsWriter.saveMetadata(self.model, root, spark,
+                                         extraMetadata={"sparkannIndex": True})
 
     def saveImpl(self, path: str) -> None:  # pragma: no cover - save() is overridden
         self.save(path)
@@ -297,40 +439,77 @@ class IndexWriter(MLWriter):
 
 class IndexReader(MLReader):
     def load(self, path: str, version: int | None = None) -> ANNIndexModel:
-        manifest = storage.load(storage.active_session(), path, version)
-        model = ANNIndexModel(manifest)
-        stored = {k: v for k, v in manifest.params.items() if model.hasParam(k)}
-        model._set(**stored)
-        return _resolve_probes(model)
+        spark = self.sparkSession
+        manifest, digest = load_version(spark, path, version)
+        model = ANNIndexModel(manifest, digest)
+        for name, value in manifest.params.items():
+            if not model.hasParam(name) or value is None:
+                continue
+            if name in manifest.user_set:
+                model._set(**{name: value})
+            else:
+                model._setDefault(**{name: value})
+        if store_for(spark, manifest.root).exists(join(manifest.root, "metadata")):
+            metadata = DefaultParamsReader.loadMetadata(manifest.root, spark)
+            model._resetUid(metadata["uid"])
+        return model
 
 
-def _resolve_probes(model: ANNIndexModel) -> ANNIndexModel:
-    """numProbes=0 (automatic) becomes a concrete count once the partitions are known."""
-    if not model.getNumProbes():
-        model.setNumProbes(partitioner.default_num_probes(len(model.manifest.centroids)))
-    return model
-
-
-def _is_index(spark: SparkSession, path: str) -> bool:
+def is_index(spark, root: str) -> bool:
     try:
-        storage.load(spark, path)
+        load_version(spark, root)
         return True
-    except storage.IndexFormatError:
+    except IndexFormatError:
         return False
 
 
-def _work_dir(spark: SparkSession) -> str:
-    """Where an index goes when ``indexPath`` is not set."""
-    base = spark.conf.get(WORK_DIR_CONF, None)
-    if base:
-        return storage.join(base, storage.new_data_dir().split("/")[-1])
-    master = spark.conf.get("spark.master", "local") or "local"
-    if not master.startswith("local"):
-        log.warning(
-            "indexPath is not set and %s is not configured: the index goes to a local "
-            "temporary directory, which executors on other hosts cannot read",
-            WORK_DIR_CONF,
-        )
-    path = tempfile.mkdtemp(prefix="sparkann-")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)  # save() to keep the index
-    return path
+def copy_index(spark, manifest: Manifest, root: str) -> Manifest:
+    """The same version stored under another root: partitions, deletes and id
+    locations rewritten there by Spark, the meta file copied."""
+    source = manifest.root
+    store_in, store_out = store_for(spark, source), store_for(spark, root)
+    meta = f"{new_run('meta')}.bin"
+    store_out.write(join(root, meta),
+                    store_in.read(join(source, manifest.meta_file), 8 << 30))
+    data = new_run("data")
+    files = [join(source, f) for f in manifest.partitions.files if f]
+    partitions = manifest.partitions
+    if files:
+        table = spark.read.parquet(*files).select(
+            F.col("pid").alias("partition_id"), *[c for c in tables.INDEX_COLUMNS
+                                                 if c != "partition_id"])
+        tables.write_table(table.repartition(len(files), "partition_id"), join(root, data),
+                           "partition_id")
+        for row, file in tables.written(spark, root, data, ["partition_id"]):
+            partitions = partitions.with_partition(row["partition_id"], files=file)
+    deleted = [join(source, d.file) for ds in manifest.partitions.deletes for d in ds]
+    if deleted:
+        run = new_run("deletes")
+        rows = spark.read.parquet(*deleted).groupBy(F.col("pid")).agg(
+            F.sort_array(F.flatten(F.collect_list("labels"))).alias("labels"))
+        rows = rows.select(F.col("pid").alias("partition_id"), "labels").mapInArrow(
+            update.delete_rows_fn, "partition_id int, pid int, labels array<int>, count long, "
+            "checksum string")
+        tables.write_table(rows, join(root, run), "partition_id")
+        written = {row["partition_id"]: DeleteFile(file, int(row["count"]),
+                                                          row["checksum"])
+                   for row, file in tables.written(spark, root, run,
+                                                   ["partition_id", "count", "checksum"])}
+        for pid in range(partitions.__len__()):
+            partitions = partitions.with_partition(
+                pid, deletes=[written[pid]] if pid in written else [])
+    locations = manifest.locations
+    if locations is not None:
+        run = new_run("locations")
+        files = [join(source, f) for fs in locations.files for f in fs]
+        buckets = locations.buckets
+        located = spark.read.parquet(*files).select("id", "partition_id").mapInArrow(
+            build.bucket_fn(buckets), f"bucket int, id {manifest.id_type}, partition_id int")
+        tables.write_table(located.repartitionById(buckets, "bucket"), join(root, run),
+                           "bucket")
+        by_bucket: list[list[str]] = [[] for _ in range(buckets)]
+        for row, file in tables.written(spark, root, run, ["bucket"]):
+            by_bucket[row["bucket"]].append(file)
+        locations = type(locations)(buckets, by_bucket)
+    return replace(manifest, root=root, meta_file=meta, partitions=partitions,
+                   locations=locations, version=0)

@@ -22,9 +22,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .exact import knn
+from .metrics import get_metric
 from .observe import job_label
-from .search import QID, attach_neighbors, merge_top_k
-from .vectors import id_type, normalize_rows, to_matrix, vector_column
+from .search.partition import K1, K2, KEY_SALT
+from .vectors import id_type, to_matrix, vector_column
 
 log = logging.getLogger(__name__)
 KEY = "__sparkann_key"
@@ -44,45 +45,60 @@ def exact_neighbors(
     """``queries`` with their exact ``k`` nearest rows of ``base`` (same output as search).
 
     ``base`` is cut into blocks of about ``block_rows`` rows; every block is
-    compared with every block of queries (broadcast), and the per-block
-    candidates are merged like an index search's.
+    compared with every block of distinct query vectors (broadcast), and the
+    per-block candidates are merged per query vector. Query rows are matched
+    with their answers by a key derived from the vector itself, so the result is
+    right however Spark orders or recomputes ``queries``; a row whose vector did
+    not reach the search (a query DataFrame whose content changes between
+    evaluations) fails the job instead of getting no answer.
     """
     kind = id_type(base, id_col)
+    get_metric(metric)
     rows = base.select(F.col(id_col).alias("id"), vector_column(base, vector_col).alias("vector"))
-    keyed = queries.withColumn(QID, F.monotonically_increasing_id())
-    qrows = keyed.select(F.col(QID).alias("qid"),
-                         vector_column(queries, vector_col).alias("vector"))
+    vec = vector_column(queries, vector_col)
+    keyed = queries.select("*", F.xxhash64(vec).alias(K1), F.xxhash64(F.lit(KEY_SALT), vec)
+                           .alias(K2))
+    distinct = keyed.select(K1, K2, vec.alias("vector")).dropDuplicates([K1, K2])
     with job_label(base.sparkSession, "sparkann: exact neighbours"):
         num_blocks = max(1, math.ceil(base.count() / block_rows))
-        num_qblocks = max(1, math.ceil(queries.count() / query_block_rows))
+        num_qblocks = max(1, math.ceil(distinct.count() / query_block_rows))
     blocks = rows.groupBy(F.pmod(F.xxhash64("id"), num_blocks).alias("block")).agg(
-        F.collect_list("id").alias("ids"), F.collect_list("vector").alias("vectors")
-    )
-    qblocks = qrows.groupBy(F.pmod("qid", num_qblocks).alias("qblock")).agg(
-        F.collect_list("qid").alias("qids"), F.collect_list("vector").alias("qvectors")
-    )
+        F.collect_list("id").alias("ids"), F.collect_list("vector").alias("vectors"))
+    qblocks = distinct.groupBy(F.pmod(K1, num_qblocks).alias("qblock")).agg(
+        F.collect_list(K1).alias("k1s"), F.collect_list(K2).alias("k2s"),
+        F.collect_list("vector").alias("qvectors"))
     pairs = blocks.crossJoin(F.broadcast(qblocks))
-    candidates = pairs.mapInArrow(
-        _block_knn_fn(k, metric), f"qid long, id {kind}, distance float"
-    )
-    return attach_neighbors(keyed, merge_top_k(candidates, k), neighbors_col)
+    candidates = pairs.mapInArrow(_block_knn_fn(k, metric),
+                                  f"{K1} long, {K2} long, id {kind}, distance float")
+    best = F.slice(F.array_sort(F.collect_list(F.struct("distance", "id"))), 1, k)
+    merged = candidates.groupBy(K1, K2).agg(F.transform(
+        best, lambda s: F.struct(s["id"].alias("id"), s["distance"].alias("distance")))
+        .alias("__sparkann_found"))
+    joined = keyed.join(merged, [K1, K2], "left")
+    missing = F.raise_error(F.lit("sparkann: a query row's vector was not searched; the query "
+                                  "DataFrame changed while Spark recomputed it (make it "
+                                  "deterministic, e.g. write it out, and retry)"))
+    found = F.when(F.col("__sparkann_found").isNull(), missing).otherwise(
+        F.col("__sparkann_found"))
+    return joined.select(*[keyed[c] for c in queries.columns], found.alias(neighbors_col))
 
 
 def _block_knn_fn(k: int, metric: str):
+    prepared = get_metric(metric)
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in range(batch.num_rows):
-                base = to_matrix(batch.column("vectors")[row].values)
-                queries = to_matrix(batch.column("qvectors")[row].values)
-                if metric == "cosine":
-                    base, queries = normalize_rows(base), normalize_rows(queries)
+                base = prepared.prepare(to_matrix(batch.column("vectors")[row].values))
+                queries = prepared.prepare(to_matrix(batch.column("qvectors")[row].values))
                 labels, dists = knn(base, queries, k, metric)
-                qids = np.repeat(batch.column("qids")[row].values.to_numpy(), labels.shape[1])
-                ids = batch.column("ids")[row].values.take(pa.array(labels.reshape(-1)))
+                width = labels.shape[1]
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array(qids, pa.int64()), ids, pa.array(dists.reshape(-1), pa.float32())],
-                    ["qid", "id", "distance"],
-                )
+                    [pa.array(np.repeat(batch.column("k1s")[row].values.to_numpy(), width)),
+                     pa.array(np.repeat(batch.column("k2s")[row].values.to_numpy(), width)),
+                     batch.column("ids")[row].values.take(pa.array(labels.reshape(-1))),
+                     pa.array(dists.reshape(-1), pa.float32())],
+                    [K1, K2, "id", "distance"])
 
     return run
 
@@ -107,10 +123,10 @@ def model_recall(model, base: DataFrame, queries: DataFrame, key_col: str,
     k = k or model.getK()
     truth = exact_neighbors(
         base, queries, k, model.getMetric(),
-        vector_col=model.getOrDefault("vectorCol"), id_col=model.getOrDefault("idCol"),
+        vector_col=model.getVectorCol(), id_col=model.getIdCol(),
     )
     found = model.copy({model.k: k}).transform(queries)
-    return recall_at_k(found, truth, key_col, k, model.getOrDefault("neighborsCol"))
+    return recall_at_k(found, truth, key_col, k, model.getNeighborsCol())
 
 
 # --------------------------------------------------------------------------
@@ -173,7 +189,7 @@ class QuerySample:
             raise ValueError(f"sample={sample} is out of range: must be >= 0 (0 = all queries)")
         self.model = model
         self.k = int(k or model.getK())
-        self.vector_col = model.getOrDefault("vectorCol")
+        self.vector_col = model.getVectorCol()
         spark = queries.sparkSession
         picked = queries.select(vector_column(queries, self.vector_col).alias("vector"))
         if sample:
@@ -188,7 +204,7 @@ class QuerySample:
         self.size = len(vectors)
         started = time.perf_counter()
         truth = exact_neighbors(base, self.queries, self.k, model.getMetric(),
-                                vector_col=self.vector_col, id_col=model.getOrDefault("idCol"))
+                                vector_col=self.vector_col, id_col=model.getIdCol())
         with job_label(spark, "sparkann: exact neighbours"):
             self.truth = _ids_by_key(truth, "neighbors", self.size)
         self.exact_seconds = round(time.perf_counter() - started, 3)
@@ -203,7 +219,7 @@ class QuerySample:
         model = model or self.model
         model = model.copy({model.k: self.k, model.numProbes: num_probes,
                             model.efSearch: ef_search})
-        column = model.getOrDefault("neighborsCol")
+        column = model.getNeighborsCol()
         spark = self.queries.sparkSession
         started = time.perf_counter()
         with job_label(spark, "sparkann: search"):
@@ -234,7 +250,7 @@ def _recall(found: list[list], truth: list[list], k: int) -> float:
 def _settings(model, k: int, probes: Sequence[int] | None,
               efs: Sequence[int] | None) -> list[tuple[int, int]]:
     """The (numProbes, efSearch) grid, cheapest first; impossible settings dropped."""
-    partitions = len(model.manifest.centroids)
+    partitions = int(model.manifest.params["numPartitions"])
     if probes is None:
         probes = sorted({min(2**i, partitions) for i in range(partitions.bit_length() + 1)})
     if efs is None:
@@ -397,7 +413,7 @@ def write_report(out_dir: str, trials: Sequence[Trial], evaluation: QuerySample,
         report["targetRecall"] = target_recall
         report["cheapest"] = chosen.as_json() if chosen else None
     title = (f"sparkann: recall@{evaluation.k} vs queries/s "
-             f"({evaluation.size} queries, {len(model.manifest.centroids)} partitions)")
+             f"({evaluation.size} queries, {model.manifest.params['numPartitions']} partitions)")
     report["plot"] = plot_sweep(trials, os.path.join(out_dir, PLOT_NAME), title)
     with open(os.path.join(out_dir, REPORT_NAME), "w", encoding="utf-8") as out:
         json.dump(report, out, indent=2, default=_plain)

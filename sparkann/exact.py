@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import get_metric
+
 _CHUNK_ROWS = 1024
 
 
 def pairwise_distances(queries: np.ndarray, base: np.ndarray, metric: str) -> np.ndarray:
-    """Distances (nq, n) in the package convention (smaller is better)."""
-    queries = np.asarray(queries, dtype=np.float32)
-    base = np.asarray(base, dtype=np.float32)
-    dots = queries @ base.T
-    if metric == "ip":
-        return -dots
-    if metric == "cosine":
-        return 1.0 - dots  # inputs are unit length
-    sq = (queries**2).sum(1)[:, None] + (base**2).sum(1)[None, :] - 2.0 * dots
-    return np.sqrt(np.maximum(sq, 0.0))
+    """Distances (nq, n) between prepared vectors (see :mod:`sparkann.metrics`)."""
+    return get_metric(metric).pairwise(queries, base)
 
 
 def knn(

@@ -1,159 +1,355 @@
-"""Params shared by :class:`ANNIndex` and :class:`ANNIndexModel`, with validation."""
+"""Params of :class:`ANNIndex` and :class:`ANNIndexModel`, as mixins per concern.
+
+Every param has a getter and a setter, and every value is validated when it is
+set, so ``ANNIndex(metric="manhattan")`` fails at once, naming the param. Params
+that have no sensible default (``indexPath``, ``allowedIdsCol``) are left unset
+instead of holding a placeholder. Search settings an index calibrates
+(``numProbes``, ``efSearch``, ``rerankK``) have no default on the estimator: the
+fitted model's defaults are the values its calibration chose, and a value the
+user sets always wins.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from pyspark.ml.param import Param, Params, TypeConverters
 
-METRICS = ("l2", "ip", "cosine")
-INDEX_TYPES = ("hnsw", "pq")
+from .index import REGISTRY
+from .metrics import METRICS
+
 PQ_CODEBOOKS = ("partition", "global")
-# (param name, smallest allowed value); 0 means "derive from the data" where noted.
-_AT_LEAST = {
-    "numPartitions": 0,
-    "hnswM": 2,
-    "efConstruction": 1,
-    "sampleSize": 0,
-    "maxPartitionRows": 0,
-    "numThreads": 0,
-    "k": 1,
-    "numProbes": 0,
-    "efSearch": 0,
-    "queryBatchRows": 1,
-    "pqSubvectors": 1,
-    "rerankK": 0,
-    "probeEpsilon": 0,
-}
-_AT_MOST = {"hnswM": 2048}
+PQ_BITS = (4, 8)
+STRATEGIES = ("auto", "local", "partition")
+
+
+def _choice(name: str, choices) -> Callable[[Any], Any]:
+    def convert(value):
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}")
+        return value
+
+    return convert
+
+
+def _int(name: str, low: int, high: int | None = None) -> Callable[[Any], int]:
+    def convert(value) -> int:
+        if isinstance(value, bool):
+            raise TypeError(f"{name}={value!r} must be an integer")
+        converted = TypeConverters.toInt(value)
+        if converted < low or (high is not None and converted > high):
+            bound = f">= {low}" if high is None else f"in {low}..{high}"
+            raise ValueError(f"{name}={value} is out of range: must be {bound}")
+        return converted
+
+    return convert
+
+
+def _float(name: str, low: float, high: float | None = None,
+           open_high: bool = False) -> Callable[[Any], float]:
+    def convert(value) -> float:
+        converted = TypeConverters.toFloat(value)
+        too_high = high is not None and (converted >= high if open_high else converted > high)
+        if not converted >= low or too_high:
+            bound = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
+            raise ValueError(f"{name}={value} is out of range: must be {bound}")
+        return converted
+
+    return convert
+
+
+def _column(name: str) -> Callable[[Any], str]:
+    def convert(value) -> str:
+        value = TypeConverters.toString(value)
+        if not value:
+            raise ValueError(f"{name} must name a column, got {value!r}")
+        return value
+
+    return convert
 
 
 def _param(name: str, doc: str, converter) -> Param:
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
 
-class ANNParams(Params):
-    """Every setting of an index; build settings are fixed once it is fitted."""
+class CommonParams(Params):
+    """Columns and metric: shared by the estimator, the model and every index type."""
 
     vectorCol = _param("vectorCol", "vector column: array<float|double> or ML vector",
-                       TypeConverters.toString)
-    idCol = _param("idCol", "id column: long, int or string", TypeConverters.toString)
+                       _column("vectorCol"))
+    idCol = _param("idCol", "id column: long, int or string", _column("idCol"))
     metric = _param("metric", "distance: 'l2', 'ip' (inner product) or 'cosine'",
-                    TypeConverters.toString)
-    indexType = _param("indexType", "per-partition index: 'hnsw' (graph) or 'pq' (compressed "
-                       "codes, IVFADC)", TypeConverters.toString)
-    pqSubvectors = _param("pqSubvectors", "PQ sub-quantizers m (the dimension is zero-padded "
-                          "to a multiple of m)", TypeConverters.toInt)
-    pqBits = _param("pqBits", "bits per PQ code: 8 or 4", TypeConverters.toInt)
-    pqCodebook = _param("pqCodebook", "'partition' (one codebook per partition) or 'global'",
-                        TypeConverters.toString)
-    rerankK = _param("rerankK", "PQ: re-rank this many ADC candidates by exact distance "
-                     "(0 = off; > 0 at fit stores exact vectors)", TypeConverters.toInt)
-    excludeSelf = _param("excludeSelf", "drop each query row's own id (idCol) from its "
-                         "neighbours, for kNN self-joins", TypeConverters.toBoolean)
-    allowedIdsCol = _param("allowedIdsCol", "optional query column of allowed ids "
-                           "(array<long|string>); '' = no restriction", TypeConverters.toString)
-    numPartitions = _param("numPartitions", "number of coarse centroids (0 = from data size)",
-                           TypeConverters.toInt)
-    hnswM = _param("hnswM", "HNSW graph degree M", TypeConverters.toInt)
-    efConstruction = _param("efConstruction", "HNSW build beam width", TypeConverters.toInt)
-    sampleSize = _param("sampleSize", "rows sampled to train centroids (0 = automatic)",
-                        TypeConverters.toInt)
-    maxPartitionRows = _param("maxPartitionRows", "rows above which a cluster is split into "
-                              "shards probed together (0 = from dimension)", TypeConverters.toInt)
-    seed = _param("seed", "random seed of sampling, k-means and graphs", TypeConverters.toInt)
-    numThreads = _param("numThreads", "threads per build/search task (0 = task cpus)",
-                        TypeConverters.toInt)
-    deterministic = _param("deterministic", "build each partition single-threaded so a "
-                           "retried task writes identical bytes", TypeConverters.toBoolean)
-    allowDuplicateIds = _param("allowDuplicateIds", "index rows with repeated ids instead of "
-                               "failing", TypeConverters.toBoolean)
-    indexPath = _param("indexPath", "where fit() writes the index ('' = a temporary directory)",
-                       TypeConverters.toString)
-    k = _param("k", "neighbours returned per query", TypeConverters.toInt)
-    numProbes = _param("numProbes", "clusters searched per query (0 = automatic)",
-                       TypeConverters.toInt)
-    probeEpsilon = _param("probeEpsilon", "probe a cluster past the nearest only if its centroid "
-                          "is within (1 + probeEpsilon) x the nearest one's distance "
-                          "(0 = always probe numProbes clusters)", TypeConverters.toFloat)
-    efSearch = _param("efSearch", "HNSW search beam width (0 = automatic, at least k)",
-                      TypeConverters.toInt)
-    neighborsCol = _param("neighborsCol", "output column: array<struct<id, distance>>",
-                          TypeConverters.toString)
-    queryBatchRows = _param("queryBatchRows", "queries searched per partition in one call",
-                            TypeConverters.toInt)
+                    _choice("metric", tuple(METRICS)))
+    indexType = _param("indexType", "per-partition index type: " + ", ".join(sorted(REGISTRY)),
+                       _choice("indexType", tuple(REGISTRY)))
+    numThreads = _param("numThreads", "threads per build or search task (0 = automatic)",
+                        _int("numThreads", 0))
 
-    def __init__(self):
-        super().__init__()
-        self._setDefault(
-            vectorCol="vector", idCol="id", metric="l2", indexType="hnsw", numPartitions=0,
-            hnswM=16, efConstruction=200, sampleSize=0, maxPartitionRows=0, seed=42,
-            numThreads=0, deterministic=False, allowDuplicateIds=False, indexPath="", k=10,
-            numProbes=0, probeEpsilon=0.0, efSearch=0,
-            neighborsCol="neighbors", queryBatchRows=20_000, pqSubvectors=16, pqBits=8,
-            pqCodebook="partition", rerankK=0, allowedIdsCol="", excludeSelf=False,
-        )
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(vectorCol="vector", idCol="id", metric="l2", indexType="hnsw",
+                         numThreads=0)
 
-    def setK(self, value: int):
-        return self._set(k=value)
+    def getVectorCol(self) -> str:
+        return self.getOrDefault(self.vectorCol)
 
-    def setNumProbes(self, value: int):
-        return self._set(numProbes=value)
+    def setVectorCol(self, value: str):
+        return self._set(vectorCol=value)
 
-    def setProbeEpsilon(self, value: float):
-        return self._set(probeEpsilon=value)
+    def getIdCol(self) -> str:
+        return self.getOrDefault(self.idCol)
 
-    def setEfSearch(self, value: int):
-        return self._set(efSearch=value)
-
-    def setRerankK(self, value: int):
-        return self._set(rerankK=value)
-
-    def setAllowedIdsCol(self, value: str):
-        return self._set(allowedIdsCol=value)
-
-    def setExcludeSelf(self, value: bool):
-        return self._set(excludeSelf=value)
-
-    def setNeighborsCol(self, value: str):
-        return self._set(neighborsCol=value)
-
-    def getK(self) -> int:
-        return self.getOrDefault(self.k)
-
-    def getNumProbes(self) -> int:
-        return self.getOrDefault(self.numProbes)
-
-    def getEfSearch(self) -> int:
-        return self.getOrDefault(self.efSearch)
+    def setIdCol(self, value: str):
+        return self._set(idCol=value)
 
     def getMetric(self) -> str:
         return self.getOrDefault(self.metric)
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting."""
-        values = self.param_values()
-        _check_choice("metric", values["metric"], METRICS)
-        _check_choice("indexType", values["indexType"], INDEX_TYPES)
-        _check_choice("pqBits", values["pqBits"], (4, 8))
-        _check_choice("pqCodebook", values["pqCodebook"], PQ_CODEBOOKS)
-        for name, low in _AT_LEAST.items():
-            if values[name] < low:
-                raise ValueError(f"{name}={values[name]} is out of range: must be >= {low}")
-            if name in _AT_MOST and values[name] > _AT_MOST[name]:
-                raise ValueError(
-                    f"{name}={values[name]} is out of range: must be <= {_AT_MOST[name]}")
-        if values["efSearch"] and values["efSearch"] < values["k"]:
-            raise ValueError(f"efSearch={values['efSearch']} must be >= k={values['k']} "
-                             "(or 0 for automatic)")
-        for name in ("vectorCol", "idCol", "neighborsCol"):
-            if not values[name]:
-                raise ValueError(f"{name} must name a column, got {values[name]!r}")
+    def setMetric(self, value: str):
+        return self._set(metric=value)
+
+    def getIndexType(self) -> str:
+        return self.getOrDefault(self.indexType)
+
+    def setIndexType(self, value: str):
+        return self._set(indexType=value)
+
+    def getNumThreads(self) -> int:
+        return self.getOrDefault(self.numThreads)
+
+    def setNumThreads(self, value: int):
+        return self._set(numThreads=value)
+
+
+class BuildParams(Params):
+    """How ``fit`` partitions, samples and stores the index."""
+
+    numPartitions = _param("numPartitions", "coarse centroids (0 = one per 100,000 rows)",
+                           _int("numPartitions", 0))
+    maxPartitionRows = _param("maxPartitionRows", "rows above which a cluster is split into "
+                              "shards probed together (0 = about 512 MiB of index)",
+                              _int("maxPartitionRows", 0))
+    sampleSize = _param("sampleSize", "rows sampled to train the centroids (0 = automatic)",
+                        _int("sampleSize", 0))
+    seed = _param("seed", "random seed of sampling, k-means, graphs and calibration",
+                  TypeConverters.toInt)
+    deterministic = _param("deterministic", "build each partition single-threaded so a "
+                           "retried task writes identical bytes", TypeConverters.toBoolean)
+    allowDuplicateIds = _param("allowDuplicateIds", "index rows with repeated ids instead of "
+                               "failing", TypeConverters.toBoolean)
+    indexPath = _param("indexPath", "where fit() writes the index (unset: under the Spark "
+                       "setting spark.sparkann.workDir, else the warehouse directory)",
+                       _column("indexPath"))
+    targetRecall = _param("targetRecall", "recall@k the search defaults are calibrated to at "
+                          "fit (0 = no calibration)", _float("targetRecall", 0.0, 1.0, True))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(numPartitions=0, maxPartitionRows=0, sampleSize=0, seed=42,
+                         deterministic=False, allowDuplicateIds=False, targetRecall=0.95)
+
+    def getNumPartitions(self) -> int:
+        return self.getOrDefault(self.numPartitions)
+
+    def setNumPartitions(self, value: int):
+        return self._set(numPartitions=value)
+
+    def getMaxPartitionRows(self) -> int:
+        return self.getOrDefault(self.maxPartitionRows)
+
+    def setMaxPartitionRows(self, value: int):
+        return self._set(maxPartitionRows=value)
+
+    def getSampleSize(self) -> int:
+        return self.getOrDefault(self.sampleSize)
+
+    def setSampleSize(self, value: int):
+        return self._set(sampleSize=value)
+
+    def getSeed(self) -> int:
+        return self.getOrDefault(self.seed)
+
+    def setSeed(self, value: int):
+        return self._set(seed=value)
+
+    def getDeterministic(self) -> bool:
+        return self.getOrDefault(self.deterministic)
+
+    def setDeterministic(self, value: bool):
+        return self._set(deterministic=value)
+
+    def getAllowDuplicateIds(self) -> bool:
+        return self.getOrDefault(self.allowDuplicateIds)
+
+    def setAllowDuplicateIds(self, value: bool):
+        return self._set(allowDuplicateIds=value)
+
+    def getIndexPath(self) -> str:
+        return self.getOrDefault(self.indexPath)
+
+    def setIndexPath(self, value: str):
+        return self._set(indexPath=value)
+
+    def getTargetRecall(self) -> float:
+        return self.getOrDefault(self.targetRecall)
+
+    def setTargetRecall(self, value: float):
+        return self._set(targetRecall=value)
+
+
+class HNSWParams(Params):
+    """Graph settings of ``indexType="hnsw"`` partitions."""
+
+    hnswM = _param("hnswM", "HNSW graph degree M", _int("hnswM", 2, 2048))
+    efConstruction = _param("efConstruction", "HNSW build beam width",
+                            _int("efConstruction", 1))
+    efSearch = _param("efSearch", "HNSW search beam width (at least k); unset: the index's "
+                      "calibrated default", _int("efSearch", 1))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(hnswM=16, efConstruction=200)
+
+    def getHnswM(self) -> int:
+        return self.getOrDefault(self.hnswM)
+
+    def setHnswM(self, value: int):
+        return self._set(hnswM=value)
+
+    def getEfConstruction(self) -> int:
+        return self.getOrDefault(self.efConstruction)
+
+    def setEfConstruction(self, value: int):
+        return self._set(efConstruction=value)
+
+    def getEfSearch(self) -> int:
+        return self.getOrDefault(self.efSearch)
+
+    def setEfSearch(self, value: int):
+        return self._set(efSearch=value)
+
+
+class PQParams(Params):
+    """Code settings of ``indexType="pq"`` partitions."""
+
+    pqSubvectors = _param("pqSubvectors", "PQ sub-quantizers m (the dimension is zero-padded "
+                          "to a multiple of m)", _int("pqSubvectors", 1))
+    pqBits = _param("pqBits", "bits per PQ code: 8, or 4 (SIMD fast-scan)",
+                    _choice("pqBits", PQ_BITS))
+    pqCodebook = _param("pqCodebook", "'partition' (one codebook per partition) or 'global'",
+                        _choice("pqCodebook", PQ_CODEBOOKS))
+    rerankK = _param("rerankK", "PQ: re-rank this many ADC candidates by exact distance; at "
+                     "fit, > 0 also stores the exact vectors", _int("rerankK", 0))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(pqSubvectors=16, pqBits=8, pqCodebook="partition")
+
+    def getPqSubvectors(self) -> int:
+        return self.getOrDefault(self.pqSubvectors)
+
+    def setPqSubvectors(self, value: int):
+        return self._set(pqSubvectors=value)
+
+    def getPqBits(self) -> int:
+        return self.getOrDefault(self.pqBits)
+
+    def setPqBits(self, value: int):
+        return self._set(pqBits=value)
+
+    def getPqCodebook(self) -> str:
+        return self.getOrDefault(self.pqCodebook)
+
+    def setPqCodebook(self, value: str):
+        return self._set(pqCodebook=value)
+
+    def getRerankK(self) -> int:
+        return self.getOrDefault(self.rerankK)
+
+    def setRerankK(self, value: int):
+        return self._set(rerankK=value)
+
+
+class SearchParams(Params):
+    """How ``transform`` searches."""
+
+    k = _param("k", "neighbours returned per query", _int("k", 1))
+    numProbes = _param("numProbes", "clusters searched per query (clamped to the number of "
+                       "clusters); unset: the index's calibrated default", _int("numProbes", 1))
+    probeEpsilon = _param("probeEpsilon", "probe a cluster past the nearest only if its centroid "
+                          "is within (1 + probeEpsilon) x the nearest one's distance "
+                          "(0 = always probe numProbes clusters)", _float("probeEpsilon", 0.0))
+    neighborsCol = _param("neighborsCol", "output column: array<struct<id, distance>>",
+                          _column("neighborsCol"))
+    allowedIdsCol = _param("allowedIdsCol", "query column of allowed ids (array<long|string>): "
+                           "each query is answered from its own subset", _column("allowedIdsCol"))
+    excludeSelf = _param("excludeSelf", "drop each query row's own id (idCol) from its "
+                         "neighbours, for kNN self-joins", TypeConverters.toBoolean)
+    searchStrategy = _param("searchStrategy", "'local' (each task searches its own rows against "
+                            "the cached index), 'partition' (rows meet their partitions) or "
+                            "'auto' (by index size; the Spark setting "
+                            "spark.sparkann.searchStrategy overrides 'auto')",
+                            _choice("searchStrategy", STRATEGIES))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(k=10, probeEpsilon=0.0, neighborsCol="neighbors", excludeSelf=False,
+                         searchStrategy="auto")
+
+    def getK(self) -> int:
+        return self.getOrDefault(self.k)
+
+    def setK(self, value: int):
+        return self._set(k=value)
+
+    def getNumProbes(self) -> int:
+        return self.getOrDefault(self.numProbes)
+
+    def setNumProbes(self, value: int):
+        return self._set(numProbes=value)
+
+    def getProbeEpsilon(self) -> float:
+        return self.getOrDefault(self.probeEpsilon)
+
+    def setProbeEpsilon(self, value: float):
+        return self._set(probeEpsilon=value)
+
+    def getNeighborsCol(self) -> str:
+        return self.getOrDefault(self.neighborsCol)
+
+    def setNeighborsCol(self, value: str):
+        return self._set(neighborsCol=value)
+
+    def getAllowedIdsCol(self) -> str:
+        return self.getOrDefault(self.allowedIdsCol)
+
+    def setAllowedIdsCol(self, value: str):
+        return self._set(allowedIdsCol=value)
+
+    def getExcludeSelf(self) -> bool:
+        return self.getOrDefault(self.excludeSelf)
+
+    def setExcludeSelf(self, value: bool):
+        return self._set(excludeSelf=value)
+
+    def getSearchStrategy(self) -> str:
+        return self.getOrDefault(self.searchStrategy)
+
+    def setSearchStrategy(self, value: str):
+        return self._set(searchStrategy=value)
+
+
+class ANNParams(CommonParams, BuildParams, HNSWParams, PQParams, SearchParams):
+    """Every param of an index."""
 
     def param_values(self) -> dict:
-        """All settings as plain JSON values, as stored in the manifest."""
-        return {p.name: self.getOrDefault(p) for p in self.params
-                if self.hasDefault(p) or self.isSet(p)}
+        """Every defined param's value, as plain JSON values."""
+        return {p.name: self.getOrDefault(p) for p in self.params if self.isDefined(p)}
 
+    def user_set(self) -> list[str]:
+        return sorted(p.name for p in self.params if self.isSet(p))
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}")
+    def optional(self, name: str):
+        """A param's value, or None when it is not defined."""
+        param = self.getParam(name)
+        return self.getOrDefault(param) if self.isDefined(param) else None

@@ -1,258 +1,325 @@
-"""Living indexes with Spark: add rows, delete ids, compact, rebalance.
+"""A living index with Spark: add rows, delete ids, compact, rebalance, vacuum.
 
-Every operation writes only the partitions it touches into a new data
-directory and publishes a new version whose manifest points at the new and
-the untouched partitions alike; earlier versions stay loadable.
+Every operation writes only what it changes -- new partition files for the
+partitions an add reaches, small delete files for a delete, delta files of the
+id-location table -- and publishes a new version whose manifest names the new
+and the untouched files alike. It publishes only if the version it started
+from is still the newest (:class:`~sparkann.storage.ConcurrentUpdateError`
+otherwise); what a failed update wrote is removed, and earlier versions stay
+loadable.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from . import pq, storage
+from . import testing
 from .build import (
-    BuildSettings,
-    StageTimer,
-    _assign_fn,
-    _table_schema,
+    MetaHandle,
+    bucket_fn,
     check_rows,
-    partition_row,
+    input_rows,
     partition_seed,
-    with_partition_ids,
+    per_partition,
+    removed_on_failure,
 )
-from .partitions import HNSWPartition, PQPartition
-from .router import ShardPlan
-from .search import _plan
-from .vectors import id_type, normalize_rows, to_matrix, vector_column
+from .build import assign as assign_rows
+from .loader import (
+    IndexHandle,
+    LoadedIndex,
+    deleted_labels,
+    fresh_partition,
+    location_map,
+    open_index,
+    partition_ids,
+)
+from .observe import StageTimer
+from .storage import tables
+from .storage.format import DeleteFile, Locations, Manifest
+from .storage.fs import join
+from .storage.versions import new_run, publish
+from .tasks import resolve_threads, threads_per_task
+from .vectors import to_matrix
 
 log = logging.getLogger(__name__)
 
 
-def add_rows(manifest: storage.Manifest, df: DataFrame,
-             settings: BuildSettings) -> storage.Manifest:
-    """Route ``df``'s rows to the existing centroids and insert them into their partitions."""
-    spark = df.sparkSession
-    stage = StageTimer(spark)
-    kind = id_type(df, settings.id_col)
-    if kind != manifest.id_type:
-        raise TypeError(f"idCol={settings.id_col!r} holds {kind} ids; "
-                        f"the index holds {manifest.id_type} ids")
-    rows = df.select(
-        F.col(settings.id_col).cast(kind).alias("id"),
-        vector_column(df, settings.vector_col).alias("vector"),
-    )
-    with stage("validate input"):
-        _, dim = check_rows(rows, settings)
-        if dim != manifest.dim:
-            raise ValueError(f"column {settings.vector_col!r} has dimension {dim}; "
-                             f"the index has {manifest.dim}")
-        _refuse_existing_ids(rows, manifest, settings)
-    plan = _plan(manifest)
-    routed = with_partition_ids(_assign_to_filled(rows, manifest, plan, kind), plan)
-    touched = [r.partition_id for r in routed.select("partition_id").distinct().collect()]
-    old = storage.read_table(spark, manifest).where(F.col("partition_id").isin(touched))
-    updated = routed.groupBy("partition_id").cogroup(old.groupBy("partition_id")).applyInArrow(
-        _insert_fn(manifest, settings), _table_schema(kind)
-    )
-    with stage("rebuild touched partitions"):
-        return _publish_update(spark, manifest, updated, touched)
+def located_ids(ids: DataFrame, handle: IndexHandle, manifest: Manifest) -> DataFrame:
+    """(partition_id, id) of every stored row whose id is in ``ids`` (one column),
+    from the id-location table: only the buckets of the wanted ids are read."""
+    kind = manifest.id_type
+    wanted = ids.select(F.col(ids.columns[0]).cast(kind).alias("id")).where(
+        F.col("id").isNotNull()).distinct()
+    buckets = manifest.locations.buckets if manifest.locations else 1
+    bucketed = wanted.select("id", F.lit(0).alias("partition_id")).mapInArrow(
+        bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
+    return bucketed.repartitionById(buckets, "bucket").mapInArrow(
+        _locate_fn(handle), f"partition_id int, id {kind}")
 
 
-def delete_ids(manifest: storage.Manifest, ids: DataFrame) -> storage.Manifest:
-    """Hide ``ids`` from every answer; payloads are copied as they are."""
-    spark = ids.sparkSession
-    located = storage.read_table(spark, manifest, ["partition_id", "ids"]).select(
-        "partition_id", F.posexplode("ids").alias("label", "id")
-    )
-    wanted = ids.select(F.col(ids.columns[0]).cast(manifest.id_type).alias("id")).distinct()
-    hits = located.join(wanted, "id")
-    labels = hits.groupBy("partition_id").agg(F.collect_list("label").alias("new_deleted"))
-    touched = [r.partition_id for r in labels.select("partition_id").collect()]
-    if not touched:
-        return manifest
-    old = storage.read_table(spark, manifest).where(F.col("partition_id").isin(touched))
-    schema = _table_schema(manifest.id_type)
-    updated = old.join(labels, "partition_id").mapInArrow(_mark_deleted_fn(), schema)
-    return _publish_update(spark, manifest, updated, touched)
+def _locate_fn(handle: IndexHandle):
+    def locate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pandas as pd
+
+        index = open_index(handle)
+        for batch in batches:
+            for bucket in np.unique(batch.column("bucket").to_numpy(zero_copy_only=False)):
+                mine = batch.filter(pc.equal(batch.column("bucket"), int(bucket)))
+                ids = mine.column("id").to_numpy(zero_copy_only=False)
+                hits = pd.DataFrame({"id": ids}).merge(location_map(index, int(bucket)), on="id")
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(hits["partition_id"].to_numpy(), pa.int32()),
+                     pa.array(hits["id"].to_numpy(), mine.column("id").type)],
+                    ["partition_id", "id"])
+
+    return locate
 
 
-def compact(manifest: storage.Manifest, min_deleted_share: float,
-            settings: BuildSettings) -> storage.Manifest:
-    """Rebuild the partitions whose deleted share is at least ``min_deleted_share``."""
-    touched = [
-        pid
-        for pid, (rows, gone) in enumerate(zip(manifest.partition_rows, manifest.deleted_counts))
-        if gone and gone / rows >= min_deleted_share
-    ]
-    if not touched:
-        return manifest
-    spark = storage.active_session()
-    old = storage.read_table(spark, manifest).where(F.col("partition_id").isin(touched))
-    updated = old.mapInArrow(_compact_fn(manifest, settings), _table_schema(manifest.id_type))
-    return _publish_update(spark, manifest, updated, touched)
+def live_labels(located: DataFrame, handle: IndexHandle, kind: str) -> DataFrame:
+    """(partition_id, id, label) of the live rows holding the located ids."""
+    return located.groupBy("partition_id").applyInArrow(
+        _labels_fn(handle), f"partition_id int, id {kind}, label int")
 
 
-def live_rows(manifest: storage.Manifest, spark) -> DataFrame:
-    """Every live (id, vector) of the index, recovered from its partitions."""
-    table = storage.read_table(spark, manifest)
-    return table.mapInArrow(_live_fn(manifest), f"id {manifest.id_type}, vector array<float>")
+def _labels_fn(handle: IndexHandle):
+    def labels(key, table):
+        import pandas as pd
 
-
-def _refuse_existing_ids(rows: DataFrame, manifest, settings) -> None:
-    existing = storage.read_table(rows.sparkSession, manifest, ["ids"]).select(
-        F.explode("ids").alias("id"))
-    clash = rows.select("id").join(existing, "id").first()
-    if clash is not None:
-        raise ValueError(
-            f"column {settings.id_col!r} holds ids already in the index, for example "
-            f"{settings.id_col}={clash['id']!r}; delete them first to replace them"
-        )
-
-
-def _assign_to_filled(rows: DataFrame, manifest, plan: ShardPlan, kind: str) -> DataFrame:
-    """Nearest centroid among the clusters that have partitions."""
-    filled = np.nonzero(plan.counts > 0)[0]
-    assigned = rows.mapInArrow(
-        _assign_fn(manifest.centroids[filled], manifest.metric, manifest.dim),
-        f"id {kind}, vector array<float>, cluster int",
-    )
-    lookup = F.array(*map(F.lit, filled.tolist()))
-    return assigned.withColumn("cluster", F.element_at(lookup, F.col("cluster") + 1))
-
-
-def _publish_update(spark, manifest, updated: DataFrame, touched: list[int]) -> storage.Manifest:
-    data_dir = storage.new_data_dir()
-    with storage.removed_on_failure(spark, manifest.root, data_dir):
-        storage.write_table(updated, storage.join(manifest.root, data_dir))
-    written = storage.table_stats(spark, storage.join(manifest.root, data_dir))
-    stats = {s.partition_id: s for s in written}
-    if sorted(stats) != sorted(touched):
-        raise RuntimeError(
-            f"the update wrote partitions {sorted(stats)}, expected {sorted(touched)}")
-    dirs, rows, sums, vsums, gone, nbytes, errors = (list(x) for x in (
-        manifest.partition_dirs, manifest.partition_rows, manifest.checksums,
-        manifest.vector_checksums, manifest.deleted_counts, manifest.partition_bytes,
-        manifest.partition_errors))
-    for pid, s in stats.items():
-        dirs[pid], rows[pid], sums[pid] = data_dir, s.num_rows, s.checksum
-        vsums[pid], gone[pid] = s.vectors_checksum or "", s.num_deleted
-        nbytes[pid], errors[pid] = s.nbytes, s.sq_error
-    live = np.asarray(rows) - np.asarray(gone)
-    cluster_sizes = np.bincount(_plan(manifest).cluster_of, weights=live,
-                                minlength=len(manifest.centroids))
-    new_manifest = replace(
-        manifest, partition_dirs=dirs, partition_rows=rows, checksums=sums, vector_checksums=vsums,
-        deleted_counts=gone, num_vectors=int(live.sum()),
-        cluster_sizes=[int(x) for x in cluster_sizes], partition_bytes=nbytes,
-        partition_errors=errors,
-    )
-    return storage.publish(spark, new_manifest)
-
-
-def _load(manifest, row: dict, vectors=None):
-    """A partition object from an index-table row (checksums were checked at write)."""
-    part: HNSWPartition | PQPartition
-    if manifest.params.get("indexType", "hnsw") == "hnsw":
-        part = HNSWPartition.load(row["payload"])
-    else:
-        shared = manifest.codebook or row["codebook"]
-        cluster = int(_plan(manifest).cluster_of[row["partition_id"]])
-        stored = None
-        if row.get("vectors") is not None:
-            stored = np.frombuffer(row["vectors"], np.float32).reshape(-1, manifest.dim)
-        pq_part = PQPartition.load(row["payload"], pq.codebook_from_bytes(shared),
-                                   manifest.centroids[cluster], stored)
-        pq_part.squared_error = row.get("sq_error") or 0.0
-        part = pq_part
-    part.delete(row.get("deleted") or [])
-    return part
-
-
-def _emit(manifest, pid, ids, part, codebook, deleted) -> pa.Table:
-    vectors = getattr(part, "vectors", None)
-    table = partition_row(pid, ids, part.payload(), codebook,
-                          None if vectors is None else np.ascontiguousarray(vectors).tobytes(),
-                          getattr(part, "squared_error", 0.0))
-    checksum = storage.partition_checksum(part.payload(), codebook, deleted)
-    table = table.set_column(table.schema.get_field_index("deleted"), "deleted",
-                             pa.array([sorted(int(x) for x in deleted)], pa.list_(pa.int32())))
-    return table.set_column(table.schema.get_field_index("checksum"), "checksum",
-                            pa.array([checksum]))
-
-
-def _insert_fn(manifest, settings: BuildSettings):
-    def insert(key, new, old):
         pid = key[0].as_py()
-        row = old.to_pylist()[0]
-        vectors = to_matrix(new.column("vector"), manifest.dim, f"partition {pid}")
-        if manifest.metric == "cosine":
-            vectors = normalize_rows(vectors)
-        part = _load(manifest, row)
-        part.add(vectors)
-        ids = pa.concat_arrays([old.column("ids").combine_chunks()[0].values,
-                                new.column("id").combine_chunks()])
-        return _emit(manifest, pid, ids, part, row["codebook"] or b"", row["deleted"] or [])
+        index = open_index(handle)
+        ids = partition_ids(index, pid)
+        positions, _ = pd.Index(ids.to_numpy(zero_copy_only=False)).get_indexer_non_unique(
+            table.column("id").combine_chunks().to_numpy(zero_copy_only=False))
+        found = np.unique(positions[positions >= 0])
+        found = np.setdiff1d(found, deleted_labels(index, pid))
+        return pa.table({"partition_id": pa.array(np.full(len(found), pid), pa.int32()),
+                         "id": ids.take(pa.array(found)),
+                         "label": pa.array(found, pa.int32())})
+
+    return labels
+
+
+# ------------------------------------------------------------------ delete
+
+
+def delete_ids(spark, manifest: Manifest, handle: IndexHandle,
+               ids: DataFrame) -> tuple[Manifest, str] | None:
+    """A new version hiding ``ids``; None when none of them is in the index."""
+    stage = StageTimer(spark)
+    with stage("find deleted ids"):
+        labels = live_labels(located_ids(ids, handle, manifest), handle, manifest.id_type)
+        per_partition = labels.groupBy("partition_id").agg(
+            F.sort_array(F.collect_list("label")).alias("labels"))
+    run = new_run("deletes")
+    with stage("write delete files"), removed_on_failure(spark, manifest.root, [run]):
+        rows = per_partition.mapInArrow(
+            delete_rows_fn, "partition_id int, pid int, labels array<int>, count long, "
+            "checksum string")
+        tables.write_table(rows, join(manifest.root, run), "partition_id")
+        written = tables.written(spark, manifest.root, run, ["partition_id", "count", "checksum"])
+    if not written:
+        store_delete(spark, manifest.root, run)
+        return None
+    partitions = manifest.partitions
+    for row, file in written:
+        pid = row["partition_id"]
+        added = DeleteFile(file, int(row["count"]), row["checksum"])
+        partitions = partitions.with_partition(pid, deletes=partitions.deletes[pid] + [added])
+    return _publish(spark, manifest, replace(manifest, partitions=partitions), [run])
+
+
+def delete_rows_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """(partition_id, labels) rows as delete-file rows: counted and checksummed."""
+    for batch in batches:
+        labels = batch.column("labels")
+        counts, sums = [], []
+        for row in range(batch.num_rows):
+            values = labels[row].values.to_numpy(zero_copy_only=False)
+            counts.append(len(values))
+            sums.append(tables.labels_checksum(values))
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("partition_id"), batch.column("partition_id"), labels,
+             pa.array(counts, pa.int64()), pa.array(sums, pa.string())],
+            ["partition_id", "pid", "labels", "count", "checksum"])
+
+
+def store_delete(spark, root: str, run: str) -> None:
+    from .storage.fs import store_for
+
+    store_for(spark, root).delete(join(root, run))
+
+
+# --------------------------------------------------------------------- add
+
+
+def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
+             params: dict) -> tuple[Manifest, str]:
+    """A new version that also holds ``df``'s rows, routed to the existing centroids;
+    only the partitions they reach are rewritten."""
+    stage = StageTimer(spark)
+    rows, kind = input_rows(df, params["vectorCol"], params["idCol"])
+    if kind != manifest.id_type:
+        raise TypeError(f"idCol={params['idCol']!r} holds {kind} ids; the index holds "
+                        f"{manifest.id_type} ids")
+    with stage("validate input"):
+        _, dim = check_rows(rows, {**manifest.params, **params})
+        if dim != manifest.dim:
+            raise ValueError(f"column {params['vectorCol']!r} has dimension {dim}; the index "
+                             f"has dimension {manifest.dim}")
+        clash = live_labels(located_ids(rows.select("id"), handle, manifest), handle,
+                            kind).first()
+        if clash is not None:
+            raise ValueError(f"column {params['idCol']!r} holds ids already in the index, for "
+                             f"example {params['idCol']}={clash['id']!r}; delete them first "
+                             "to replace them")
+    index = open_index(handle)
+    meta = MetaHandle(join(manifest.root, manifest.meta_file), manifest.meta_sha256,
+                      manifest.dim)
+    assigned = assign_rows(rows, meta, index.metric, manifest.dim, kind)
+    threads = threads_per_task(spark, int(params.get("numThreads", 0)),
+                               manifest.num_partitions)
+    run, locations_run = new_run("data"), new_run("locations")
+    with stage("update partitions"), removed_on_failure(spark, manifest.root,
+                                                         [run, locations_run]):
+        table = per_partition(assigned, manifest.num_partitions, _insert_fn(handle, threads),
+                              tables.index_schema(kind))
+        tables.write_table(table, join(manifest.root, run), "partition_id")
+        written = tables.written(spark, manifest.root, run, tables.INDEX_FACTS)
+        buckets = manifest.locations.buckets if manifest.locations else 1
+        located = assigned.select("id", "partition_id").mapInArrow(
+            bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
+        tables.write_table(located.repartitionById(buckets, "bucket"),
+                           join(manifest.root, locations_run), "bucket")
+        new_locations = tables.written(spark, manifest.root, locations_run, ["bucket"])
+    partitions = manifest.partitions
+    for row, file in written:
+        partitions = partitions.with_partition(
+            row["partition_id"], files=file, rows=int(row["num_rows"]),
+            payload_bytes=int(row["payload_bytes"]), checksums=row["checksum"],
+            sq_errors=float(row["sq_error"] or 0.0))
+    locations = _with_location_files(manifest.locations, new_locations, buckets)
+    updated = replace(manifest, partitions=partitions, locations=locations)
+    return _publish(spark, manifest, updated, [run, locations_run])
+
+
+def _insert_fn(handle: IndexHandle, threads: int):
+    def insert(pid: int, table: pa.Table) -> pa.Table:
+        testing.inject("update")
+        index = open_index(handle)
+        part = _existing(index, pid)
+        vectors = to_matrix(table.column("vector"), index.manifest.dim, f"partition {pid}")
+        if part is None:  # a partition without rows so far
+            built = index.cls.build(vectors, index.context(pid),
+                                    partition_seed(int(index.manifest.params["seed"]), pid),
+                                    resolve_threads(threads))
+            return tables.partition_row(pid, table.column("id"), built.store())
+        part.index.add(vectors, resolve_threads(threads))
+        ids = pa.concat_arrays([part.ids, table.column("id").combine_chunks().cast(part.ids.type)])
+        return tables.partition_row(pid, ids, part.index.store())
 
     return insert
 
 
-def _mark_deleted_fn():
-    def mark(batches):
+def _existing(index: LoadedIndex, pid: int):
+    if not index.manifest.partitions.files[pid]:
+        return None
+    return fresh_partition(index, pid, _keeps_vectors(index))
+
+
+def _keeps_vectors(index: LoadedIndex) -> bool:
+    """Whether partitions store exact vectors that an update must carry along."""
+    return int(index.manifest.params.get("rerankK", 0) or 0) > 0 and \
+        index.manifest.index_type == "pq"
+
+
+def _with_location_files(locations: Locations | None, written: list, buckets: int) -> Locations:
+    files = [list(f) for f in locations.files] if locations else [[] for _ in range(buckets)]
+    for row, file in written:
+        if file not in files[row["bucket"]]:
+            files[row["bucket"]].append(file)
+    return Locations(buckets, files)
+
+
+# ----------------------------------------------------------------- compact
+
+
+def compact(spark, manifest: Manifest, handle: IndexHandle, min_deleted_share: float,
+            params: dict) -> tuple[Manifest, str] | None:
+    """Rebuild the partitions whose deleted share is at least ``min_deleted_share``
+    without their deleted rows; None when there are none."""
+    partitions = manifest.partitions
+    touched = [pid for pid, (rows, gone) in enumerate(zip(partitions.rows, partitions.deleted))
+               if gone and gone >= min_deleted_share * rows]
+    if not touched:
+        return None
+    threads = threads_per_task(spark, int(params.get("numThreads", 0)), len(touched))
+    work = spark.createDataFrame([(pid,) for pid in touched], "partition_id int")
+    run = new_run("data")
+    with removed_on_failure(spark, manifest.root, [run]):
+        table = work.repartition(len(touched), "partition_id").mapInArrow(
+            _compact_fn(handle, threads), tables.index_schema(manifest.id_type))
+        tables.write_table(table, join(manifest.root, run), "partition_id")
+        written = tables.written(spark, manifest.root, run, tables.INDEX_FACTS)
+    for row, file in written:
+        partitions = partitions.with_partition(
+            row["partition_id"], files=file, rows=int(row["num_rows"]),
+            payload_bytes=int(row["payload_bytes"]), checksums=row["checksum"],
+            sq_errors=float(row["sq_error"] or 0.0), deletes=[])
+    return _publish(spark, manifest, replace(manifest, partitions=partitions), [run])
+
+
+def _compact_fn(handle: IndexHandle, threads: int):
+    def rebuild(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        index = open_index(handle)
         for batch in batches:
-            for row in batch.to_pylist():
-                deleted = sorted(set(row["deleted"] or []) | set(row["new_deleted"]))
-                row["deleted"] = deleted
-                row["checksum"] = storage.partition_checksum(row["payload"],
-                                                             row["codebook"] or b"", deleted)
-                del row["new_deleted"]
-                yield pa.RecordBatch.from_pylist([row], schema=_arrow_schema(batch))
-
-    return mark
-
-
-def _arrow_schema(batch: pa.RecordBatch) -> pa.Schema:
-    return pa.schema([f for f in batch.schema if f.name != "new_deleted"])
-
-
-def _compact_fn(manifest, settings: BuildSettings):
-    def rebuild(batches):
-        for batch in batches:
-            for row in batch.to_pylist():
-                pid = row["partition_id"]
-                part = _load(manifest, row)
-                labels, vectors = part.live_vectors()
-                ids = pa.array(row["ids"]).take(pa.array(labels))
-                if isinstance(part, HNSWPartition):
-                    fresh = HNSWPartition.build(vectors, manifest.metric, settings.hnsw_m,
-                                                settings.ef_construction,
-                                                partition_seed(settings.seed, pid), 1)
-                else:
-                    part.codes, part.vectors, part.alive = part.codes[labels], vectors, None
-                    part.count = len(labels)
-                    fresh = part
-                yield pa.RecordBatch.from_pylist(
-                    _emit(manifest, pid, ids, fresh, row["codebook"] or b"", []).to_pylist(),
-                    schema=batch.schema,
-                )
+            for pid in batch.column("partition_id").to_pylist():
+                part = fresh_partition(index, pid, _keeps_vectors(index))
+                keep = np.setdiff1d(np.arange(part.index.count), deleted_labels(index, pid))
+                seed = partition_seed(int(index.manifest.params["seed"]), pid)
+                fresh = part.index.compact(keep, seed, resolve_threads(threads))
+                yield from tables.partition_row(pid, part.ids.take(pa.array(keep)),
+                                                fresh.store()).to_batches()
 
     return rebuild
 
 
-def _live_fn(manifest):
-    def recover(batches):
+# ------------------------------------------------------------------ helpers
+
+
+def live_rows(spark, manifest: Manifest, handle: IndexHandle) -> DataFrame:
+    """Every live (id, vector) of a version, recovered from its partitions."""
+    pids = [(pid,) for pid, f in enumerate(manifest.partitions.files) if f]
+    work = spark.createDataFrame(pids, "partition_id int")
+    return work.repartition(max(1, min(len(pids), 200)), "partition_id").mapInArrow(
+        _live_fn(handle), f"id {manifest.id_type}, vector array<float>")
+
+
+def _live_fn(handle: IndexHandle):
+    from .vectors import list_array
+
+    def recover(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        index = open_index(handle)
         for batch in batches:
-            for row in batch.to_pylist():
-                labels, vectors = _load(manifest, row).live_vectors()
-                ids = pa.array(row["ids"]).take(pa.array(labels))
-                offsets = pa.array(np.arange(0, vectors.size + 1, manifest.dim), pa.int32())
-                values = pa.ListArray.from_arrays(offsets,
-                                                  pa.array(vectors.reshape(-1), pa.float32()))
-                yield pa.RecordBatch.from_arrays([ids, values], ["id", "vector"])
+            for pid in batch.column("partition_id").to_pylist():
+                part = fresh_partition(index, pid, _keeps_vectors(index))
+                keep = np.setdiff1d(np.arange(part.index.count), deleted_labels(index, pid))
+                vectors = part.index.live_vectors(keep)
+                yield pa.RecordBatch.from_arrays(
+                    [part.ids.take(pa.array(keep)), list_array(vectors)], ["id", "vector"])
 
     return recover
+
+
+def _publish(spark, base: Manifest, updated: Manifest,
+             written: list[str]) -> tuple[Manifest, str]:
+    """Publish ``updated`` on top of ``base``; remove what was written if that fails."""
+    with removed_on_failure(spark, base.root, written):
+        return publish(spark, updated, base.version)

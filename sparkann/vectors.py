@@ -53,7 +53,7 @@ def to_matrix(arrays: pa.Array, dim: int | None = None, what: str = "vector") ->
         arrays = arrays.combine_chunks()
     n = len(arrays)
     if arrays.null_count:
-        raise ValueError(f"{what} column holds {arrays.null_count} null vector(s)")
+        raise ValueError(f"{what} holds {arrays.null_count} null vector(s)")
     lengths = np.diff(np.asarray(arrays.offsets))
     width = dim if dim is not None else (int(lengths[0]) if n else 0)
     if n and (lengths != width).any():
@@ -63,16 +63,33 @@ def to_matrix(arrays: pa.Array, dim: int | None = None, what: str = "vector") ->
     return np.asarray(flat, dtype=np.float32).reshape(n, width)
 
 
-def normalize_rows(matrix: np.ndarray, what: str = "vector") -> np.ndarray:
-    """Unit-length rows for the cosine metric; a zero row has no direction."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError(f"{what} holds an all-zero vector, which has no cosine direction")
-    return matrix / norms
-
-
 def list_array(matrix: np.ndarray) -> pa.Array:
     """A (n, d) matrix as an Arrow list<float> column."""
     n, dim = matrix.shape
     offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), pa.float32()))
+
+
+def checked_queries(arrays: pa.Array, dim: int, column: str, ids: pa.Array | None = None,
+                    id_col: str = "") -> np.ndarray:
+    """Query vectors as a (n, dim) matrix, checked inside a task: nulls, dimension,
+    NaN and infinity fail with the column (and, when known, the row's id) named."""
+    if isinstance(arrays, pa.ChunkedArray):
+        arrays = arrays.combine_chunks()
+    where = lambda row: (f" (row with {id_col}={ids[row].as_py()!r})"  # noqa: E731
+                         if ids is not None else "")
+    if arrays.null_count:
+        row = int(np.flatnonzero(np.asarray(arrays.is_null()))[0])
+        raise ValueError(f"query column {column!r} holds a null vector{where(row)}")
+    lengths = np.diff(np.asarray(arrays.offsets))
+    if len(lengths) and (lengths != dim).any():
+        row = int(np.flatnonzero(lengths != dim)[0])
+        raise ValueError(f"query vectors in column {column!r} have dimension "
+                         f"{int(lengths[row])}{where(row)}, but the index has dimension {dim}")
+    vectors = to_matrix(arrays, dim, f"query column {column!r}")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        bad = vectors[row][~np.isfinite(vectors[row])][0]
+        raise ValueError(f"query column {column!r} holds a non-finite value ({bad}){where(row)}")
+    return vectors

@@ -1,0 +1,304 @@
+"""Calibration: the cheapest search settings that reach a target recall.
+
+``fit`` (and :meth:`ANNIndexModel.calibrate`) measure recall@k on a seeded
+sample of queries -- indexed rows with their own id excluded, or the user's
+own queries -- against exact neighbours computed on Spark, then store the
+cheapest ``numProbes`` and index-type setting (``efSearch`` for HNSW,
+``rerankK`` for PQ) that reach the target as the index's search defaults.
+
+Cost, with ``S`` sample queries (at most :data:`MAX_SAMPLE`): one pass over the
+``N`` indexed rows for the exact neighbours (``N x S x d`` multiply-adds, in
+parallel tasks), and one search job of the sample over a ladder of settings
+(``S x probes x ladder`` partition searches, independent of ``N``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+
+from .exact import top_k
+from .loader import IndexHandle, LoadedIndex, open_index, partition
+from .metrics import Metric
+from .search.topk import top_k_lists
+from .vectors import to_matrix
+
+log = logging.getLogger(__name__)
+
+MAX_SAMPLE = 1000
+MIN_SAMPLE = 100
+PROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+MARGIN = 0.005  # measured recall must clear the target by this much (sampling error)
+
+
+def sample_size(num_rows: int) -> int:
+    return int(min(MAX_SAMPLE, max(MIN_SAMPLE, num_rows // 20), num_rows))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Calibration queries: prepared vectors and (for indexed rows) their own ids."""
+
+    vectors: np.ndarray
+    ids: pa.Array | None  # own ids to exclude, or None for outside queries
+
+
+@dataclass(frozen=True)
+class Choice:
+    num_probes: int
+    setting: dict
+    recall: float
+    cost: float
+
+
+def draw_sample(rows: DataFrame, num_rows: int, seed: int, metric: Metric, dim: int,
+                with_ids: bool, size: int | None = None) -> Sample:
+    """A seeded sample of (id, vector) rows, collected to the driver."""
+    size = size or sample_size(num_rows)
+    fraction = min(1.0, 1.5 * size / max(num_rows, 1))
+    picked = rows.sample(fraction=fraction, seed=seed + 17) if fraction < 1.0 else rows
+    table = picked.limit(size).toArrow()
+    vectors = metric.prepare(to_matrix(table.column("vector"), dim))
+    ids = table.column("id").combine_chunks() if with_ids else None
+    return Sample(vectors, ids)
+
+
+def exact_neighbors(base: DataFrame, sample: Sample, metric: Metric, k: int, dim: int,
+                    id_type: str) -> list[np.ndarray]:
+    """The exact ``k`` nearest ids of each sample query among ``base`` (id, vector)
+    rows, the query's own id excluded; one pass over ``base`` in parallel tasks."""
+    fetch = k + (1 if sample.ids is not None else 0)
+    found = base.mapInArrow(_exact_fn(sample.vectors, metric, fetch, dim),
+                            f"query int, ids array<{id_type}>, dists array<float>").toArrow()
+    kind = pa.int64() if id_type == "long" else pa.string()
+    n = len(sample.vectors)
+    rows = np.repeat(found.column("query").to_numpy(),
+                     np.diff(found.column("ids").combine_chunks().offsets.to_numpy()))
+    ids = found.column("ids").combine_chunks().values.cast(kind)
+    dists = found.column("dists").combine_chunks().values.to_numpy(zero_copy_only=False)
+    keep = np.ones(len(rows), dtype=bool)
+    if sample.ids is not None:
+        keep = _not_own(ids, rows, sample.ids.cast(kind))
+    lists = top_k_lists(n, rows[keep], dists[keep], ids.filter(pa.array(keep)), k)
+    return [lists[q].values.field("id").to_numpy(zero_copy_only=False) for q in range(n)]
+
+
+def _not_own(ids: pa.Array, rows: np.ndarray, own: pa.Array) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(pc.not_equal(ids, own.take(pa.array(rows))), True))
+
+
+def _exact_fn(queries: np.ndarray, metric: Metric, fetch: int, dim: int):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        best: tuple | None = None
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            vectors = metric.prepare(to_matrix(batch.column("vector"), dim))
+            cols, dists = top_k(metric.pairwise(queries, vectors), fetch)
+            ids = batch.column("id").take(pa.array(cols.reshape(-1)))
+            best = (dists, ids) if best is None else _fold(best, (dists, ids), fetch)
+        if best is not None:
+            yield _as_rows(*best)
+
+    return run
+
+
+def _fold(first: tuple, second: tuple, fetch: int) -> tuple:
+    """The ``fetch`` best of two (n, w) blocks of candidates per query."""
+    (d1, i1), (d2, i2) = first, second
+    n, w1, w2 = d1.shape[0], d1.shape[1], d2.shape[1]
+    order, best = top_k(np.concatenate([d1, d2], axis=1), fetch)
+    row = np.arange(n)[:, None]
+    position = np.where(order < w1, row * w1 + order, n * w1 + row * w2 + (order - w1))
+    return best, pa.concat_arrays([i1, i2.cast(i1.type)]).take(pa.array(position.reshape(-1)))
+
+
+def _as_rows(dists: np.ndarray, ids: pa.Array) -> pa.RecordBatch:
+    n, width = dists.shape
+    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.arange(n, dtype=np.int32)), pa.ListArray.from_arrays(offsets, ids),
+         pa.ListArray.from_arrays(offsets, pa.array(dists.reshape(-1), pa.float32()))],
+        ["query", "ids", "dists"])
+
+
+# ------------------------------------------------------------------ ladder
+
+
+def probe_ladder(num_clusters: int) -> list[int]:
+    ladder = sorted({p for p in PROBE_LADDER if p <= num_clusters})
+    if num_clusters <= PROBE_LADDER[-1] and num_clusters not in ladder:
+        ladder.append(num_clusters)
+    return ladder
+
+
+def ladder_results(spark, handle: IndexHandle, index: LoadedIndex, sample: Sample, k: int,
+                   settings: list[dict], epsilon: float, with_vectors: bool):
+    """One Spark job: every sample query searched in each partition of its deepest
+    probe list, with every ladder setting. Returns the candidates as flat arrays."""
+    fetch = k + (1 if sample.ids is not None else 0)
+    probes = probe_ladder(len(index.meta.centroids))
+    ranked, dists = index.router.ranked_clusters(sample.vectors, probes[-1], fetch)
+    mask = index.router.probed(ranked, dists, probes[-1], fetch, epsilon)
+    rows, cols = np.nonzero(mask)
+    queries, pids = index.router.expand(rows, ranked[rows, cols])
+    keep = np.asarray([bool(index.manifest.partitions.files[p]) for p in pids], dtype=bool)
+    queries, pids = queries[keep], pids[keep]
+    order = np.argsort(pids, kind="stable")
+    table = pa.table({"pid": pa.array(pids[order], pa.int32()),
+                      "query": pa.array(queries[order], pa.int32())})
+    work = spark.createDataFrame(table.to_pandas()).groupBy("pid").agg(
+        {"query": "collect_list"}).withColumnRenamed("collect_list(query)", "queries")
+    tasks = max(1, min(len(np.unique(pids)), 64))
+    kind = "long" if index.manifest.id_type == "long" else "string"
+    found = work.repartition(tasks, "pid").mapInArrow(
+        _ladder_fn(handle, sample.vectors, settings, fetch, with_vectors),
+        f"pid int, query int, setting int, ids array<{kind}>, dists array<float>").toArrow()
+    return ranked, dists, found
+
+
+def _ladder_fn(handle: IndexHandle, vectors: np.ndarray, settings: list[dict], fetch: int,
+               with_vectors: bool):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        index = open_index(handle)
+        for batch in batches:
+            for row in range(batch.num_rows):
+                pid = batch.column("pid")[row].as_py()
+                queries = batch.column("queries")[row].values.to_numpy(zero_copy_only=False)
+                part = partition(index, pid, with_vectors)
+                for number, setting in enumerate(settings):
+                    labels, dists = part.index.search(vectors[queries], fetch,
+                                                      index.cls.knobs(setting))
+                    yield _ladder_rows(pid, queries, number, labels, dists, part.ids)
+
+    return run
+
+
+def _ladder_rows(pid, queries, number, labels, dists, ids) -> pa.RecordBatch:
+    n = len(queries)
+    found = labels >= 0
+    counts = found.sum(axis=1)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.full(n, pid, np.int32)), pa.array(queries.astype(np.int32)),
+         pa.array(np.full(n, number, np.int32)),
+         pa.ListArray.from_arrays(offsets, ids.take(pa.array(labels[found]))),
+         pa.ListArray.from_arrays(offsets, pa.array(dists[found], pa.float32()))],
+        ["pid", "query", "setting", "ids", "dists"])
+
+
+def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
+           settings: list[dict], epsilon: float, target: float, ranked, dists,
+           found: pa.Table) -> tuple[Choice, list[Choice]]:
+    """Recall and cost of every (numProbes, setting); the cheapest reaching the target
+    (with a margin for sampling error), else the one of best recall."""
+    import pandas as pd
+
+    n = len(sample.vectors)
+    fetch = k + (1 if sample.ids is not None else 0)
+    pids = found.column("pid").to_numpy()
+    query = found.column("query").to_numpy()
+    setting = found.column("setting").to_numpy()
+    lengths = np.diff(found.column("ids").combine_chunks().offsets.to_numpy())
+    flat_ids = found.column("ids").combine_chunks().values
+    flat_d = found.column("dists").combine_chunks().values.to_numpy(zero_copy_only=False)
+    codes, uniques = pd.factorize(np.concatenate([
+        flat_ids.to_numpy(zero_copy_only=False), np.concatenate(truth) if truth else [],
+        sample.ids.to_numpy(zero_copy_only=False) if sample.ids is not None else []]))
+    cand_codes = codes[:len(flat_ids)]
+    truth_codes = codes[len(flat_ids):len(flat_ids) + sum(len(t) for t in truth)]
+    truth_rows = np.repeat(np.arange(n), [len(t) for t in truth])
+    truth_keys = truth_rows.astype(np.int64) * len(uniques) + truth_codes
+    own = codes[len(flat_ids) + len(truth_codes):] if sample.ids is not None else None
+    cand_q = np.repeat(query, lengths)
+    cand_pid = np.repeat(pids, lengths)
+    cand_s = np.repeat(setting, lengths)
+    if own is not None:
+        mine = cand_codes != own[cand_q]
+        cand_q, cand_pid, cand_s = cand_q[mine], cand_pid[mine], cand_s[mine]
+        cand_codes, flat_d = cand_codes[mine], flat_d[mine]
+    rows = np.asarray(index.manifest.partitions.rows, dtype=np.float64)
+    trials = []
+    for probes in probe_ladder(len(index.meta.centroids)):
+        mask = index.router.probed(ranked, dists, probes, fetch, epsilon)
+        r, c = np.nonzero(mask)
+        qpos, ppos = index.router.expand(r, ranked[r, c])
+        pair_keys = qpos.astype(np.int64) * index.manifest.num_partitions + ppos
+        probed = np.isin(cand_q.astype(np.int64) * index.manifest.num_partitions + cand_pid,
+                         pair_keys)
+        for number, values in enumerate(settings):
+            pick = probed & (cand_s == number)
+            recall = _recall(cand_q[pick], flat_d[pick], cand_codes[pick], truth_keys,
+                             len(uniques), n, k)
+            cost = float(np.sum(index.cls.probe_cost(values, rows[ppos],
+                                                     index.manifest.dim))) / n
+            trials.append(Choice(probes, dict(values), round(recall, 5), round(cost, 3)))
+    good = ([t for t in trials if t.recall >= target + MARGIN]
+            or [t for t in trials if t.recall >= target])
+    if good:
+        return min(good, key=lambda t: (t.cost, t.num_probes)), trials
+    return max(trials, key=lambda t: (t.recall, -t.cost)), trials
+
+
+def _recall(q: np.ndarray, d: np.ndarray, codes: np.ndarray, truth_keys: np.ndarray,
+            width: int, n: int, k: int) -> float:
+    order = np.lexsort((d, q))
+    q, codes = q[order], codes[order]
+    starts = np.searchsorted(q, np.arange(n))
+    rank = np.arange(len(q)) - starts[q] if len(q) else np.empty(0, np.int64)
+    top = rank < k
+    hits = np.isin(q[top].astype(np.int64) * width + codes[top], truth_keys).sum()
+    return float(hits) / max(len(truth_keys), 1)
+
+
+def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int, target: float,
+              seed: int, epsilon: float, queries: DataFrame | None = None) -> dict:
+    """Measure the ladder on a sample and return the chosen search defaults and a report.
+
+    ``base`` holds the indexed rows (id, vector) for the exact neighbours;
+    ``queries`` (vector column ``vector``) replaces the sample of indexed rows.
+    """
+    import time
+
+    started = time.perf_counter()
+    index = open_index(handle)
+    manifest, metric = index.manifest, index.metric
+    source = base if queries is None else queries
+    count = num_rows if queries is None else int(queries.count())
+    sample = draw_sample(source, count, seed, metric, manifest.dim, queries is None)
+    if len(sample.vectors) == 0:
+        raise ValueError("the calibration sample is empty")
+    truth = exact_neighbors(base, sample, metric, k, manifest.dim, manifest.id_type)
+    settings = index.cls.search_ladder(k, manifest.params)
+    with_vectors = any(int(s.get("rerankK", 0)) > 0 for s in settings)
+    ranked, dists, found = ladder_results(spark, handle, index, sample, k, settings, epsilon,
+                                          with_vectors)
+    best, trials = choose(index, sample, truth, k, settings, epsilon, target, ranked, dists,
+                          found)
+    reached = best.recall >= target
+    report = {
+        "targetRecall": target, "k": k, "recall": best.recall, "reached": reached,
+        "numProbes": best.num_probes, **best.setting, "sampleQueries": len(sample.vectors),
+        "sampleSource": "indexed rows" if queries is None else "queries",
+        "seconds": round(time.perf_counter() - started, 3),
+        "trials": [{"numProbes": t.num_probes, **t.setting, "recall": t.recall,
+                    "cost": t.cost} for t in trials],
+    }
+    if reached:
+        log.info("sparkann: calibrated for recall@%d >= %.3f: numProbes=%d %s (recall %.4f "
+                 "on %d queries)", k, target, best.num_probes, best.setting, best.recall,
+                 len(sample.vectors))
+    else:
+        log.warning("sparkann: no search setting reaches recall@%d %.3f; the best measured, "
+                    "numProbes=%d %s, reaches %.4f on %d sample queries. The index is usable; "
+                    "raise hnswM / efConstruction (or numPartitions for fewer, larger "
+                    "partitions) to reach the target", k, target, best.num_probes,
+                    best.setting, best.recall, len(sample.vectors))
+    return report

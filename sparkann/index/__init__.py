@@ -1,0 +1,27 @@
+"""Index types: the :class:`PartitionIndex` contract and the registry of its types.
+
+Build, search, update and the estimator find an index type only through
+:func:`index_type`; a new type is one module with a :class:`PartitionIndex`
+subclass and one entry in :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from .base import PartitionContext, PartitionIndex, SearchKnobs, StoredPartition
+from .hnsw import HNSWIndex
+from .pq import PQIndex
+
+REGISTRY: dict[str, type[PartitionIndex]] = {cls.name: cls for cls in (HNSWIndex, PQIndex)}
+
+
+def index_type(name: str) -> type[PartitionIndex]:
+    """The index class registered as ``name``; ``ValueError`` naming the choices otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"indexType={name!r} is not supported; choose one of "
+                         f"{sorted(REGISTRY)}") from None
+
+
+__all__ = ["REGISTRY", "PartitionContext", "PartitionIndex", "SearchKnobs", "StoredPartition",
+           "index_type"]

@@ -1,0 +1,58 @@
+"""Search: plan on the driver (no Spark job), then one of two strategies.
+
+* :mod:`.local` -- each task searches its own query rows against the whole
+  index in its worker cache (like a broadcast join).
+* :mod:`.partition` -- query rows meet their partitions (like a shuffle join).
+
+Both are lazy ``mapInArrow`` / repartition plans: they work on streaming
+DataFrames, query checks run inside the tasks, and no answer depends on the
+order in which Spark computes the query DataFrame.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import DataFrame
+
+from ..loader import IndexHandle
+from ..storage.format import Manifest
+from ..tasks import threads_per_task
+from .local import local_search_fn
+from .partition import partition_side
+from .plan import (
+    PAYLOAD_READS_CONF,
+    STRATEGY_CONF,
+    SearchPlan,
+    check_query_schema,
+    choose_strategy,
+    helper_columns,
+    output_schema,
+    payload_reads,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PAYLOAD_READS_CONF", "STRATEGY_CONF", "SearchPlan", "run_search",
+           "check_query_schema", "choose_strategy", "payload_reads"]
+
+
+def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan) -> DataFrame:
+    """``queries`` with the plan's neighbours column added (best first)."""
+    helpers = helper_columns(queries, plan)
+    if plan.strategy == "local":
+        threads = threads_per_task(queries.sparkSession, plan.knobs.threads, 1 << 30)
+        prepared = queries.select("*", *helpers)
+        return prepared.mapInArrow(local_search_fn(plan, threads), output_schema(queries, plan))
+    return partition_side(queries, helpers, plan, manifest.index_bytes, manifest.num_partitions)
+
+
+def handle_for(spark, manifest: Manifest, manifest_sha: str, reads: str) -> IndexHandle:
+    """The task handle of a version: inline data when tasks cannot read the root."""
+    if reads != "join":
+        return IndexHandle(manifest.root, manifest.version, manifest_sha)
+    from ..build import with_checked_meta
+
+    meta = with_checked_meta(spark, manifest).to_bytes()
+    return IndexHandle(manifest.root, manifest.version, manifest_sha,
+                       (manifest.to_json().encode(), meta))

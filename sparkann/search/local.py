@@ -1,0 +1,90 @@
+"""Query-local search: each task routes, searches and merges its own query rows.
+
+One ``mapInArrow`` over the query rows: no shuffle, no key, no join back. A
+row leaves its task with its own answer, so nothing depends on the order in
+which Spark computes or recomputes the query DataFrame, and the plan streams.
+The index is read into each Python worker's cache on first use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from .. import testing
+from ..loader import LoadedIndex, id_map, open_index, partition
+from ..tasks import resolve_threads
+from ..vectors import checked_queries
+from .plan import ALLOWED, SELF, VEC, SearchPlan
+from .topk import Candidates
+
+HELPERS = (VEC, ALLOWED, SELF)
+
+
+def local_search_fn(plan: SearchPlan, thread_hint: int):
+    """The task function of a query-local search."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        testing.inject("search")
+        index = open_index(plan.handle)
+        knobs = replace(plan.knobs, threads=resolve_threads(thread_hint))
+        for batch in batches:
+            neighbors = answer_batch(index, plan, batch, knobs)
+            kept = [i for i, name in enumerate(batch.schema.names) if name not in HELPERS]
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(i) for i in kept] + [neighbors],
+                [batch.schema.names[i] for i in kept] + [plan.neighbors_col])
+
+    return run
+
+
+def answer_batch(index: LoadedIndex, plan: SearchPlan, batch: pa.RecordBatch, knobs) -> pa.Array:
+    """The neighbours column of one batch of query rows."""
+    n = batch.num_rows
+    candidates = Candidates(n, plan.arrow_id_type)
+    if n == 0:
+        return candidates.best(plan.k)
+    own = batch.column(SELF) if plan.exclude_self else None
+    vectors = index.metric.prepare(
+        checked_queries(batch.column(VEC), plan.dim, plan.vector_col, own, plan.id_col),
+        f"query column {plan.vector_col!r}")
+    allowed = batch.column(ALLOWED)
+    subset = np.asarray(allowed.is_valid()) if plan.allowed else np.zeros(n, dtype=bool)
+    plain = np.flatnonzero(~subset)
+    if len(plain):
+        rows, pids = index.router.route(vectors[plain], plan.num_probes, plan.fetch_k,
+                                        plan.probe_epsilon)
+        search_routed(index, plan, vectors, plain[rows], pids, candidates, knobs)
+    for row in np.flatnonzero(subset):
+        search_subset(index, plan, vectors[row], int(row), allowed[int(row)].values, candidates,
+                      knobs)
+    return candidates.best(plan.k, own)
+
+
+def search_routed(index: LoadedIndex, plan: SearchPlan, vectors: np.ndarray, rows: np.ndarray,
+                  pids: np.ndarray, candidates: Candidates, knobs) -> None:
+    """Search each routed (row, partition) pair, one batched call per partition."""
+    order = np.argsort(pids, kind="stable")
+    rows, pids = rows[order], pids[order]
+    bounds = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1], True])
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        pid = int(pids[start])
+        if not index.manifest.partitions.files[pid]:
+            continue  # a partition without rows
+        part = partition(index, pid, plan.with_vectors)
+        queries = rows[start:stop]
+        labels, dists = part.index.search(vectors[queries], plan.fetch_k, knobs)
+        candidates.add(queries, labels, dists, part.ids)
+
+
+def search_subset(index: LoadedIndex, plan: SearchPlan, vector: np.ndarray, row: int,
+                  allowed: pa.Array, candidates: Candidates, knobs) -> None:
+    """One query restricted to ``allowed`` ids: only the partitions holding them."""
+    pids, labels = id_map(index).locate(allowed.cast(plan.arrow_id_type))
+    for pid in np.unique(pids):
+        part = partition(index, int(pid), plan.with_vectors)
+        found, dists = part.index.search_subset(vector, labels[pids == pid], plan.fetch_k, knobs)
+        candidates.add(np.array([row]), found, dists, part.ids)

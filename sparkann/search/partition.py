@@ -1,0 +1,402 @@
+"""Partition-side search: query rows meet the partitions they probe.
+
+For indexes larger than a worker's cache. Every step is a ``mapInArrow`` or a
+repartition, so the plan also runs on streaming DataFrames:
+
+1. *route*: each query row becomes one row record (its own columns) and one
+   probe record per partition it probes (its prepared vector). A query with
+   an allowed-id subset becomes locate records instead, one per id-location
+   bucket of its ids.
+2. *locate* (subset searches only): each bucket's task maps ids to partitions.
+3. *search*: probe records are co-located with their partition
+   (``repartitionById``); each task loads its few partitions once and streams
+   its records through them, emitting candidate lists.
+4. *merge*: records meet again by query key (and, in batch jobs, sorted by it,
+   so a task holds one query at a time); each row gets its top ``k``.
+
+The key is two 64-bit hashes of the query's own content (vector, allowed ids,
+own id), computed inside this single chain of stages: whatever order Spark
+computes or recomputes the query DataFrame in, a record's key names its row's
+content, and rows with the same content have the same answer. Every record
+carries how many ids or probes its query expects; a query whose records do
+not add up fails the job rather than answer from part of its candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .. import testing
+from ..loader import LoadedIndex, location_map, open_index, partition
+from ..storage import tables
+from ..tasks import cluster_cores, resolve_threads, threads_per_task
+from ..vectors import checked_queries, list_array
+from .plan import ALLOWED, SELF, VEC, SearchPlan, cache_bytes, output_schema
+from .topk import Candidates, top_k_lists
+
+K1, K2, PID, BUCKET = "__sparkann_k1", "__sparkann_k2", "__sparkann_pid", "__sparkann_bucket"
+NEED, COVER, QVEC = "__sparkann_need", "__sparkann_cover", "__sparkann_qvec"
+CIDS, CDIST = "__sparkann_cids", "__sparkann_cdist"
+ROW, LOCATE, COVERAGE = -1, -2, -3  # record kinds that are not partition ids
+KEY_SALT = "sparkann-query-key"
+
+
+def record_schema(queries: DataFrame, id_type: str) -> T.StructType:
+    """Every stage's records: the query's own columns (set on row records only),
+    then the search's."""
+    own = [T.StructField(f.name, f.dataType, True) for f in queries.schema.fields]
+    kind = T.LongType() if id_type == "long" else T.StringType()
+    return T.StructType(own + [
+        T.StructField(K1, T.LongType()), T.StructField(K2, T.LongType()),
+        T.StructField(PID, T.IntegerType()), T.StructField(BUCKET, T.IntegerType()),
+        T.StructField(NEED, T.LongType()), T.StructField(COVER, T.LongType()),
+        T.StructField(QVEC, T.ArrayType(T.FloatType())), T.StructField(SELF, kind),
+        T.StructField(ALLOWED, T.ArrayType(kind)), T.StructField(CIDS, T.ArrayType(kind)),
+        T.StructField(CDIST, T.ArrayType(T.FloatType())),
+    ])
+
+
+def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: int,
+                   num_partitions: int) -> DataFrame:
+    """The partition-side plan of a search over ``queries``."""
+    spark = queries.sparkSession
+    key_of = [F.col(VEC), F.col(ALLOWED), F.col(SELF)]
+    keyed = queries.select("*", *helpers).select(
+        "*", F.xxhash64(*key_of).alias(K1), F.xxhash64(F.lit(KEY_SALT), *key_of).alias(K2))
+    schema = record_schema(queries, plan.id_type)
+    own = list(queries.columns)
+    records = keyed.mapInArrow(route_fn(plan, own), schema)
+    cores = cluster_cores(spark)
+    if plan.allowed:
+        tasks = max(plan.location_buckets, 2 * cores)
+        target = F.when(F.col(PID) == LOCATE, F.col(BUCKET)).otherwise(F.pmod(K1, F.lit(tasks)))
+        records = records.repartitionById(tasks, target.cast("int")).mapInArrow(
+            locate_fn(plan), schema)
+    tasks = search_tasks(num_partitions, index_bytes, cache_bytes(spark), cores)
+    target = F.when(F.col(PID) >= 0, F.col(PID)).otherwise(F.pmod(K1, F.lit(tasks)))
+    threads = threads_per_task(spark, plan.knobs.threads, min(tasks, num_partitions))
+    searched = records.repartitionById(tasks, target.cast("int")).mapInArrow(
+        search_fn(plan, threads), schema)
+    met = searched.repartition(K1, K2)
+    if not queries.isStreaming:
+        met = met.sortWithinPartitions(K1, K2)  # one query at a time in each merge task
+    return met.mapInArrow(merge_fn(plan, own, sorted_keys=not queries.isStreaming),
+                          output_schema(queries, plan))
+
+
+def search_tasks(num_partitions: int, index_bytes: int, cache: int, cores: int) -> int:
+    """Search tasks: each holds its partitions (``pid mod tasks``) for its lifetime,
+    so enough that a task's share fits the worker cache, and a few per core."""
+    by_memory = math.ceil(2 * index_bytes / max(cache, 1))
+    return int(max(1, min(num_partitions, max(4 * cores, by_memory))))
+
+
+# ------------------------------------------------------------------- route
+
+
+def route_fn(plan: SearchPlan, own: list[str]):
+    def route(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        testing.inject("search")
+        index = open_index(plan.handle)
+        for batch in batches:
+            if batch.num_rows:
+                yield from route_batch(index, plan, own, batch)
+
+    return route
+
+
+def route_batch(index: LoadedIndex, plan: SearchPlan, own: list[str],
+                batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+    n = batch.num_rows
+    selfs = batch.column(SELF)
+    vectors = index.metric.prepare(
+        checked_queries(batch.column(VEC), plan.dim, plan.vector_col,
+                        selfs if plan.exclude_self else None, plan.id_col),
+        f"query column {plan.vector_col!r}")
+    allowed = batch.column(ALLOWED)
+    subset = np.asarray(allowed.is_valid()) if plan.allowed else np.zeros(n, dtype=bool)
+    need = np.zeros(n, np.int64)
+    plain = np.flatnonzero(~subset)
+    if len(plain):
+        rows, pids = index.router.route(vectors[plain], plan.num_probes, plan.fetch_k,
+                                        plan.probe_epsilon)
+        rows = plain[rows]
+        need += np.bincount(rows, minlength=n)
+        yield records(batch, own, plan, rows, {
+            PID: pa.array(pids, pa.int32()), COVER: pa.array(np.ones(len(rows), np.int64)),
+            QVEC: list_array(vectors[rows]), SELF: selfs.take(pa.array(rows))})
+    for row in np.flatnonzero(subset):
+        ids = pc.unique(allowed[int(row)].values.drop_null())
+        need[row] = len(ids)
+        buckets = tables.id_buckets(ids, plan.location_buckets)
+        for bucket in np.unique(buckets):
+            mine = ids.filter(pa.array(buckets == bucket))
+            at = np.array([row])
+            yield records(batch, own, plan, at, {
+                PID: pa.array([LOCATE], pa.int32()), BUCKET: pa.array([bucket], pa.int32()),
+                COVER: pa.array([0], pa.int64()), QVEC: list_array(vectors[at]),
+                SELF: selfs.take(pa.array(at)),
+                ALLOWED: pa.ListArray.from_arrays(pa.array([0, len(mine)], pa.int32()), mine)})
+    everyone = np.arange(n)
+    yield records(batch, own, plan, everyone, {
+        PID: pa.array(np.full(n, ROW), pa.int32()), COVER: pa.array(np.zeros(n, np.int64)),
+        **{name: batch.column(name) for name in own}}, need=need)
+
+
+def records(batch: pa.RecordBatch, own: list[str], plan: SearchPlan, rows: np.ndarray,
+            values: dict, need: np.ndarray | None = None) -> pa.RecordBatch:
+    """Records of ``rows`` of a keyed batch: ``values`` set, every other column null."""
+    take = pa.array(rows, pa.int64())
+    count = len(rows)
+    columns = dict(values)
+    columns[K1], columns[K2] = batch.column(K1).take(take), batch.column(K2).take(take)
+    if need is not None:
+        columns[NEED] = pa.array(need[rows], pa.int64())
+    return assemble(batch.schema, own, plan, columns, count)
+
+
+def assemble(source: pa.Schema, own: list[str], plan: SearchPlan, columns: dict,
+             count: int) -> pa.RecordBatch:
+    """A record batch in the record schema, nulls where ``columns`` says nothing."""
+    kind = plan.arrow_id_type
+    internal = {K1: pa.int64(), K2: pa.int64(), PID: pa.int32(), BUCKET: pa.int32(),
+                NEED: pa.int64(), COVER: pa.int64(), QVEC: pa.list_(pa.float32()),
+                SELF: kind, ALLOWED: pa.list_(kind), CIDS: pa.list_(kind),
+                CDIST: pa.list_(pa.float32())}
+    names = own + list(internal)
+    types = [source.field(name).type for name in own] + list(internal.values())
+    arrays = [columns[name] if name in columns else pa.nulls(count, t)
+              for name, t in zip(names, types)]
+    return pa.RecordBatch.from_arrays(arrays, names)
+
+
+# ------------------------------------------------------------------ locate
+
+
+def locate_fn(plan: SearchPlan):
+    """Locate records become one subset-probe record per partition holding their ids."""
+
+    def locate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        index = open_index(plan.handle)
+        own = None
+        for batch in batches:
+            own = own or [n for n in batch.schema.names if not n.startswith("__sparkann_")]
+            kinds = batch.column(PID).to_numpy(zero_copy_only=False)
+            todo = np.flatnonzero(kinds == LOCATE)
+            if len(todo) < batch.num_rows:
+                yield batch.filter(pa.array(kinds != LOCATE))
+            for row in todo:
+                yield located(index, plan, own, batch, int(row))
+
+    return locate
+
+
+def located(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.RecordBatch,
+            row: int) -> pa.RecordBatch:
+    """One subset-probe record per partition holding some of a locate record's ids,
+    and a coverage record for the ids the index does not hold."""
+    import pandas as pd
+
+    where = location_map(index, batch.column(BUCKET)[row].as_py())
+    wanted = batch.column(ALLOWED)[row].values
+    hits = pd.DataFrame({"id": wanted.to_numpy(zero_copy_only=False)}).merge(where, on="id")
+    # an id stored twice (deleted, then added again) is searched in both partitions
+    # and counted once, in the first
+    first = hits.drop_duplicates("id")
+    cover = first.groupby("partition_id").size()
+    groups = list(hits.groupby("partition_id")["id"])
+    pids = [int(pid) for pid, _ in groups] + [COVERAGE]
+    id_lists = [pa.array(ids.to_numpy(), wanted.type) for _, ids in groups]
+    covered = [int(cover.get(pid, 0)) for pid in pids[:-1]]
+    lost = len(wanted) - len(first)
+    take = pa.array(np.full(len(pids), row), pa.int64())
+    sizes = [len(ids) for ids in id_lists] + [0]
+    columns = {
+        PID: pa.array(pids, pa.int32()), COVER: pa.array(covered + [lost], pa.int64()),
+        NEED: batch.column(NEED).take(take), K1: batch.column(K1).take(take),
+        K2: batch.column(K2).take(take), QVEC: batch.column(QVEC).take(take),
+        SELF: batch.column(SELF).take(take),
+        ALLOWED: pa.ListArray.from_arrays(
+            pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)),
+            pa.concat_arrays(id_lists) if id_lists else pa.array([], wanted.type)),
+    }
+    return assemble(batch.schema, own, plan, columns, len(pids))
+
+
+# ------------------------------------------------------------------ search
+
+
+def search_fn(plan: SearchPlan, thread_hint: int):
+    """Probe records through their partitions; other records pass through."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        testing.inject("search")
+        index = open_index(plan.handle)
+        knobs = replace(plan.knobs, threads=resolve_threads(thread_hint))
+        pinned: dict = {}  # this task's partitions, loaded once for its lifetime
+        own = None
+        for batch in batches:
+            own = own or [n for n in batch.schema.names if not n.startswith("__sparkann_")]
+            kinds = batch.column(PID).to_numpy(zero_copy_only=False)
+            probes = kinds >= 0
+            if not probes.all():
+                yield batch.filter(pa.array(~probes))
+            if probes.any():
+                yield from searched(index, plan, own, batch.filter(pa.array(probes)), pinned,
+                                    knobs)
+
+    return run
+
+
+def searched(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.RecordBatch,
+             pinned: dict, knobs) -> Iterator[pa.RecordBatch]:
+    pids = batch.column(PID).to_numpy(zero_copy_only=False)
+    for pid in np.unique(pids):
+        rows = np.flatnonzero(pids == pid)
+        part = pinned.get(int(pid))
+        if part is None and index.manifest.partitions.files[int(pid)]:
+            part = pinned[int(pid)] = partition(index, int(pid), plan.with_vectors)
+        group = batch.take(pa.array(rows))
+        cids, cdist = candidate_lists(part, plan, group, knobs)
+        yield assemble(batch.schema, own, plan, {
+            K1: group.column(K1), K2: group.column(K2), PID: group.column(PID),
+            NEED: group.column(NEED), COVER: group.column(COVER), CIDS: cids, CDIST: cdist,
+        }, group.num_rows)
+
+
+def candidate_lists(part, plan: SearchPlan, group: pa.RecordBatch, knobs):
+    """(ids, distances) list columns of each probe record of one partition."""
+    n = group.num_rows
+    candidates = Candidates(n, plan.arrow_id_type)
+    if part is not None:
+        vectors = _matrix(group.column(QVEC), plan.dim)
+        allowed = group.column(ALLOWED)
+        subset = np.asarray(allowed.is_valid())
+        plain = np.flatnonzero(~subset)
+        if len(plain):
+            labels, dists = part.index.search(vectors[plain], plan.fetch_k, knobs)
+            candidates.add(plain, labels, dists, part.ids)
+        for row in np.flatnonzero(subset):
+            labels = _labels_of(part, allowed[int(row)].values)
+            found, dists = part.index.search_subset(vectors[row], labels, plan.fetch_k, knobs)
+            candidates.add(np.array([row]), found, dists, part.ids)
+    lists = candidates.best(plan.fetch_k, group.column(SELF) if plan.exclude_self else None)
+    values = lists.values
+    offsets = lists.offsets
+    return (pa.ListArray.from_arrays(offsets, values.field("id")),
+            pa.ListArray.from_arrays(offsets, values.field("distance")))
+
+
+def _matrix(column: pa.Array, dim: int) -> np.ndarray:
+    from ..vectors import to_matrix
+
+    return to_matrix(column, dim, "routed query")
+
+
+def _labels_of(part, wanted: pa.Array) -> np.ndarray:
+    """Every row label of the partition holding one of ``wanted`` (deleted ones too)."""
+    import pandas as pd
+
+    if not hasattr(part, "id_index"):
+        part.id_index = pd.Index(part.ids.to_numpy(zero_copy_only=False))
+    positions, _ = part.id_index.get_indexer_non_unique(wanted.to_numpy(zero_copy_only=False))
+    return np.unique(positions[positions >= 0]).astype(np.int64)
+
+
+# ------------------------------------------------------------------- merge
+
+
+class _Query:
+    """What the merge knows of one query key."""
+
+    __slots__ = ("need", "cover", "rows", "found")
+
+    def __init__(self):
+        self.need, self.cover = 0, 0
+        self.rows: list = []  # (batch, row) of each row record
+        self.found: dict = {}  # partition -> (ids, distances), once per partition
+
+
+def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
+    """Records met by key: each row record leaves with its top ``k``."""
+    kind = plan.arrow_id_type
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        pending: dict = {}
+        done: list = []
+        current = None
+        for batch in batches:
+            k1 = batch.column(K1).to_numpy(zero_copy_only=False)
+            k2 = batch.column(K2).to_numpy(zero_copy_only=False)
+            pids = batch.column(PID).to_numpy(zero_copy_only=False)
+            need = batch.column(NEED).fill_null(0).to_numpy(zero_copy_only=False)
+            cover = batch.column(COVER).fill_null(0).to_numpy(zero_copy_only=False)
+            cids, cdist = batch.column(CIDS), batch.column(CDIST)
+            for i in range(batch.num_rows):
+                key = (int(k1[i]), int(k2[i]))
+                if sorted_keys and key != current and current is not None:
+                    done.append(_finish(pending.pop(current)))
+                current = key
+                query = pending.get(key)
+                if query is None:
+                    query = pending[key] = _Query()
+                query.cover += int(cover[i])
+                if pids[i] == ROW:
+                    query.rows.append((batch, i))
+                    query.need += int(need[i])
+                elif pids[i] >= 0 and int(pids[i]) not in query.found:
+                    query.found[int(pids[i])] = (cids[i].values, cdist[i].values)
+            if len(done) >= 1024:
+                yield _output(done, own, plan.neighbors_col, kind, plan.k)
+                done = []
+        done += [_finish(query) for query in pending.values()]
+        if done:
+            yield _output(done, own, plan.neighbors_col, kind, plan.k)
+
+    return run
+
+
+def _finish(query: _Query):
+    if not query.rows or query.cover != query.need:
+        raise RuntimeError(
+            "sparkann: a query's search records do not add up (rows "
+            f"{len(query.rows)}, expected {query.need} partition or id results, got "
+            f"{query.cover}); the query DataFrame changed while Spark recomputed it. "
+            "Make it deterministic (for example, write it out or checkpoint it) and retry")
+    if query.found:
+        ids = pa.concat_arrays([ids for ids, _ in query.found.values()])
+        dists = np.concatenate([d.to_numpy(zero_copy_only=False) for _, d in
+                                query.found.values()]).astype(np.float32)
+    else:
+        ids, dists = None, np.empty(0, np.float32)
+    return query.rows, ids, dists
+
+
+def _output(done: list, own: list[str], column: str, kind: pa.DataType,
+            k: int) -> pa.RecordBatch:
+    """Output rows (their own columns and neighbours) of finished queries."""
+    parts, rows, dist_parts, id_parts = [], [], [], []
+    for position, (sources, ids, dists) in enumerate(done):
+        for batch, row in sources:
+            parts.append(batch.slice(row, 1).select(own))
+            rows.append(np.full(len(dists), len(parts) - 1, np.int64))
+            dist_parts.append(dists)
+            id_parts.append(ids if ids is not None else pa.array([], kind))
+    table = pa.Table.from_batches(parts).combine_chunks()
+    neighbors = top_k_lists(len(parts), np.concatenate(rows) if rows else np.empty(0, np.int64),
+                            np.concatenate(dist_parts) if dist_parts else np.empty(0, np.float32),
+                            pa.concat_arrays([a.cast(kind) for a in id_parts]) if id_parts
+                            else pa.array([], kind), k)
+    return pa.RecordBatch.from_arrays([table.column(i).combine_chunks()
+                                       for i in range(table.num_columns)] + [neighbors],
+                                      own + [column])
+

@@ -1,0 +1,322 @@
+"""The index's own file formats: the JSON manifest and the binary meta file.
+
+Both are untrusted input when read: every field is type- and bounds-checked,
+every path must stay under the index root, and all failures raise
+:class:`IndexFormatError`. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "sparkann-index"
+FORMAT_VERSION = 2
+MAX_MANIFEST_BYTES = 256 << 20
+MAX_META_BYTES = 8 << 30
+_META_MAGIC = b"SANNMETA"
+_META_HEADER = struct.Struct("<8sIQ")  # magic, version, json length
+_META_DTYPES = {"<f4": np.float32, "<i8": np.int64, "|u1": np.uint8}
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_=.\-]+(/[A-Za-z0-9_=.\-]+)*$")
+ID_TYPES = ("long", "string")
+
+
+class IndexFormatError(ValueError):
+    """The path does not hold a readable sparkann index, or a file of it is damaged."""
+
+
+def sha256(*parts) -> str:
+    """Hex SHA-256 of the concatenated byte strings."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def safe_relative(path: Any, what: str) -> str:
+    """A path inside the index root: relative, no ``..``, no scheme (else an error)."""
+    if not isinstance(path, str) or not _SAFE_PATH.match(path) or any(
+            part in (".", "..") for part in path.split("/")):
+        raise IndexFormatError(f"{what}: path {path!r} does not stay inside the index root")
+    return path
+
+
+# ----------------------------------------------------------------- meta file
+
+
+@dataclass(frozen=True)
+class Meta:
+    """Index-wide arrays: centroids, shards per cluster, the centroid graph, shared data."""
+
+    centroids: np.ndarray  # (C, d) float32
+    shard_counts: np.ndarray  # (C,) int64
+    centroid_graph: bytes = b""  # meta-HNSW payload (empty below its threshold)
+    shared: bytes = b""  # the index type's index-wide data (a global PQ codebook)
+
+    def to_bytes(self) -> bytes:
+        arrays = {
+            "centroids": np.ascontiguousarray(self.centroids, "<f4"),
+            "shard_counts": np.ascontiguousarray(self.shard_counts, "<i8"),
+            "centroid_graph": np.frombuffer(self.centroid_graph, np.uint8),
+            "shared": np.frombuffer(self.shared, np.uint8),
+        }
+        offset, layout = 0, {}
+        for name, array in arrays.items():
+            layout[name] = {"dtype": array.dtype.str, "shape": list(array.shape),
+                            "offset": offset, "nbytes": array.nbytes}
+            offset += array.nbytes
+        head = json.dumps({"arrays": layout}, sort_keys=True).encode()
+        return b"".join([_META_HEADER.pack(_META_MAGIC, 1, len(head)), head,
+                         *(a.tobytes() for a in arrays.values())])
+
+    @classmethod
+    def from_bytes(cls, data: bytes, dim: int) -> "Meta":
+        view = memoryview(data)
+        if len(view) < _META_HEADER.size:
+            raise IndexFormatError("the meta file is damaged: shorter than its header")
+        magic, version, head_len = _META_HEADER.unpack(view[:_META_HEADER.size])
+        if magic != _META_MAGIC or version != 1 or head_len > len(view) - _META_HEADER.size:
+            raise IndexFormatError("the meta file is damaged: bad header")
+        body = view[_META_HEADER.size + head_len:]
+        try:
+            layout = json.loads(bytes(view[_META_HEADER.size:_META_HEADER.size + head_len]))
+            arrays = {name: _meta_array(body, layout["arrays"][name])
+                      for name in ("centroids", "shard_counts", "centroid_graph", "shared")}
+        except (KeyError, TypeError, ValueError) as err:
+            raise IndexFormatError(f"the meta file is damaged ({err})") from None
+        centroids, counts = arrays["centroids"], arrays["shard_counts"]
+        if centroids.ndim != 2 or centroids.shape[1] != dim or len(centroids) == 0:
+            raise IndexFormatError(f"the meta file's centroids have shape {centroids.shape}, "
+                                   f"not (clusters, {dim})")
+        if counts.shape != (len(centroids),) or (counts < 0).any():
+            raise IndexFormatError("the meta file's shard counts do not match its centroids")
+        if not np.isfinite(centroids).all():
+            raise IndexFormatError("the meta file's centroids hold non-finite values")
+        return cls(centroids.astype(np.float32), counts.astype(np.int64),
+                   arrays["centroid_graph"].tobytes(), arrays["shared"].tobytes())
+
+
+def _meta_array(body: memoryview, spec: dict) -> np.ndarray:
+    dtype = _META_DTYPES[str(spec["dtype"])]
+    shape = [int(s) for s in spec["shape"]]
+    offset, nbytes = int(spec["offset"]), int(spec["nbytes"])
+    if any(s < 0 for s in shape) or nbytes != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        raise ValueError("array size does not match its shape")
+    if offset < 0 or offset + nbytes > len(body):
+        raise ValueError("array lies outside the file")
+    return np.frombuffer(body[offset:offset + nbytes], dtype=dtype).reshape(shape)
+
+
+# ------------------------------------------------------------------ manifest
+
+
+@dataclass(frozen=True)
+class DeleteFile:
+    """A file of deleted row labels of one partition."""
+
+    file: str
+    count: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """Per-partition facts, indexed by partition id."""
+
+    files: list[str]
+    rows: list[int]
+    payload_bytes: list[int]
+    checksums: list[str]
+    sq_errors: list[float]
+    deletes: list[list[DeleteFile]]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def deleted(self) -> list[int]:
+        return [sum(d.count for d in ds) for ds in self.deletes]
+
+    @property
+    def live(self) -> list[int]:
+        return [r - d for r, d in zip(self.rows, self.deleted)]
+
+    def with_partition(self, pid: int, **values) -> "Partitions":
+        """A copy with partition ``pid``'s fields replaced (``deletes`` included)."""
+        columns = {name: list(getattr(self, name)) for name in _PARTITION_FIELDS}
+        for name, value in values.items():
+            columns[name][pid] = value
+        return Partitions(**columns)
+
+
+_PARTITION_FIELDS = ("files", "rows", "payload_bytes", "checksums", "sq_errors", "deletes")
+
+
+@dataclass(frozen=True)
+class Locations:
+    """The id-location table: where each id lives, bucketed by id hash."""
+
+    buckets: int
+    files: list[list[str]]  # per bucket
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything about one version of an index except the partitions' bytes."""
+
+    root: str
+    version: int
+    index_type: str
+    metric: str
+    dim: int
+    id_type: str
+    params: dict  # every param's value at build (and search defaults), by name
+    user_set: list[str]  # names of the params the user set (the rest are defaults)
+    meta_file: str
+    meta_sha256: str
+    partitions: Partitions
+    locations: Locations | None = None
+    calibration: dict = field(default_factory=dict)
+    build_seconds: dict = field(default_factory=dict)
+    base_version: int = 0
+
+    @property
+    def num_partitions(self) -> int:
+        return len(self.partitions)
+
+    @property
+    def num_vectors(self) -> int:
+        return int(sum(self.partitions.live))
+
+    @property
+    def index_bytes(self) -> int:
+        return int(sum(self.partitions.payload_bytes))
+
+    @property
+    def token(self) -> str:
+        """Identifies this exact version inside worker caches."""
+        return f"{self.root}#{self.version}#{sha256(self.to_json().encode())[:16]}"
+
+    def to_json(self) -> str:
+        p = self.partitions
+        doc = {
+            "format": FORMAT_NAME,
+            "formatVersion": FORMAT_VERSION,
+            "version": self.version,
+            "baseVersion": self.base_version,
+            "indexType": self.index_type,
+            "metric": self.metric,
+            "dim": self.dim,
+            "idType": self.id_type,
+            "params": self.params,
+            "userSet": sorted(self.user_set),
+            "meta": {"file": self.meta_file, "sha256": self.meta_sha256},
+            "partitions": {
+                "files": p.files, "rows": p.rows, "payloadBytes": p.payload_bytes,
+                "checksums": p.checksums, "sqErrors": p.sq_errors,
+                "deletes": [[{"file": d.file, "count": d.count, "sha256": d.sha256}
+                             for d in ds] for ds in p.deletes],
+            },
+            "locations": None if self.locations is None else {
+                "buckets": self.locations.buckets, "files": self.locations.files},
+            "calibration": self.calibration,
+            "buildSeconds": self.build_seconds,
+        }
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, root: str, text: bytes | str, version: int) -> "Manifest":
+        """Parse and check a manifest read from ``root``'s version ``version``."""
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+                raise IndexFormatError(f"{root} is not a sparkann index")
+            if int(doc["formatVersion"]) != FORMAT_VERSION:
+                newer = int(doc["formatVersion"]) > FORMAT_VERSION
+                raise IndexFormatError(
+                    f"{root} version {version} is in index format {doc['formatVersion']}; this "
+                    f"sparkann reads format {FORMAT_VERSION}"
+                    + ("; upgrade sparkann to read it" if newer else "; rebuild the index"))
+            manifest = cls(
+                root=root,
+                version=_int(doc["version"], "version", 0),
+                base_version=_int(doc.get("baseVersion", 0), "baseVersion", 0),
+                index_type=_text(doc["indexType"], "indexType"),
+                metric=_text(doc["metric"], "metric"),
+                dim=_int(doc["dim"], "dim", 1, 1 << 16),
+                id_type=_text(doc["idType"], "idType"),
+                params=_dict(doc["params"], "params"),
+                user_set=[_text(x, "userSet") for x in doc["userSet"]],
+                meta_file=safe_relative(doc["meta"]["file"], "meta"),
+                meta_sha256=_text(doc["meta"]["sha256"], "meta"),
+                partitions=_partitions(doc["partitions"]),
+                locations=_locations(doc.get("locations")),
+                calibration=_dict(doc.get("calibration", {}), "calibration"),
+                build_seconds=_dict(doc.get("buildSeconds", {}), "buildSeconds"),
+            )
+        except IndexFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise IndexFormatError(f"{root}: the manifest of version {version} is damaged "
+                                   f"({err!r})") from None
+        if manifest.version != version:
+            raise IndexFormatError(f"{root}: manifest file of version {version} says it is "
+                                   f"version {manifest.version}")
+        if manifest.id_type not in ID_TYPES:
+            raise IndexFormatError(f"{root}: unknown id type {manifest.id_type!r}")
+        return manifest
+
+    def with_(self, **changes) -> "Manifest":
+        return replace(self, **changes)
+
+
+def _int(value, what: str, low: int = 0, high: int = 1 << 62) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise IndexFormatError(f"manifest field {what}={value!r} is out of range")
+    return value
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 4096:
+        raise IndexFormatError(f"manifest field {what} is not a string")
+    return value
+
+
+def _dict(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise IndexFormatError(f"manifest field {what} is not an object")
+    return value
+
+
+def _partitions(doc: dict) -> Partitions:
+    files = [safe_relative(f, "partition file") for f in doc["files"]]
+    n = len(files)
+    rows = [_int(x, "rows", 0, 1 << 40) for x in doc["rows"]]
+    nbytes = [_int(x, "payloadBytes") for x in doc["payloadBytes"]]
+    checksums = [_text(x, "checksums") for x in doc["checksums"]]
+    errors = [float(x) for x in doc["sqErrors"]]
+    deletes = [[DeleteFile(safe_relative(d["file"], "delete file"),
+                           _int(d["count"], "delete count", 1, 1 << 40), _text(d["sha256"], "sha"))
+                for d in ds] for ds in doc["deletes"]]
+    if not all(len(x) == n for x in (rows, nbytes, checksums, errors, deletes)):
+        raise IndexFormatError("the manifest's partition lists differ in length")
+    for pid, (r, ds) in enumerate(zip(rows, deletes)):
+        if sum(d.count for d in ds) > r:
+            raise IndexFormatError(f"index partition {pid}: more deleted rows than rows")
+    return Partitions(files, rows, nbytes, checksums, errors, deletes)
+
+
+def _locations(doc) -> Locations | None:
+    if doc is None:
+        return None
+    buckets = _int(doc["buckets"], "locations.buckets", 1, 1 << 20)
+    files = [[safe_relative(f, "location file") for f in fs] for fs in doc["files"]]
+    if len(files) != buckets:
+        raise IndexFormatError("the manifest's id-location buckets are inconsistent")
+    return Locations(buckets, files)

@@ -1,0 +1,185 @@
+"""Tables written by Spark's writers: partition indexes, deletes, id locations.
+
+Each partition of the index table is one row (its ids, payload, codebook,
+optional exact vectors and a SHA-256 over all of them), stored in its own
+``partition_id=N`` directory. The driver learns what was written by reading
+back only the small columns (never a payload) and the file each row is in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ..index import StoredPartition
+from .format import IndexFormatError, sha256
+from .fs import arrow_fs, is_local, join, local_path
+
+INDEX_COLUMNS = ["partition_id", "pid", "num_rows", "ids", "payload", "codebook", "vectors",
+                 "payload_sha256", "ids_sha256", "vectors_sha256", "payload_bytes", "checksum",
+                 "sq_error"]
+# What verifying a partition's ids alone reads.
+ID_COLUMNS = ["ids", "payload_sha256", "ids_sha256", "vectors_sha256", "checksum"]
+INDEX_FACTS = ["partition_id", "num_rows", "payload_bytes", "checksum", "sq_error"]
+DELETE_COLUMNS = ["partition_id", "pid", "labels", "count", "checksum"]
+LOCATION_COLUMNS = ["bucket", "id", "partition_id"]
+MAX_PARTITION_FILE_BYTES = 4 << 30
+
+
+def index_schema(id_type: str) -> str:
+    return (f"partition_id int, pid int, num_rows long, ids array<{id_type}>, payload binary, "
+            "codebook binary, vectors binary, payload_sha256 string, ids_sha256 string, "
+            "vectors_sha256 string, payload_bytes long, checksum string, "
+            "sq_error double")
+
+
+def ids_digest(ids: pa.Array) -> bytes:
+    """Canonical bytes of an id column, for checksums."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if pa.types.is_integer(ids.type):
+        return np.asarray(ids.to_numpy(zero_copy_only=False), dtype="<i8").tobytes()
+    ids = ids.cast(pa.large_string())
+    offsets = np.frombuffer(ids.buffers()[1], dtype="<i8")[ids.offset:ids.offset + len(ids) + 1]
+    data = ids.buffers()[2]
+    body = b"" if data is None else data.to_pybytes()[offsets[0]:offsets[-1]]
+    return (offsets - offsets[0]).astype("<i8").tobytes() + body
+
+
+def digests(stored: StoredPartition, ids: pa.Array) -> dict[str, str]:
+    """SHA-256 of each part of a partition: payload (with codebook), ids, exact vectors."""
+    return {"payload_sha256": sha256(stored.payload, stored.codebook),
+            "ids_sha256": sha256(ids_digest(ids)),
+            "vectors_sha256": "" if stored.vectors is None else sha256(stored.vectors)}
+
+
+def combined_checksum(parts: dict[str, str]) -> str:
+    """The checksum the manifest records: over the parts' digests, so each part can be
+    verified without reading the others."""
+    return sha256("|".join(parts[k] for k in ("payload_sha256", "ids_sha256",
+                                               "vectors_sha256")).encode())
+
+
+def partition_row(pid: int, ids: pa.Array, stored: StoredPartition) -> pa.Table:
+    """One row of the index table."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    parts = digests(stored, ids)
+    return pa.table({
+        "partition_id": pa.array([pid], pa.int32()),
+        "pid": pa.array([pid], pa.int32()),  # kept inside the file too (partition_id is the dir)
+        "num_rows": pa.array([len(ids)], pa.int64()),
+        "ids": pa.ListArray.from_arrays(pa.array([0, len(ids)], pa.int32()), ids),
+        "payload": pa.array([stored.payload], pa.binary()),
+        "codebook": pa.array([stored.codebook], pa.binary()),
+        "vectors": pa.array([stored.vectors], pa.binary()),
+        **{name: pa.array([value], pa.string()) for name, value in parts.items()},
+        "payload_bytes": pa.array([len(stored.payload) + len(stored.codebook)], pa.int64()),
+        "checksum": pa.array([combined_checksum(parts)], pa.string()),
+        "sq_error": pa.array([stored.sq_error], pa.float64()),
+    })
+
+
+def stored_from_row(row: pa.Table) -> tuple[StoredPartition, pa.Array]:
+    """The stored partition and its ids from one row of the index table."""
+    value = {name: row.column(name)[0].as_py() if name in row.column_names else None
+             for name in ("payload", "codebook", "vectors", "sq_error")}
+    stored = StoredPartition(payload=value["payload"] or b"", codebook=value["codebook"] or b"",
+                             vectors=value["vectors"], sq_error=float(value["sq_error"] or 0.0))
+    return stored, row.column("ids")[0].values
+
+
+def write_table(frame: DataFrame, path: str, by: str) -> None:
+    """Store rows partitioned by ``by`` with Spark's writer (fails if ``path`` exists)."""
+    frame.write.mode("error").partitionBy(by).parquet(path)  # Connect: not "errorifexists"
+
+
+def written(spark, root: str, run: str, columns: list[str]) -> list:
+    """The small ``columns`` of every row written under ``root/run``, with its file
+    (relative to ``root``) as ``file``; no payload is read."""
+    frame = spark.read.parquet(join(root, run))
+    rows = frame.select(*columns, F.col("_metadata.file_path").alias("uri")).collect()
+    return [(row, relative_file(root, row["uri"])) for row in rows]
+
+
+def relative_file(root: str, uri: str) -> str:
+    """``uri`` (as Spark lists it) relative to the index root."""
+    if is_local(root):
+        base, path = local_path(root), local_path(uri)
+    else:
+        base, path = _uri_path(root), _uri_path(uri)
+    prefix = base.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise IndexFormatError(f"{uri} lies outside the index root {root}")
+    return path[len(prefix):]
+
+
+def _uri_path(uri: str) -> str:
+    parsed = urlparse(uri)
+    return f"{parsed.scheme}://{parsed.netloc}{re.sub('/+', '/', parsed.path)}"
+
+
+def read_partition_file(uri: str, columns: list[str], pid: int) -> pa.Table:
+    """A partition's one row of the index table, read in a task with pyarrow."""
+    filesystem, path = arrow_fs(uri)
+    size = filesystem.get_file_info(path).size
+    if size is None:
+        raise IndexFormatError(f"index partition {pid}: its file {uri} is missing")
+    if size > MAX_PARTITION_FILE_BYTES:
+        raise IndexFormatError(f"index partition {pid}: its file holds {size} bytes, "
+                               f"more than {MAX_PARTITION_FILE_BYTES}")
+    try:
+        table = pq.read_table(path, columns=columns, filesystem=filesystem)
+    except (OSError, pa.ArrowException) as err:
+        raise IndexFormatError(f"index partition {pid}: its file {uri} is damaged ({err})") \
+            from None
+    if table.num_rows != 1:
+        raise IndexFormatError(
+            f"index partition {pid} is damaged: its file holds {table.num_rows} rows, not 1")
+    return table
+
+
+def read_delete_file(uri: str) -> pa.Table:
+    """A delete file: one row per partition it covers (labels, count, checksum)."""
+    filesystem, path = arrow_fs(uri)
+    try:
+        return pq.read_table(path, columns=["labels", "count", "checksum"],
+                             filesystem=filesystem)
+    except (OSError, pa.ArrowException) as err:
+        raise IndexFormatError(f"delete file {uri} is unreadable ({err})") from None
+
+
+def labels_checksum(labels: np.ndarray) -> str:
+    return sha256(np.sort(np.asarray(labels, dtype="<i4")).tobytes())
+
+
+def read_locations_file(uri: str) -> pa.Table:
+    filesystem, path = arrow_fs(uri)
+    try:
+        return pq.read_table(path, columns=["id", "partition_id"], filesystem=filesystem)
+    except (OSError, pa.ArrowException) as err:
+        raise IndexFormatError(f"id-location file {uri} is unreadable ({err})") from None
+
+
+def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
+    """The id-location bucket of each id: a stable hash (SplitMix64 of a long id,
+    BLAKE2b of a string id) modulo ``buckets``; the same in every process."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if buckets == 1:
+        return np.zeros(len(ids), np.int32)
+    if pa.types.is_integer(ids.type):
+        x = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=np.int64).view(np.uint64)
+        with np.errstate(over="ignore"):
+            x = x + np.uint64(0x9E3779B97F4A7C15)
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x = x ^ (x >> np.uint64(31))
+        return (x % np.uint64(buckets)).astype(np.int32)
+    digests = [int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little")
+               for s in ids.to_pylist()]
+    return (np.asarray(digests, dtype=np.uint64) % np.uint64(buckets)).astype(np.int32)

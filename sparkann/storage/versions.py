@@ -1,0 +1,195 @@
+"""Versions of an index: load, publish with optimistic concurrency, vacuum.
+
+Layout under an index root (any URI Spark can write)::
+
+    manifests/v00000007.json                         one file per committed version
+    manifests/_latest                                hint: the newest version number
+    meta/<run>.bin                                   centroids, shards, centroid graph
+    data/<run>/partition_id=N/part-*.parquet         partition indexes (Spark's writer)
+    deletes/<run>/partition_id=N/part-*.parquet      deleted row labels (Spark's writer)
+    locations/<run>/bucket=B/part-*.parquet          id -> partition (Spark's writer)
+
+A version exists once its manifest file exists, and the manifest is written
+last, after everything it names: an interrupted write leaves no visible
+version. An update names the version it started from; it publishes only if
+that is still the newest version, by creating the next manifest file with
+:meth:`Store.create_new`, so of two racing writers exactly one wins and the
+other gets :class:`ConcurrentUpdateError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from .format import MAX_MANIFEST_BYTES, IndexFormatError, Manifest, sha256
+from .fs import Store, join, store_for
+
+MANIFESTS = "manifests"
+LATEST = "_latest"
+RUN_DIRS = ("data", "deletes", "locations")
+_VERSION_FILE = re.compile(r"^v(\d{8})\.json$")
+_OLD_FORMAT_DIR = re.compile(r"^v\d{8}$")
+
+log = logging.getLogger(__name__)
+
+
+class ConcurrentUpdateError(RuntimeError):
+    """Another writer published a version since this one's base version."""
+
+
+def manifest_path(root: str, version: int) -> str:
+    return join(root, MANIFESTS, f"v{version:08d}.json")
+
+
+def new_run(kind: str) -> str:
+    """A fresh directory (or meta file stem) under the root for one write."""
+    return f"{kind}/{uuid.uuid4().hex}"
+
+
+def listed_versions(store: Store, root: str) -> list[int]:
+    entries = store.list(join(root, MANIFESTS))
+    if any(e.is_dir and _OLD_FORMAT_DIR.match(e.name) for e in entries):
+        raise IndexFormatError(f"{root} holds an index in sparkann's index format 1; "
+                               "rebuild it with this version of sparkann")
+    return sorted(int(m.group(1)) for e in entries if (m := _VERSION_FILE.match(e.name)))
+
+
+def latest_version(store: Store, root: str) -> int:
+    """The newest committed version (0 if none): the hint, then a probe forward."""
+    try:
+        hinted = int(store.read(join(root, MANIFESTS, LATEST), 64).decode().strip())
+    except Exception:  # missing or damaged hint: list the versions once
+        versions = listed_versions(store, root)
+        return versions[-1] if versions else 0
+    version = max(hinted, 0)
+    while store.exists(manifest_path(root, version + 1)):
+        version += 1
+    if version and not store.exists(manifest_path(root, version)):
+        versions = listed_versions(store, root)  # a vacuumed or bogus hint
+        return versions[-1] if versions else 0
+    return version
+
+
+def read_manifest(store: Store, root: str, version: int) -> tuple[Manifest, str]:
+    """A committed manifest and the SHA-256 of its bytes."""
+    try:
+        data = store.read(manifest_path(root, version), MAX_MANIFEST_BYTES)
+    except (OSError, ValueError) as err:
+        raise IndexFormatError(f"{root} has no readable version {version} ({err})") from None
+    except Exception as err:  # a JVM-side FileNotFoundException on classic Spark
+        if "FileNotFound" in type(err).__name__ or "FileNotFound" in str(err):
+            raise IndexFormatError(f"{root} has no committed version {version}") from None
+        raise
+    return Manifest.from_json(root, data, version), sha256(data)
+
+
+def load(spark, root: str, version: int | None = None) -> tuple[Manifest, str]:
+    """The newest committed manifest under ``root`` (or ``version``) and its SHA-256."""
+    store = store_for(spark, root)
+    root = store.qualify(root)
+    if not store.exists(root):
+        raise IndexFormatError(f"no sparkann index at {root}: the path does not exist")
+    latest = latest_version(store, root)
+    if latest == 0:
+        raise IndexFormatError(f"no sparkann index at {root}: the directory holds no committed "
+                               "version (not an index, or an interrupted first write)")
+    wanted = latest if version is None else version
+    if not 1 <= wanted <= latest or not store.exists(manifest_path(root, wanted)):
+        raise IndexFormatError(f"{root} has no committed version {wanted} (the newest is "
+                               f"{latest}; old versions may have been vacuumed)")
+    return read_manifest(store, root, wanted)
+
+
+def publish(spark, manifest: Manifest, base_version: int | None) -> tuple[Manifest, str]:
+    """Commit ``manifest`` as the version after ``base_version`` (None: after the newest).
+
+    Raises :class:`ConcurrentUpdateError` when the newest version is no longer
+    ``base_version``, or another writer takes the version number first.
+    """
+    store = store_for(spark, manifest.root)
+    latest = latest_version(store, manifest.root)
+    if base_version is not None and latest != base_version:
+        raise ConcurrentUpdateError(
+            f"{manifest.root} is at version {latest}, but this change was made from version "
+            f"{base_version}: another writer published in between. Version {latest} is kept; "
+            "load the index again and repeat the change")
+    version = latest + 1
+    committed = manifest.with_(version=version, base_version=latest)
+    text = committed.to_json().encode()
+    if not store.create_new(manifest_path(manifest.root, version), text):
+        raise ConcurrentUpdateError(
+            f"another writer published version {version} of {manifest.root} first; it is kept. "
+            "Load the index again and repeat the change")
+    try:
+        store.write(join(manifest.root, MANIFESTS, LATEST), str(version).encode())
+    except Exception as err:  # only a hint: readers probe forward
+        log.warning("could not update the latest-version hint of %s: %s", manifest.root, err)
+    log.info("sparkann: published %s version %d", manifest.root, version)
+    return committed, sha256(text)
+
+
+def referenced_files(manifest: Manifest) -> set[str]:
+    """Every file (relative to the root) a version needs."""
+    files = {manifest.meta_file, *manifest.partitions.files}
+    files.update(d.file for ds in manifest.partitions.deletes for d in ds)
+    if manifest.locations is not None:
+        files.update(f for fs in manifest.locations.files for f in fs)
+    return files
+
+
+def vacuum(spark, root: str, retain_versions: int) -> dict:
+    """Delete versions older than the newest ``retain_versions`` and every file under
+    ``data/``, ``deletes/``, ``locations/`` and ``meta/`` that no retained version
+    needs. Files younger than the newest manifest are left: they may belong to a
+    writer that started from it and is still running (a writer that started from
+    an older version can no longer publish)."""
+    if retain_versions < 1:
+        raise ValueError(f"retainVersions={retain_versions} is out of range: must be >= 1")
+    store = store_for(spark, root)
+    root = store.qualify(root)
+    versions = listed_versions(store, root)
+    if not versions:
+        raise IndexFormatError(f"no sparkann index at {root}")
+    kept, dropped = versions[-retain_versions:], versions[:-retain_versions]
+    needed: set[str] = set()
+    for version in kept:
+        needed |= referenced_files(read_manifest(store, root, version)[0])
+    newest = {e.name: e.mtime for e in store.list(join(root, MANIFESTS))}
+    cutoff = newest.get(f"v{kept[-1]:08d}.json", time.time())
+    removed: list[str] = []
+    for kind in RUN_DIRS:
+        removed += _vacuum_runs(store, root, kind, needed, cutoff)
+    for entry in store.list(join(root, "meta")):
+        path = f"meta/{entry.name}"
+        if path not in needed and entry.mtime < cutoff:
+            store.delete(join(root, path))
+            removed.append(path)
+    for version in dropped:
+        store.delete(manifest_path(root, version))
+    log.info("sparkann: vacuumed %s: kept versions %s, removed %d versions and %d paths",
+             root, kept, len(dropped), len(removed))
+    return {"keptVersions": kept, "removedVersions": dropped, "removedPaths": sorted(removed)}
+
+
+def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
+                 cutoff: float) -> list[str]:
+    """Unreferenced run directories of one kind, and unreferenced partitions in the rest."""
+    removed = []
+    for run in store.list(join(root, kind)):
+        prefix = f"{kind}/{run.name}/"
+        wanted = {f for f in needed if f.startswith(prefix)}
+        if not wanted:
+            if run.mtime < cutoff:
+                store.delete(join(root, prefix))
+                removed.append(prefix.rstrip("/"))
+            continue
+        for part in store.list(join(root, prefix)):
+            path = prefix + part.name
+            if part.is_dir and not any(f.startswith(path + "/") for f in wanted) \
+                    and part.mtime < cutoff:
+                store.delete(join(root, path))
+                removed.append(path)
+    return removed
