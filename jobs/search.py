@@ -6,9 +6,10 @@ Example::
         --index s3://bucket/indexes/items --queries s3://bucket/queries.parquet \\
         --output s3://bucket/results.parquet --k 10 --conf conf/search.conf
 
-Options: --index INDEX --queries PARQUET --output PARQUET [--k 10] [--num-probes N]
-[--ef-search EF] [--vector-col COL] [--neighbors-col COL] [--mode errorifexists|overwrite]
-[--conf FILE] [--log-level LEVEL].
+Options: --index INDEX --queries PARQUET --output PARQUET [--k K] [--num-probes N]
+[--probe-epsilon EPS] [--ef-search EF] [--vector-col COL] [--neighbors-col COL]
+[--mode errorifexists|overwrite] [--conf FILE] [--remote URL] [--log-level LEVEL].
+Settings not given keep the values stored with the index.
 """
 
 import sys

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 MAX_SAMPLE = 1000
 MIN_SAMPLE = 100
 PROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-MARGIN = 0.005  # measured recall must clear the target by this much (sampling error)
+MARGIN_SIGMAS = 2.5  # measured recall must clear the target by this many standard errors
 
 
 def sample_size(num_rows: int) -> int:
@@ -198,7 +198,8 @@ def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
            settings: list[dict], epsilon: float, target: float, ranked, dists,
            found: pa.Table) -> tuple[Choice, list[Choice]]:
     """Recall and cost of every (numProbes, setting); the cheapest reaching the target
-    (with a margin for sampling error), else the one of best recall."""
+    with a margin for the sample's standard error, else the cheapest reaching it at all,
+    else the one of best recall."""
     import pandas as pd
 
     n = len(sample.vectors)
@@ -240,7 +241,8 @@ def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
             cost = float(np.sum(index.cls.probe_cost(values, rows[ppos],
                                                      index.manifest.dim))) / n
             trials.append(Choice(probes, dict(values), round(recall, 5), round(cost, 3)))
-    good = ([t for t in trials if t.recall >= target + MARGIN]
+    margin = MARGIN_SIGMAS * float(np.sqrt(target * (1 - target) / max(n * k, 1)))
+    good = ([t for t in trials if t.recall >= target + margin]
             or [t for t in trials if t.recall >= target])
     if good:
         return min(good, key=lambda t: (t.cost, t.num_probes)), trials

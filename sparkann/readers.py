@@ -8,8 +8,10 @@ Pure numpy (no Spark). Supported formats:
 * ann-benchmarks HDF5 files (needs the optional ``h5py`` dependency,
   ``pip install sparkann[hdf5]``).
 
-``load_dataset`` reads the shared data folder layout (``fashion-mnist``,
-``mnist``, ``sift10k``) into base vectors, queries and ground truth.
+The readers do not trust sizes declared in a file: a header must agree with
+the data that follows before anything of the declared size is allocated, and
+an idx file's data is read up to its declared size only (a gzip "bomb" is
+refused without being inflated).
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ import math
 import os
 import re
 import zlib
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .vectorio import write_vectors_parquet
+
 __all__ = [
-    "DATASETS",
+    "IDX_MAX_BYTES",
     "SUPPORTED_FORMATS",
-    "default_data_root",
-    "load_dataset",
+    "guess_format",
     "read_bvecs",
     "read_fvecs",
     "read_hdf5",
@@ -46,18 +48,13 @@ PathLike = str | os.PathLike[str]
 #: Formats accepted by :func:`read_vectors`.
 SUPPORTED_FORMATS: tuple[str, ...] = ("fvecs", "ivecs", "bvecs", "idx", "hdf5")
 
-#: Shared-data layout: name -> (base file, query file, ground-truth file or None).
-DATASETS: dict[str, tuple[str, str, str | None]] = {
-    "fashion-mnist": ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz", None),
-    "mnist": ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz", None),
-    "sift10k": (
-        "siftsmall_base.fvecs",
-        "siftsmall_query.fvecs",
-        "siftsmall_groundtruth.ivecs",
-    ),
-}
+#: Default limit on the data an idx file may declare (8 GiB); see :func:`read_idx`.
+IDX_MAX_BYTES = 2**33
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# deflate expands at most about 1032:1, so a gzip file of n bytes holds at most this x n
+_GZIP_MAX_RATIO = 1032
+_READ_CHUNK = 16 << 20
 
 # idx type byte -> big-endian element dtype
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -116,6 +113,12 @@ def _read_vecs(path: PathLike, dtype: str, kind: str, count: int | None) -> np.n
             f"not a {kind} file"
         )
     row_bytes = 4 + d * value_dtype.itemsize
+    if row_bytes > size:  # bound the declared dimension by the file before allocating
+        raise ValueError(
+            f"{path}: the first record declares dimension {d} ({row_bytes} bytes per "
+            f"record) but the file holds only {size} bytes; the file is truncated or "
+            f"not a {kind} file"
+        )
     if size % row_bytes != 0:
         raise ValueError(
             f"{path}: file size {size} is not a multiple of the record size "
@@ -227,30 +230,15 @@ def write_ivecs(path: PathLike, array: Any) -> None:
 # --------------------------------------------------------------------------
 
 
-def _read_bytes_maybe_gzip(path: str) -> bytes:
-    """Return the content of ``path``, gunzipped if it starts with 1f 8b."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] != _GZIP_MAGIC:
-        return data
-    try:
-        return gzip.decompress(data)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
-
-
-def _idx_view(path: PathLike) -> np.ndarray:
-    """Parse an idx file into a read-only big-endian array view."""
-    path = os.fspath(path)
-    buf = _read_bytes_maybe_gzip(path)
-
-    # Magic: 00 00 <type> <ndim>
-    if len(buf) < 4 or buf[0] != 0 or buf[1] != 0:
+def _idx_header(stream, path: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """Read and check an idx header (``00 00 <type> <ndim>`` and ndim big-endian int32)."""
+    magic = _read_exactly(stream, 4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
         raise ValueError(
-            f"{path}: bad idx magic {buf[:4].hex(' ') or '(empty file)'}; "
+            f"{path}: bad idx magic {magic.hex(' ') or '(empty file)'}; "
             "expected 00 00 <type> <ndim>; not an idx file"
         )
-    type_code, ndim = buf[2], buf[3]
+    type_code, ndim = magic[2], magic[3]
     if type_code not in _IDX_DTYPES:
         raise ValueError(
             f"{path}: unsupported idx type byte 0x{type_code:02x}; expected one of "
@@ -258,35 +246,110 @@ def _idx_view(path: PathLike) -> np.ndarray:
         )
     if ndim == 0:
         raise ValueError(f"{path}: idx header declares 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise ValueError(f"{path}: idx header is truncated ({len(buf)} bytes)")
-
-    # One big-endian int32 per dimension, then the data.
-    shape = tuple(int(s) for s in np.frombuffer(buf, dtype=">i4", count=ndim, offset=4))
+    dims = _read_exactly(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise ValueError(f"{path}: idx header is truncated ({4 + len(dims)} bytes)")
+    shape = tuple(int(s) for s in np.frombuffer(dims, dtype=">i4"))
     if any(s < 0 for s in shape):
         raise ValueError(f"{path}: negative size in idx shape {shape}")
-    dtype = _IDX_DTYPES[type_code]
-    n_items = math.prod(shape)
-    expected = n_items * dtype.itemsize
-    actual = len(buf) - header
-    if actual != expected:
-        raise ValueError(
-            f"{path}: idx header declares shape {shape} ({expected} data bytes) "
-            f"but the file holds {actual}; the file is truncated or not an idx file"
-        )
-    return np.frombuffer(buf, dtype=dtype, count=n_items, offset=header).reshape(shape)
+    return _IDX_DTYPES[type_code], shape
 
 
-def read_idx(path: PathLike) -> np.ndarray:
+def _read_exactly(stream, size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream``: fewer only where the stream ends."""
+    parts, remaining = [], size
+    while remaining > 0:
+        part = stream.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def _read_into(stream, buffer: bytearray) -> int:
+    """Fill ``buffer`` from ``stream`` in chunks; the number of bytes read."""
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled : filled + _READ_CHUNK])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def _idx_view(path: PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
+    """Parse an idx file, plain or gzip-compressed, into a big-endian array.
+
+    The header is read first and the declared size bounded (by ``max_bytes``
+    and by what the file could hold); then exactly the declared number of
+    bytes is read, plus one to make sure nothing follows.
+    """
+    path = os.fspath(path)
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        try:
+            dtype, shape = _idx_header(stream, path)
+            header = 4 + 4 * len(shape)
+            n_items = math.prod(shape)
+            expected = n_items * dtype.itemsize
+            described = f"idx header declares shape {shape} ({expected} data bytes)"
+            if expected > max_bytes:
+                raise ValueError(
+                    f"{path}: {described}, more than the limit of {max_bytes} bytes "
+                    "(max_bytes=); refusing to read it"
+                )
+            if not compressed and header + expected != file_size:
+                problem = "is truncated" if header + expected > file_size else "has extra data"
+                raise ValueError(
+                    f"{path}: {described} but the file holds {file_size - header}; "
+                    f"the file {problem} or is not an idx file"
+                )
+            if compressed and header + expected > file_size * _GZIP_MAX_RATIO:
+                raise ValueError(
+                    f"{path}: {described}, more than a {file_size}-byte gzip file can "
+                    "hold; the file is truncated or not an idx file"
+                )
+            data = bytearray(expected)
+            actual = _read_into(stream, data)
+            if actual < expected:
+                raise ValueError(
+                    f"{path}: {described} but the data ends after {actual}; "
+                    "the file is truncated or not an idx file"
+                )
+            if stream.read(1):
+                raise ValueError(
+                    f"{path}: {described} but more data follows; "
+                    "the file is corrupt or not an idx file"
+                )
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+        finally:
+            if compressed:
+                stream.close()
+    return np.frombuffer(data, dtype=dtype).reshape(shape)  # writable: data is a bytearray
+
+
+def read_idx(path: PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
     """Read an MNIST ``idx`` file, plain or gzip-compressed.
 
-    Compression is detected from the gzip magic bytes, not the file name.
+    Compression is detected from the gzip magic bytes, not the file name. The
+    header is checked before any data is read, and then exactly the declared
+    amount of data is read (streamed through gzip for compressed files), so a
+    file that declares or holds more than it should is refused without being
+    read whole.
 
     Parameters
     ----------
     path : str or os.PathLike
         File to read.
+    max_bytes : int, optional
+        Refuse files whose header declares more data bytes than this
+        (default: :data:`IDX_MAX_BYTES`, 8 GiB).
 
     Returns
     -------
@@ -297,14 +360,15 @@ def read_idx(path: PathLike) -> np.ndarray:
     Raises
     ------
     ValueError
-        On a bad magic number, unsupported type byte, or a size that does not
-        match the header.
+        On a bad magic number, unsupported type byte, a declared size above
+        ``max_bytes`` or more than the file can hold, data shorter or longer
+        than the header declares, or a corrupt gzip stream.
     """
-    view = _idx_view(path)
-    return view.astype(view.dtype.newbyteorder("="))  # copy -> writable, native
+    view = _idx_view(path, max_bytes)
+    return view.astype(view.dtype.newbyteorder("="), copy=False)  # owned, writable, native
 
 
-def read_idx_vectors(path: PathLike) -> np.ndarray:
+def read_idx_vectors(path: PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
     """Read an idx file as a 2-D float32 matrix, one row per item.
 
     Trailing dimensions are flattened, e.g. ``(n, 28, 28)`` -> ``(n, 784)``;
@@ -314,13 +378,20 @@ def read_idx_vectors(path: PathLike) -> np.ndarray:
     ----------
     path : str or os.PathLike
         File to read.
+    max_bytes : int, optional
+        As for :func:`read_idx`.
 
     Returns
     -------
     numpy.ndarray
         float32 array of shape ``(n, prod(shape[1:]))``.
+
+    Raises
+    ------
+    ValueError
+        As for :func:`read_idx`.
     """
-    view = _idx_view(path)
+    view = _idx_view(path, max_bytes)
     n = view.shape[0]
     return view.reshape(n, math.prod(view.shape[1:])).astype(np.float32)
 
@@ -371,13 +442,17 @@ def read_hdf5(path: PathLike, dataset: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# Dispatch and datasets
+# Dispatch and Parquet conversion
 # --------------------------------------------------------------------------
 
 
-def _format_from_name(path: str) -> str | None:
-    """Guess the format from the file name, or return None."""
-    name = os.path.basename(path).lower()
+def guess_format(path: PathLike) -> str | None:
+    """The vector format :func:`read_vectors` infers from a file name, or None.
+
+    ``.fvecs`` / ``.ivecs`` / ``.bvecs``, ``.hdf5`` / ``.h5``, and for idx
+    ``-ubyte`` or ``.idx`` / ``.idx<n>``, optionally followed by ``.gz``.
+    """
+    name = os.path.basename(os.fspath(path)).lower()
     for ext in ("fvecs", "ivecs", "bvecs"):
         if name.endswith("." + ext):
             return ext
@@ -403,8 +478,8 @@ def read_vectors(path: PathLike, fmt: str | None = None, **kw: Any) -> np.ndarra
         ``.ivecs``, ``.bvecs``, ``-ubyte`` / ``.idx*`` optionally with
         ``.gz``, ``.hdf5`` / ``.h5``).
     **kw
-        Passed to the reader, e.g. ``count=`` for vecs files or
-        ``dataset=`` for HDF5.
+        Passed to the reader, e.g. ``count=`` for vecs files,
+        ``max_bytes=`` for idx files or ``dataset=`` for HDF5.
 
     Returns
     -------
@@ -420,7 +495,7 @@ def read_vectors(path: PathLike, fmt: str | None = None, **kw: Any) -> np.ndarra
     path = os.fspath(path)
     supported = ", ".join(SUPPORTED_FORMATS)
     if fmt is None:
-        fmt = _format_from_name(path)
+        fmt = guess_format(path)
         if fmt is None:
             raise ValueError(
                 f"{path}: cannot infer the vector format from the file name; "
@@ -448,105 +523,8 @@ def to_parquet(path: PathLike, output: PathLike, fmt: str | None = None,
     :func:`read_vectors` (e.g. ``dataset="test"`` for HDF5). Returns
     ``(rows, dim)``. An existing ``output`` file is replaced.
     """
-    from .cli import write_vectors_parquet  # pyarrow writer shared with the CLI
-
     vectors = read_vectors(path, fmt, **kw)
     if vectors.ndim != 2 or vectors.shape[1] == 0:
         raise ValueError(f"{path}: expected a 2-D array of vectors, got shape {vectors.shape}")
     write_vectors_parquet(vectors, os.fspath(output))
     return int(vectors.shape[0]), int(vectors.shape[1])
-
-
-def default_data_root() -> str | None:
-    """Locate the shared data folder.
-
-    Returns
-    -------
-    str or None
-        ``$SPARKANN_DATA`` if set; else ``<repo>/../shared/data`` (relative to
-        the directory holding the ``sparkann`` package) if it exists; else
-        ``None``.
-    """
-    env = os.environ.get("SPARKANN_DATA")
-    if env:
-        return env
-    repo = Path(__file__).resolve().parent.parent
-    candidate = (repo.parent / "shared" / "data").resolve()
-    return str(candidate) if candidate.is_dir() else None
-
-
-def _require_file(path: Path, name: str) -> str:
-    """Return ``path`` as a string, or raise FileNotFoundError naming the dataset."""
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset {name!r}: missing file {path}")
-    return str(path)
-
-
-def _read_float32(path: str) -> np.ndarray:
-    """Read vectors with :func:`read_vectors` and return them as float32."""
-    return read_vectors(path).astype(np.float32, copy=False)
-
-
-def load_dataset(name: str, root: PathLike | None = None) -> dict[str, Any]:
-    """Load a dataset from the shared data folder layout.
-
-    Parameters
-    ----------
-    name : str
-        ``"fashion-mnist"``, ``"mnist"`` or ``"sift10k"``.
-    root : str or os.PathLike, optional
-        Folder holding one sub-folder per dataset; defaults to
-        :func:`default_data_root`.
-
-    Returns
-    -------
-    dict
-        ``{"base": float32 (n, d), "queries": float32 (nq, d),
-        "groundtruth": int32 (nq, k) or None, "metric": "l2"}``.
-
-    Raises
-    ------
-    ValueError
-        If ``name`` is unknown or the files disagree on dimensions.
-    FileNotFoundError
-        If the data root or a dataset file is missing.
-    """
-    if name not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}"
-        )
-    if root is None:
-        root = default_data_root()
-        if root is None:
-            raise FileNotFoundError(
-                "no data root found: pass root= or set the SPARKANN_DATA "
-                "environment variable"
-            )
-    folder = Path(root) / name
-    if not folder.is_dir():
-        raise FileNotFoundError(f"dataset {name!r}: folder {folder} does not exist")
-
-    base_file, query_file, gt_file = DATASETS[name]
-    base = _read_float32(_require_file(folder / base_file, name))
-    queries = _read_float32(_require_file(folder / query_file, name))
-    groundtruth = None
-    if gt_file is not None:
-        groundtruth = read_ivecs(_require_file(folder / gt_file, name))
-
-    # Sanity checks across files.
-    if base.shape[1] != queries.shape[1]:
-        raise ValueError(
-            f"dataset {name!r}: base dim {base.shape[1]} "
-            f"!= query dim {queries.shape[1]}"
-        )
-    if groundtruth is not None and groundtruth.shape[0] != queries.shape[0]:
-        raise ValueError(
-            f"dataset {name!r}: {groundtruth.shape[0]} ground-truth rows "
-            f"for {queries.shape[0]} queries"
-        )
-    return {
-        "base": base,
-        "queries": queries,
-        "groundtruth": groundtruth,
-        "metric": "l2",
-    }

@@ -1,4 +1,9 @@
-"""One local SparkSession for the whole run, and shared data helpers."""
+"""One local SparkSession for the whole run, and shared data helpers.
+
+The shared-data lookup (``shared_data``) and the benchmark helpers (``bench``) live in
+the repository's ``benchmarks`` folder, which is not installed: it is put on
+``sys.path`` here.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sparkann import datasets, readers
+from sparkann import datasets
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+
+import shared_data  # noqa: E402
 
 
 def pytest_configure(config):
@@ -21,12 +33,14 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    work_dir = tmp_path_factory.mktemp("indexes")  # where fit() puts indexes without indexPath
     session = (
         SparkSession.builder.master("local[2]")
+        .config("spark.sparkann.workDir", str(work_dir))
         .appName("sparkann-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
@@ -49,6 +63,15 @@ def vectors_frame(spark, vectors: np.ndarray, ids=None, id_name="id", vector_typ
     return spark.createDataFrame(table)
 
 
+def loaded_index(model):
+    """A model's index as tasks load it (centroids, router), loaded on the driver."""
+    from sparkann.build import with_checked_meta
+    from sparkann.loader import LoadedIndex
+
+    spark = __import__("pyspark").sql.SparkSession.getActiveSession()
+    return LoadedIndex.create(model.manifest, with_checked_meta(spark, model.manifest))
+
+
 def neighbor_ids(rows, key="id", column="neighbors"):
     """Neighbour ids ordered by the query key column."""
     rows = sorted(rows, key=lambda r: r[key])
@@ -63,10 +86,10 @@ def clustered_data():
 
 
 def shared_dataset(name):
-    root = readers.default_data_root()
+    root = shared_data.default_data_root()
     if root is None or not os.path.isdir(os.path.join(root, name)):
         pytest.skip(f"shared dataset {name} not present")
-    return readers.load_dataset(name, root)
+    return shared_data.load_dataset(name, root)
 
 
 CONNECT_START_SECONDS = 240

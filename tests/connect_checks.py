@@ -227,11 +227,11 @@ def evaluate_helpers(ctx: Context):
 
 @check
 def cli_search_and_evaluate_with_remote(ctx: Context):
-    from sparkann import cli
+    from sparkann import cli, vectorio
 
     index, queries = ctx.path("cli-index"), ctx.path("queries.parquet")
     ctx.model.write().overwrite().save(index)
-    pq.write_table(cli.vectors_table(ctx.queries), queries)
+    pq.write_table(vectorio.vectors_table(ctx.queries), queries)
     remote = ["--remote", ctx.url, "--log-level", "WARNING"]
     out = ctx.path("neighbours.parquet")
     code = cli.main(["search", *remote, "--index", index, "--queries", queries, "--output", out,
@@ -240,7 +240,7 @@ def cli_search_and_evaluate_with_remote(ctx: Context):
     assert cli.main(["search", *remote, "--index", index, "--queries", queries,
                      "--output", out]) == 2  # exists
     base = ctx.path("base.parquet")
-    pq.write_table(cli.vectors_table(ctx.base), base)
+    pq.write_table(vectorio.vectors_table(ctx.base), base)
     report_dir = ctx.path("report")
     code = cli.main(["evaluate", *remote, "--index", index, "--base", base, "--queries", queries,
                      "--out", report_dir, "--probes", "1,2", "--ef", "16,32", "--sample", "60"])

@@ -1,4 +1,4 @@
-"""A smoke run of jobs/benchmark.py on tiny sizes (a separate process and JVM)."""
+"""A smoke run of benchmarks/benchmark.py on tiny sizes (a separate process and JVM)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_quick_benchmark_writes_results(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "bench"
     command = [
-        sys.executable, os.path.join(REPO, "jobs", "benchmark.py"), "--quick",
+        sys.executable, os.path.join(REPO, "benchmarks", "benchmark.py"), "--quick",
         "--sizes", "2000,4000", "--queries", "300", "--recall-queries", "300",
         "--datasets", "none", "--skip", "pq", "--out", str(out),
     ]

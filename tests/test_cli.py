@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pyspark
 import pytest
 
-from sparkann import cli, datasets, exact
+from sparkann import cli, datasets, exact, vectorio
+from sparkann.cli import commands
+from sparkann.cli.session import read_conf_file, session_settings
 from sparkann.readers import write_fvecs, write_ivecs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +90,7 @@ def test_convert_writes_id_and_float_vector_columns(tmp_path, capsys, writer, fm
 
 
 def test_convert_splits_large_inputs_into_row_groups(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "CONVERT_CHUNK_BYTES", 10 * 4 * 8)  # 10 rows of dim 8
+    monkeypatch.setattr(vectorio, "ROW_GROUP_BYTES", 10 * 4 * 8)  # 10 rows of dim 8
     vectors = datasets.clustered(95, 8, seed=1)
     write_fvecs(tmp_path / "x.fvecs", vectors)
 
@@ -170,7 +172,8 @@ def test_argument_errors_exit_2_with_one_line_message(capsys, argv, expected):
 def test_invalid_index_settings_fail_before_spark_starts(capsys):
     code, _, err = run_cli(capsys, "build", "--input", "x", "--output", "y", "--hnsw-m", "5000")
     assert code == 2
-    assert err == "error: hnswM=5000 is out of range: must be <= 2048\n"
+    assert err.startswith("error: hnswM=5000 is out of range") and "2048" in err
+    assert err.count("\n") == 1
 
 
 def test_missing_conf_file_is_a_user_error(tmp_path, capsys):
@@ -190,7 +193,7 @@ def test_help_exits_0(capsys):
 def test_read_conf_file_accepts_spark_defaults_syntax(tmp_path):
     conf = tmp_path / "job.conf"
     conf.write_text("# comment\n\nspark.a  1\nspark.b=two words \n  spark.c = x=y\n! note\n")
-    assert cli.read_conf_file(str(conf)) == {"spark.a": "1", "spark.b": "two words",
+    assert read_conf_file(str(conf)) == {"spark.a": "1", "spark.b": "two words",
                                              "spark.c": "x=y"}
 
 
@@ -198,12 +201,12 @@ def test_read_conf_file_rejects_a_key_without_value(tmp_path, capsys):
     conf = tmp_path / "bad.conf"
     conf.write_text("spark.a 1\nspark.lonely\n")
     with pytest.raises(ValueError, match=r"bad.conf:2: expected"):
-        cli.read_conf_file(str(conf))
+        read_conf_file(str(conf))
 
 
 @pytest.mark.parametrize("name", ["spark-defaults.conf", "build.conf", "search.conf"])
 def test_example_conf_files_parse(name):
-    settings = cli.read_conf_file(str(REPO / "conf" / name))
+    settings = read_conf_file(str(REPO / "conf" / name))
     assert settings and all(key.startswith("spark.") for key in settings)
 
 
@@ -216,7 +219,7 @@ def clean_spark_env(monkeypatch, tmp_path):
 
 
 def _settings(*argv):
-    return cli.session_settings(cli.build_parser().parse_args(["demo", *argv]))
+    return session_settings(cli.build_parser().parse_args(["demo", *argv]))
 
 
 def test_session_defaults_to_local_master_and_quiet_console(clean_spark_env, tmp_path):
@@ -240,6 +243,190 @@ def test_session_master_from_option_conf_file_or_spark_submit(clean_spark_env, t
 
 
 # --------------------------------------------------------------------------
+# options passed to the library only when given (no Spark)
+# --------------------------------------------------------------------------
+
+
+SEARCH_REQUIRED = ["search", "--index", "i", "--queries", "q", "--output", "o"]
+BUILD_REQUIRED = ["build", "--input", "x", "--output", "y"]
+ALL_BUILD_OPTIONS = [
+    "--vector-col", "emb", "--id-col", "key", "--metric", "cosine", "--index-type", "pq",
+    "--num-partitions", "4", "--hnsw-m", "8", "--ef-construction", "50",
+    "--pq-subvectors", "4", "--pq-bits", "4", "--pq-codebook", "global", "--rerank-k", "20",
+    "--sample-size", "500", "--max-partition-rows", "1000", "--seed", "7",
+    "--num-threads", "1", "--deterministic", "--allow-duplicate-ids", "--target-recall", "0.9",
+]
+ALL_BUILD_PARAMS = {
+    "vectorCol": "emb", "idCol": "key", "metric": "cosine", "indexType": "pq",
+    "numPartitions": 4, "hnswM": 8, "efConstruction": 50, "pqSubvectors": 4, "pqBits": 4,
+    "pqCodebook": "global", "rerankK": 20, "sampleSize": 500, "maxPartitionRows": 1000,
+    "seed": 7, "numThreads": 1, "deterministic": True, "allowDuplicateIds": True,
+    "targetRecall": 0.9,
+}
+
+
+def given(*argv):
+    return commands.given_params(cli.build_parser().parse_args(list(argv)))
+
+
+def test_search_options_default_to_the_index_settings():
+    assert given(*SEARCH_REQUIRED) == {}
+    assert given(*SEARCH_REQUIRED, "--k", "5", "--neighbors-col", "nn") == {
+        "k": 5, "neighborsCol": "nn"}
+    assert given(*SEARCH_REQUIRED, "--num-probes", "0", "--probe-epsilon", "0.5",
+                 "--ef-search", "64", "--vector-col", "q") == {
+        "numProbes": 0, "probeEpsilon": 0.5, "efSearch": 64, "vectorCol": "q"}
+
+
+class RecordingModel:
+    """Stands in for ANNIndexModel: records setter calls and validation."""
+
+    def __init__(self):
+        self.calls = []
+
+    def setK(self, value):
+        self.calls.append(("setK", value))
+
+    def setNeighborsCol(self, value):
+        self.calls.append(("setNeighborsCol", value))
+
+    def getParam(self, name):
+        return name
+
+    def set(self, param, value):
+        self.calls.append(("set", param, value))
+
+    def validate(self):
+        self.calls.append(("validate",))
+
+
+def test_apply_search_options_sets_only_the_given_options():
+    model = RecordingModel()
+    commands.apply_search_options(model, given(*SEARCH_REQUIRED))
+    assert model.calls == [("validate",)]
+    model = RecordingModel()
+    commands.apply_search_options(model, given(*SEARCH_REQUIRED, "--k", "3", "--vector-col",
+                                               "q"))
+    assert model.calls == [("setK", 3), ("set", "vectorCol", "q"), ("validate",)]
+
+
+def test_build_passes_only_the_given_options_by_param_name():
+    assert given(*BUILD_REQUIRED) == {}
+    assert given(*BUILD_REQUIRED, *ALL_BUILD_OPTIONS) == ALL_BUILD_PARAMS
+    assert given(*BUILD_REQUIRED, "--hnsw-m", "32", "--deterministic") == {
+        "hnswM": 32, "deterministic": True}
+
+
+def test_build_options_name_ann_index_params():
+    from sparkann import ANNIndex
+
+    index = ANNIndex()
+    # targetRecall is passed through as given, for a library that has it
+    assert {name for name in ALL_BUILD_PARAMS if not index.hasParam(name)} <= {"targetRecall"}
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--index-type", "ivf"], "indexType"),
+        (["--pq-bits", "5"], "--pq-bits"),
+        (["--pq-codebook", "local"], "--pq-codebook"),
+        (["--rerank-k", "-1"], "--rerank-k: must be >= 0"),
+        (["--target-recall", "x"], "--target-recall"),
+        (["--num-threads", "x"], "expected an integer"),
+    ],
+)
+def test_bad_build_options_exit_2(capsys, argv, expected):
+    code, out, err = run_cli(capsys, *BUILD_REQUIRED, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and expected in err
+
+
+class FakeModel:
+    def __init__(self, path):
+        self.path = path
+
+    def vacuum(self, **options):
+        FakeModel.calls.append((self.path, options))
+        return {"removedVersions": [1, 2], "removedBytes": np.int64(123)}
+
+
+@pytest.mark.parametrize("argv, options", [([], {}), (["--retain-versions", "3"],
+                                                      {"retainVersions": 3})])
+def test_vacuum_calls_the_model_and_prints_its_report(monkeypatch, capsys, argv, options):
+    from contextlib import nullcontext
+
+    from sparkann import ANNIndexModel
+
+    FakeModel.calls = []
+    monkeypatch.setattr(commands, "spark_session", lambda args: nullcontext())
+    monkeypatch.setattr(ANNIndexModel, "load", staticmethod(FakeModel))
+    code, out, _ = run_cli(capsys, "vacuum", "--index", "/idx", *argv)
+    assert code == 0
+    assert FakeModel.calls == [("/idx", options)]
+    assert json.loads(out) == {"removedVersions": [1, 2], "removedBytes": 123}
+
+
+def test_vacuum_rejects_a_negative_retain_versions(capsys):
+    code, _, err = run_cli(capsys, "vacuum", "--index", "i", "--retain-versions", "-1")
+    assert code == 2 and "--retain-versions: must be >= 0" in err
+
+
+def test_console_script_and_module_entry_points():
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="sparkann")
+    assert script.value == "sparkann.cli:main" and script.load() is cli.main
+    done = run_process([sys.executable, "-m", "sparkann.cli", "--version"], REPO)
+    assert done.returncode == 0 and done.stdout.startswith("sparkann "), describe(done)
+
+
+# --------------------------------------------------------------------------
+# search and build in-process (the test session's Spark)
+# --------------------------------------------------------------------------
+
+
+def test_search_keeps_the_index_k_and_neighbors_col(spark, tmp_path, capsys):
+    from sparkann import ANNIndex
+
+    base = datasets.clustered(600, 8, seed=5)
+    vectorio.write_vectors_parquet(base, str(tmp_path / "items.parquet"))
+    vectorio.write_vectors_parquet(base[:20], str(tmp_path / "queries.parquet"))
+    index = str(tmp_path / "index")
+    ANNIndex(numPartitions=2, k=4, neighborsCol="nn", indexPath=index).fit(
+        spark.read.parquet(str(tmp_path / "items.parquet")))
+    output = str(tmp_path / "out.parquet")
+
+    code, out, err = run_cli(capsys, "search", "--index", index, "--queries",
+                             str(tmp_path / "queries.parquet"), "--output", output)
+
+    assert code == 0, err
+    assert json.loads(out)["k"] == 4
+    lists = pq.read_table(output).column("nn").to_pylist()
+    assert len(lists) == 20 and all(len(neighbors) == 4 for neighbors in lists)
+
+
+def test_build_options_reach_the_stored_index(spark, tmp_path, capsys):
+    from sparkann import ANNIndex, ANNIndexModel
+
+    vectorio.write_vectors_parquet(datasets.clustered(800, 8, seed=6),
+                                   str(tmp_path / "items.parquet"))
+    index = str(tmp_path / "index")
+    code, out, err = run_cli(capsys, "build", "--input", str(tmp_path / "items.parquet"),
+                             "--output", index, "--index-type", "pq", "--pq-subvectors", "4",
+                             "--pq-bits", "8", "--num-partitions", "2", "--seed", "3",
+                             "--rerank-k", "10", "--deterministic", "--log-level", "WARNING")
+    assert code == 0, err
+    model = ANNIndexModel.load(index)
+    stored = {name: model.getOrDefault(name) for name in
+              ("indexType", "pqSubvectors", "pqBits", "numPartitions", "seed", "rerankK",
+               "deterministic", "hnswM")}
+    assert stored == {"indexType": "pq", "pqSubvectors": 4, "pqBits": 8, "numPartitions": 2,
+                      "seed": 3, "rerankK": 10, "deterministic": True,
+                      "hnswM": ANNIndex().getOrDefault("hnswM")}  # not given: the default
+
+
+# --------------------------------------------------------------------------
 # spark-submit jobs and the demo (start their own JVMs)
 # --------------------------------------------------------------------------
 
@@ -248,8 +435,8 @@ def test_session_master_from_option_conf_file_or_spark_submit(clean_spark_env, t
 def test_spark_submit_build_and_search_jobs(tmp_path):
     base = datasets.clustered(3000, 16, seed=3)
     queries = datasets.clustered(100, 16, seed=3, sample_seed=4)
-    cli.write_vectors_parquet(base, str(tmp_path / "items.parquet"))
-    cli.write_vectors_parquet(queries, str(tmp_path / "queries.parquet"))
+    vectorio.write_vectors_parquet(base, str(tmp_path / "items.parquet"))
+    vectorio.write_vectors_parquet(queries, str(tmp_path / "queries.parquet"))
     (tmp_path / "job.conf").write_text(TEST_CONF)
     index, output = str(tmp_path / "index"), str(tmp_path / "neighbors.parquet")
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import vectors_frame
 
-from sparkann import ANNIndex, cli, datasets
+from sparkann import ANNIndex, cli, datasets, vectorio
 from sparkann.evaluate import QuerySample, Trial, cheapest, plot_sweep, sweep, tune
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,8 +96,8 @@ def test_evaluate_command_writes_report_and_plot(spark, setup, hard_data, tmp_pa
     base, queries = hard_data
     index = str(tmp_path / "index")
     model.save(index)
-    pq.write_table(cli.vectors_table(base), tmp_path / "base.parquet")
-    pq.write_table(cli.vectors_table(queries), tmp_path / "queries.parquet")
+    pq.write_table(vectorio.vectors_table(base), tmp_path / "base.parquet")
+    pq.write_table(vectorio.vectors_table(queries), tmp_path / "queries.parquet")
     out = tmp_path / "report"
     code = cli.main(["evaluate", "--index", index, "--base", str(tmp_path / "base.parquet"),
                      "--queries", str(tmp_path / "queries.parquet"), "--out", str(out),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import neighbor_ids, vectors_frame
+from conftest import loaded_index, neighbor_ids, vectors_frame
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import functions as F
 
@@ -131,25 +131,17 @@ def test_query_columns_are_kept(frames):
     assert [f.name for f in schema.fields] == ["id", "distance"]
 
 
-def test_large_query_sets_use_a_shuffle_join_and_small_batches(frames, clustered_data, spark):
+@pytest.mark.parametrize("strategy", ["local", "partition"])
+def test_both_search_strategies_reach_the_same_recall(frames, clustered_data, strategy):
     base, queries = clustered_data
-    model = ANNIndex(numPartitions=6, queryBatchRows=16).fit(frames[0])
-    spark.conf.set("spark.sparkann.broadcastQueryBytes", "1")
-    spark.conf.set("spark.sparkann.payloadReads", "join")
-    try:
-        plan_rows = model.transform(frames[1])
-        plan = plan_rows._jdf.queryExecution().executedPlan().toString()
-        found = neighbor_ids(plan_rows.collect(), key="qid")
-    finally:
-        spark.conf.unset("spark.sparkann.broadcastQueryBytes")
-        spark.conf.unset("spark.sparkann.payloadReads")
-    assert "BroadcastHashJoin" not in plan or "SortMergeJoin" in plan
+    model = ANNIndex(numPartitions=6, searchStrategy=strategy).fit(frames[0])
+    found = neighbor_ids(model.transform(frames[1]).collect(), key="qid")
     truth, _ = exact.knn(base, queries, 10)
     assert exact.recall_at_k(found, truth, 10) >= 0.95
 
 
 def test_payloads_read_in_tasks_or_through_a_join_give_the_same_answers(frames, spark):
-    model = ANNIndex(numPartitions=6, queryBatchRows=50).fit(frames[0])
+    model = ANNIndex(numPartitions=6, searchStrategy="partition").fit(frames[0])
     answers = {}
     for mode in ("task", "join", "auto"):
         spark.conf.set("spark.sparkann.payloadReads", mode)
@@ -180,28 +172,26 @@ def test_spark_exact_search_and_recall_helpers(frames, clustered_data):
     assert recall_at_k(model.transform(frames[1]), truth, "qid", 10) >= 0.95
 
 
-def test_query_chunks_fill_the_cores_without_tiny_chunks():
-    from sparkann.search import _chunks
+def test_search_tasks_hold_few_partitions_each():
+    from sparkann.search.partition import search_tasks
 
-    assert _chunks(100_000, 20_000, 10, 2) == 5  # by size
-    assert _chunks(20_000, 20_000, 1, 2) == 8  # one partition: 4 tasks per core
-    assert _chunks(3_000, 20_000, 1, 2) == 3  # but chunks of >= 1,000 queries
-    assert _chunks(50, 20_000, 40, 2) == 1
+    assert search_tasks(5, 10 << 20, 2 << 30, 2) == 5  # never more tasks than partitions
+    assert search_tasks(1000, 10 << 20, 2 << 30, 2) == 8  # small index: four tasks per core
+    assert search_tasks(1000, 100 << 30, 2 << 30, 2) == 100  # big one: a task's share fits
 
 
 def test_probe_pruning_searches_fewer_partitions_at_the_same_recall(frames, clustered_data):
     base, queries = clustered_data
-    model = ANNIndex(numPartitions=8, numProbes=4).fit(frames[0])
+    model = ANNIndex(numPartitions=8, numProbes=4, targetRecall=0).fit(frames[0])
     truth, _ = exact.knn(base, queries, 10)
     full = neighbor_ids(model.transform(frames[1]).collect(), key="qid")
     pruned_model = model.copy({model.probeEpsilon: 0.3})
     pruned = neighbor_ids(pruned_model.transform(frames[1]).collect(), key="qid")
     assert exact.recall_at_k(pruned, truth, 10) >= exact.recall_at_k(full, truth, 10) - 0.01
-    from sparkann.search import _router
-
+    router = loaded_index(model).router
     vectors = queries.astype(np.float32)
-    probed = len(_router(model.manifest).route(vectors, 4, 10)[0])
-    probed_pruned = len(_router(model.manifest).route(vectors, 4, 10, 0.3)[0])
+    probed = len(router.route(vectors, 4, 10)[0])
+    probed_pruned = len(router.route(vectors, 4, 10, 0.3)[0])
     assert probed_pruned < 0.75 * probed
     with pytest.raises(ValueError, match="probeEpsilon=-0.5 is out of range"):
-        model.copy({model.probeEpsilon: -0.5}).transform(frames[1])
+        model.copy({model.probeEpsilon: -0.5})

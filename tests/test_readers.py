@@ -1,4 +1,4 @@
-"""Tests for sparkann.readers (pure numpy; no Spark)."""
+"""Tests for sparkann.readers and benchmarks/shared_data.py (pure numpy; no Spark)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shared_data  # benchmarks/shared_data.py, on sys.path through conftest
+from shared_data import default_data_root, load_dataset
 
 from sparkann import readers
 from sparkann.readers import (
-    default_data_root,
-    load_dataset,
     read_bvecs,
     read_fvecs,
     read_hdf5,
@@ -242,6 +242,137 @@ def test_idx_truncated_gzip_raises(tmp_path: Path) -> None:
         read_idx(p)
 
 
+def _idx_header(shape: tuple[int, ...], type_code: int = 0x08) -> bytes:
+    return bytes([0, 0, type_code, len(shape)]) + struct.pack(f">{len(shape)}i", *shape)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_data_longer_than_declared_raises(tmp_path: Path, compress: bool) -> None:
+    payload = _idx_header((3, 4)) + bytes(13)  # declares 12
+    p = tmp_path / "long.idx"
+    p.write_bytes(gzip.compress(payload) if compress else payload)
+    with pytest.raises(ValueError, match=r"declares shape \(3, 4\) \(12 data bytes\)"):
+        read_idx(p)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_truncated_header_raises(tmp_path: Path, compress: bool) -> None:
+    payload = b"\x00\x00\x08\x03" + struct.pack(">i", 5)  # 3 dimensions, only 1 size
+    p = tmp_path / "head.idx"
+    p.write_bytes(gzip.compress(payload) if compress else payload)
+    with pytest.raises(ValueError, match="header is truncated"):
+        read_idx(p)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_declared_size_above_max_bytes_is_refused(tmp_path: Path, compress: bool) -> None:
+    x = np.arange(1000, dtype=np.uint8).reshape(10, 100)
+    p = tmp_path / "x.idx"
+    _write_idx(p, x, 0x08, compress)
+    with pytest.raises(ValueError, match="more than the limit of 999 bytes"):
+        read_idx(p, max_bytes=999)
+    with pytest.raises(ValueError, match="limit"):
+        read_vectors(p, max_bytes=999)
+    np.testing.assert_array_equal(read_idx(p, max_bytes=1000), x)
+    assert read_idx_vectors(p, max_bytes=1000).shape == (10, 100)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_huge_declared_shape_is_refused_before_allocating(
+    tmp_path: Path, compress: bool
+) -> None:
+    # 2**40 float64 values = 8 TiB: above the default limit of 8 GiB
+    payload = _idx_header((2**20, 2**20), 0x0E) + bytes(64)
+    p = tmp_path / "huge.idx"
+    p.write_bytes(gzip.compress(payload) if compress else payload)
+    with pytest.raises(ValueError, match="more than the limit"):
+        read_idx(p)
+    assert readers.IDX_MAX_BYTES == 2**33
+
+
+def test_idx_gzip_declaring_more_than_it_can_hold_is_refused(tmp_path: Path) -> None:
+    # 64 MiB declared, under the default limit, in a gzip file of a few dozen bytes
+    p = tmp_path / "small.idx.gz"
+    p.write_bytes(gzip.compress(_idx_header((2**16, 2**10)) + bytes(10)))
+    with pytest.raises(ValueError, match="gzip file can hold"):
+        read_idx(p)
+
+
+def test_idx_plain_declaring_more_than_the_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "plain.idx"
+    p.write_bytes(_idx_header((2**16, 2**10)) + bytes(10))
+    with pytest.raises(ValueError, match="holds 10; the file is truncated"):
+        read_idx(p)
+
+
+GIB = 2**30
+BOMB_CHUNK = 64 << 20
+
+
+def _write_gzip_bomb(path: Path, header: bytes, declared: int, total: int) -> int:
+    """An idx header, ``declared`` data bytes, then zeros up to ``total`` bytes, as gzip.
+
+    The first member is streamed through gzip.open in chunks; the rest of the
+    zeros are copies of one compressed 64 MiB member (a multi-member gzip file,
+    read back as one stream). Returns the uncompressed size.
+    """
+    chunk = bytes(16 << 20)
+    with gzip.open(path, "wb", compresslevel=9) as out:
+        out.write(header)
+        out.write(bytes(declared))
+        written = 0
+        while written < BOMB_CHUNK:
+            out.write(chunk)
+            written += len(chunk)
+    size = len(header) + declared + BOMB_CHUNK
+    member = gzip.compress(bytes(BOMB_CHUNK), compresslevel=9)
+    with open(path, "ab") as out:
+        while size < total:
+            out.write(member)
+            size += BOMB_CHUNK
+    return size
+
+
+def test_idx_gzip_bomb_is_refused_without_inflating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tracemalloc
+
+    shape = (1024, 1024)  # 1 MiB of uint8 declared
+    header = _idx_header(shape)
+    declared = 1024 * 1024
+    p = tmp_path / "bomb-idx3-ubyte.gz"
+    inflated = _write_gzip_bomb(p, header, declared, total=4 * GIB)
+    assert inflated >= 4 * GIB and p.stat().st_size < 8 << 20  # a few MB on disk
+
+    consumed = []
+
+    class CountingGzipFile(gzip.GzipFile):
+        def close(self) -> None:
+            if self.fileobj is not None:
+                consumed.append(self.tell())  # uncompressed bytes handed to the reader
+            super().close()
+
+    monkeypatch.setattr(readers.gzip, "GzipFile", CountingGzipFile)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="more data follows"):
+            read_idx(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert consumed and consumed[0] <= len(header) + declared + 1
+    assert peak < 64 << 20
+
+
+def test_vecs_dimension_larger_than_the_file_is_refused(tmp_path: Path) -> None:
+    for name, reader in (("x.fvecs", read_fvecs), ("x.bvecs", read_bvecs)):
+        p = tmp_path / name
+        p.write_bytes(struct.pack("<i", 2**31 - 1) + bytes(12))
+        with pytest.raises(ValueError, match="declares dimension 2147483647"):
+            reader(p)
+
+
 # --------------------------------------------------------------------------
 # HDF5
 # --------------------------------------------------------------------------
@@ -324,8 +455,8 @@ def test_read_vectors_explicit_fmt(tmp_path: Path) -> None:
         ("x.fvecs.gz", None),
     ],
 )
-def test_format_from_name(name: str, expected: str | None) -> None:
-    assert readers._format_from_name(name) == expected
+def test_guess_format(name: str, expected: str | None) -> None:
+    assert readers.guess_format(name) == expected
 
 
 def test_read_vectors_unknown_format(tmp_path: Path) -> None:
@@ -338,7 +469,7 @@ def test_read_vectors_unknown_format(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------
-# default_data_root / load_dataset
+# shared data lookup (benchmarks/shared_data.py)
 # --------------------------------------------------------------------------
 
 
@@ -383,7 +514,7 @@ def test_load_dataset_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     write_fvecs(tmp_path / "sift10k" / "siftsmall_base.fvecs", np.ones((2, 2)))
     with pytest.raises(FileNotFoundError, match="siftsmall_query.fvecs"):
         load_dataset("sift10k", tmp_path)
-    monkeypatch.setattr(readers, "default_data_root", lambda: None)
+    monkeypatch.setattr(shared_data, "default_data_root", lambda: None)
     with pytest.raises(FileNotFoundError, match="SPARKANN_DATA"):
         load_dataset("mnist")
 

@@ -6,12 +6,13 @@ import json
 import os
 
 import pytest
+import shared_data  # benchmarks/shared_data.py, on sys.path through conftest
 
 from sparkann import cli, readers
 
 
 def _root_with(name):
-    root = readers.default_data_root()
+    root = shared_data.default_data_root()
     if root is None or not os.path.isdir(os.path.join(root, name)):
         pytest.skip(f"shared dataset {name} not present")
     return os.path.join(root, name)
@@ -24,7 +25,7 @@ def _root_with(name):
 ])
 def test_load_dataset(name, shape, queries):
     _root_with(name)
-    data = readers.load_dataset(name)
+    data = shared_data.load_dataset(name)
     assert data["base"].shape == shape and data["base"].dtype == "float32"
     assert data["queries"].shape == (queries, shape[1])
     if name == "sift10k":

@@ -1,6 +1,6 @@
 """Benchmark helpers: machine facts, memory sampling, ground truth, reports.
 
-Spark-free (the Spark side of the benchmark is ``jobs/benchmark.py``). Imports
+Spark-free (the Spark side of the benchmark is ``benchmarks/benchmark.py``). Imports
 of optional packages (``psutil``, ``matplotlib``, ``faiss``) happen inside the
 functions that need them, so this module imports with the core dependencies.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .exact import knn
+from sparkann.exact import knn
 
 # Target ratios of the issue: (key, threshold, aim, direction). "min": the ratio
 # must be at least the threshold; "max": at most.

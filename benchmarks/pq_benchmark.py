@@ -1,6 +1,6 @@
 """Product quantization on Fashion-MNIST: per-partition codebooks vs one global PQ.
 
-    python jobs/pq_benchmark.py [--data ../shared/data] [--out notebooks/benchmarks]
+    python benchmarks/pq_benchmark.py [--data ../shared/data] [--out notebooks/benchmarks]
 
 For pqSubvectors in {8, 16, 28, 56, 112} x pqBits in {4, 8}: reconstruction RMSE
 and training time of (a) sparkann's per-partition residual codebooks, trained in
@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -24,7 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as papq
 from pyspark.sql import SparkSession
 
-from sparkann import ANNIndex, exact, pq, readers
+from sparkann import ANNIndex, exact, pq
+
+# shared_data sits next to this script and is not installed
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shared_data  # noqa: E402
 
 CONFIGS = [(m, bits) for m in (8, 16, 28, 56, 112) for bits in (4, 8)]
 
@@ -101,7 +106,7 @@ def markdown(rows, args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=readers.default_data_root())
+    parser.add_argument("--data", default=shared_data.default_data_root())
     parser.add_argument("--out", default="notebooks/benchmarks")
     parser.add_argument("--partitions", type=int, default=16)
     parser.add_argument("--rerank", type=int, default=200)
@@ -113,7 +118,7 @@ def main() -> None:
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
              .config("spark.driver.memory", "8g").config("spark.sql.shuffle.partitions", "8")
              .getOrCreate())
-    data = readers.load_dataset("fashion-mnist", args.data)
+    data = shared_data.load_dataset("fashion-mnist", args.data)
     base, queries = data["base"], data["queries"]
     truth = exact.knn(base, queries, 10)[0]
     base_df = frame(spark, base, "id").cache()

@@ -1,7 +1,8 @@
 """Side-by-side benchmark: sparkann, single-process hnswlib, MLlib LSH, exact on Spark.
 
-    python jobs/benchmark.py [--quick] [--sizes 100000,300000,1000000] [--out notebooks/benchmarks]
-    spark-submit --driver-memory 8g jobs/benchmark.py --quick
+    python benchmarks/benchmark.py [--quick] [--sizes 100000,300000,1000000]
+        [--out notebooks/benchmarks]
+    spark-submit --driver-memory 8g benchmarks/benchmark.py --quick
 
 Every method runs on the same data and the same cores (``local[N]`` with N =
 ``--cores``, default 2; hnswlib and faiss use N threads). Writes
@@ -29,7 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import sparkann
-from sparkann import bench, datasets, readers
+from sparkann import datasets
+
+# bench and shared_data sit next to this script and are not installed
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+import shared_data  # noqa: E402
 
 log = logging.getLogger("sparkann.benchmark")
 
@@ -229,14 +235,14 @@ class Case:
 
 
 def shared_cases(args, work, skip=frozenset()):
-    root = readers.default_data_root()
+    root = shared_data.default_data_root()
     for name in args.datasets:
         if name in skip:
             continue
         if root is None or not os.path.isdir(os.path.join(root, name)):
             log.warning("shared dataset %s not found; skipped", name)
             continue
-        data = readers.load_dataset(name, root)
+        data = shared_data.load_dataset(name, root)
         base, queries = data["base"], data["queries"]
         truth = data["groundtruth"]
         nq = len(queries)
@@ -634,7 +640,7 @@ def main(argv=None) -> int:
         "spark.master", "spark.driver.memory", "spark.sql.shuffle.partitions",
         "spark.sql.execution.arrow.maxRecordsPerBatch")}
     results = {
-        "command": "python jobs/benchmark.py " + " ".join(argv if argv is not None
+        "command": "python benchmarks/benchmark.py " + " ".join(argv if argv is not None
                                                           else sys.argv[1:]),
         "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "quick": args.quick, "machine": bench.machine_info(), "label": args.label,
