@@ -103,11 +103,13 @@ class Cosine(Metric):
     faiss_inner_product = True
 
     def prepare(self, vectors, what="vector"):
-        vectors = np.asarray(vectors, dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if (norms == 0).any():
+        wide = np.asarray(vectors, dtype=np.float64)  # float32 squares overflow at 1e19
+        scale = np.abs(wide).max(axis=1, keepdims=True) if wide.size else wide[:, :1]
+        if (scale == 0).any():
             raise ValueError(f"{what} holds an all-zero vector, which has no cosine direction")
-        return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+        wide = wide / scale
+        return np.ascontiguousarray(wide / np.linalg.norm(wide, axis=1, keepdims=True),
+                                    dtype=np.float32)
 
     def from_hnsw(self, raw):
         return np.asarray(raw, np.float32)  # 1 - <q, x> on unit vectors

@@ -16,7 +16,8 @@ from pyspark.ml.linalg import Vectors
 
 from sparkann import ANNIndex, ANNIndexModel, datasets
 from sparkann.storage import IndexFormatError
-from sparkann.vectors import list_array, normalize_rows, to_matrix
+from sparkann.metrics import get_metric
+from sparkann.vectors import list_array, to_matrix
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,8 @@ def test_missing_column_lists_the_existing_ones(base):
         ({"indexType": "ivf"}, r"indexType='ivf' is not supported"),
         ({"k": 0}, r"k=0 is out of range"),
         ({"numProbes": -1}, r"numProbes=-1 is out of range"),
-        ({"efSearch": 5, "k": 10}, r"efSearch=5 must be >= k=10"),
+        ({"targetRecall": 1.0}, r"targetRecall=1.0 is out of range"),
+        ({"searchStrategy": "broadcast"}, r"searchStrategy='broadcast' is not supported"),
         ({"hnswM": 1}, r"hnswM=1 is out of range"),
         ({"hnswM": 5000}, r"hnswM=5000 is out of range"),
         ({"efConstruction": 0}, r"efConstruction=0 is out of range"),
@@ -94,10 +96,13 @@ def test_missing_column_lists_the_existing_ones(base):
         ({"pqCodebook": "local"}, r"pqCodebook='local' is not supported"),
     ],
 )
-def test_bad_parameters_fail_before_any_job(spark, params, message):
-    empty = _frame(spark, [], "id long, vector array<float>")
+def test_bad_parameters_fail_when_set(params, message):
     with pytest.raises(ValueError, match=message):
-        ANNIndex(**params).fit(empty)  # the empty input is never looked at
+        ANNIndex(**params)
+    name, value = next(iter(params.items()))
+    setter = getattr(ANNIndex(), "set" + name[0].upper() + name[1:])
+    with pytest.raises(ValueError, match=message):
+        setter(value)
 
 
 def test_data_dependent_parameters(base):
@@ -110,10 +115,10 @@ def test_data_dependent_parameters(base):
 
 def test_search_parameters_are_checked_on_the_model(model, base):
     with pytest.raises(ValueError, match=r"numProbes=0 is out of range"):
-        model.copy().setNumProbes(0).transform(base)
-    with pytest.raises(ValueError,
-                       match=r"numProbes=4 is larger than the number of partitions \(3\)"):
-        model.copy().setNumProbes(4).transform(base)
+        model.copy().setNumProbes(0)
+    clamped = model.copy().setNumProbes(6)  # more than the 3 clusters: all are searched
+    assert clamped.searchSettings()["numProbes"] == 3
+    assert clamped.transform(base).count() == 300
     with pytest.raises(ValueError, match=r"efSearch=3 must be >= k=10"):
         model.copy().setEfSearch(3).transform(base)
 
@@ -124,16 +129,28 @@ def test_all_zero_vectors_with_cosine(spark):
         ANNIndex(metric="cosine", numPartitions=1).fit(_frame(spark, rows))
 
 
-def test_queries_of_another_dimension(spark, model):
-    queries = _frame(spark, [(1, [1.0, 2.0, 3.0])])
-    with pytest.raises(ValueError,
-                       match=r"column 'vector' have dimension 3, but the index has dimension 8"):
-        model.transform(queries)
+@pytest.mark.parametrize("strategy", ["local", "partition"])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([(1, [1.0] * 8), (2, [1.0, 2.0, 3.0])],
+         r"query vectors in column 'vector' have dimension 3\b.*but the index has dimension 8"),
+        ([(1, [1.0] * 8), (5, None)], r"query column 'vector' holds a null vector"),
+        ([(1, [1.0] * 8), (6, [float("nan")] * 8)],
+         r"query column 'vector' holds a non-finite value \(nan\)"),
+    ],
+)
+def test_bad_queries_fail_inside_the_search_tasks(spark, model, rows, message, strategy):
+    searched = model.copy().setSearchStrategy(strategy).transform(_frame(spark, rows))  # lazy
+    with pytest.raises(Exception, match=message):
+        searched.collect()
 
 
-def test_null_query_vectors(spark, model):
-    with pytest.raises(ValueError, match=r"query column 'vector' holds 1 null vector"):
-        model.transform(_frame(spark, [(1, None)]))
+def test_bad_query_rows_are_named_by_their_id_with_exclude_self(spark, model):
+    rows = [(1, [1.0] * 8), (42, [float("inf")] + [1.0] * 7)]
+    searched = model.copy().setExcludeSelf(True).transform(_frame(spark, rows))
+    with pytest.raises(Exception, match=r"non-finite value \(inf\) \(row with id=42\)"):
+        searched.collect()
 
 
 def test_load_of_a_missing_path_or_a_plain_directory(tmp_path, spark):
@@ -141,23 +158,22 @@ def test_load_of_a_missing_path_or_a_plain_directory(tmp_path, spark):
         ANNIndexModel.load(str(tmp_path / "nothing"))
     plain = tmp_path / "plain"
     spark.range(3).write.parquet(str(plain))
-    with pytest.raises(IndexFormatError, match="no committed manifest"):
+    with pytest.raises(IndexFormatError, match="holds no committed version"):
         ANNIndexModel.load(str(plain))
 
 
 def test_load_of_a_newer_format_version(model, tmp_path, spark):
     path = str(tmp_path / "index")
     model.save(path)
-    manifest = ANNIndexModel.load(path).manifest
-    text = manifest.to_json().replace('"formatVersion": 1', '"formatVersion": 99')
-    centroids = manifest.centroids.astype("<f4").tobytes()
-    spark.createDataFrame(
-        [(2, text, centroids, b"")],
-        "version long, manifest string, centroids binary, codebook binary",
-    ).write.parquet(path + "/manifests/v00000002")
-    with pytest.raises(IndexFormatError, match="format 99, newer than the supported 1"):
+    version = ANNIndexModel.load(path).manifest.version
+    newer = os.path.join(path, "manifests", f"v{version + 1:08d}.json")
+    with open(os.path.join(path, "manifests", f"v{version:08d}.json")) as source:
+        text = source.read().replace('"formatVersion": 2', '"formatVersion": 99')
+    with open(newer, "w") as out:
+        out.write(text.replace(f'"version": {version}', f'"version": {version + 1}'))
+    with pytest.raises(IndexFormatError, match="format 99.*upgrade sparkann"):
         ANNIndexModel.load(path)
-    assert ANNIndexModel.load(path, version=1).summary()["numVectors"] == 300
+    assert ANNIndexModel.load(path, version=version).summary()["numVectors"] == 300
 
 
 @pytest.mark.parametrize("damage", ["truncate", "overwrite"])
@@ -215,8 +231,8 @@ def test_vector_normalisation_properties(rows, dim, scale, seed):
     back = to_matrix(list_array(matrix), dim if rows == 0 else None)  # no rows: no width
     np.testing.assert_array_equal(back, matrix.reshape(rows, dim))
     if rows and (np.linalg.norm(matrix, axis=1) > 0).all():
-        unit = normalize_rows(matrix.astype(np.float64))
-        np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-6)
+        unit = get_metric("cosine").prepare(matrix.astype(np.float64))
+        np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-5)
 
 
 def test_to_matrix_rejects_ragged_and_null_rows():

@@ -22,6 +22,8 @@ def data():
 
 
 def _recall(model, base_rows, base_ids, queries_df, queries, k=10):
+    """recall@k at the same explicit settings for every model compared."""
+    model = model.copy().setNumProbes(2).setEfSearch(64).setK(k)
     found = neighbor_ids(model.transform(queries_df).collect(), key="qid")
     truth = base_ids[exact.knn(base_rows, queries, k)[0]]
     return exact.recall_at_k(found, truth, k)
@@ -94,13 +96,8 @@ def test_drift_and_rebalance(spark, data):
 def test_self_join_agrees_with_exact_search(spark, data):
     base = data[0][:3000]
     items = vectors_frame(spark, base)
-    model = ANNIndex(numPartitions=4, k=5).fit(items)
-    # as for a collection too big to broadcast
-    spark.conf.set("spark.sparkann.broadcastQueryBytes", "1")
-    try:
-        edges = knn_graph(model, items).toPandas()
-    finally:
-        spark.conf.unset("spark.sparkann.broadcastQueryBytes")
+    model = ANNIndex(numPartitions=4, k=5, searchStrategy="partition").fit(items)
+    edges = knn_graph(model, items.repartition(5)).toPandas()
     assert len(edges) == 3000 * 5 and (edges.id != edges.neighbor_id).all()
     assert sorted(edges["rank"].unique()) == [1, 2, 3, 4, 5]
     truth = exact.knn(base, base, 6)[0][:, 1:]
