@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 
 from ..loader import IndexHandle
 from ..storage.format import Manifest
+from ..storage.fs import join
 from ..tasks import threads_per_task
 from .local import local_search_fn
 from .partition import partition_side
@@ -44,15 +45,23 @@ def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan) -> Data
         threads = threads_per_task(queries.sparkSession, plan.knobs.threads, 1 << 30)
         prepared = queries.select("*", *helpers)
         return prepared.mapInArrow(local_search_fn(plan, threads), output_schema(queries, plan))
-    return partition_side(queries, helpers, plan, manifest.index_bytes, manifest.num_partitions)
+    files: tuple = ()
+    if plan.reads == "join":
+        root = manifest.root
+        files = (tuple(join(root, f) for f in manifest.partitions.files if f),
+                 tuple(join(root, d.file) for ds in manifest.partitions.deletes for d in ds))
+    return partition_side(queries, helpers, plan, manifest.index_bytes, manifest.num_partitions,
+                          files)
 
 
 def handle_for(spark, manifest: Manifest, manifest_sha: str, reads: str) -> IndexHandle:
     """The task handle of a version: inline data when tasks cannot read the root."""
     if reads != "join":
         return IndexHandle(manifest.root, manifest.version, manifest_sha)
-    from ..build import with_checked_meta
+    from ..storage.fs import store_for
+    from ..storage.versions import manifest_path
 
-    meta = with_checked_meta(spark, manifest).to_bytes()
-    return IndexHandle(manifest.root, manifest.version, manifest_sha,
-                       (manifest.to_json().encode(), meta))
+    store = store_for(spark, manifest.root)
+    text = store.read(manifest_path(manifest.root, manifest.version), 256 << 20)
+    meta = store.read(join(manifest.root, manifest.meta_file), 8 << 30)
+    return IndexHandle(manifest.root, manifest.version, manifest_sha, (text, meta))

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from .. import testing
 from ..loader import LoadedIndex, location_map, open_index, partition
@@ -66,9 +67,13 @@ def record_schema(queries: DataFrame, id_type: str) -> T.StructType:
 
 
 def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: int,
-                   num_partitions: int) -> DataFrame:
+                   num_partitions: int, manifest_files: tuple = ()) -> DataFrame:
     """The partition-side plan of a search over ``queries``."""
     spark = queries.sparkSession
+    if plan.reads == "join" and (plan.allowed or queries.isStreaming):
+        raise ValueError("with spark.sparkann.payloadReads='join' (Spark reads the index), "
+                         "searches support neither allowedIdsCol nor streaming queries; use "
+                         "an index location the executors can read with pyarrow")
     key_of = [F.col(VEC), F.col(ALLOWED), F.col(SELF)]
     keyed = queries.select("*", *helpers).select(
         "*", F.xxhash64(*key_of).alias(K1), F.xxhash64(F.lit(KEY_SALT), *key_of).alias(K2))
@@ -82,10 +87,13 @@ def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: i
         records = records.repartitionById(tasks, target.cast("int")).mapInArrow(
             locate_fn(plan), schema)
     tasks = search_tasks(num_partitions, index_bytes, cache_bytes(spark), cores)
-    target = F.when(F.col(PID) >= 0, F.col(PID)).otherwise(F.pmod(K1, F.lit(tasks)))
     threads = threads_per_task(spark, plan.knobs.threads, min(tasks, num_partitions))
-    searched = records.repartitionById(tasks, target.cast("int")).mapInArrow(
-        search_fn(plan, threads), schema)
+    if plan.reads == "join":
+        searched = joined_search(records, plan, threads, schema, manifest_files)
+    else:
+        target = F.when(F.col(PID) >= 0, F.col(PID)).otherwise(F.pmod(K1, F.lit(tasks)))
+        searched = records.repartitionById(tasks, target.cast("int")).mapInArrow(
+            search_fn(plan, threads), schema)
     met = searched.repartition(K1, K2)
     if not queries.isStreaming:
         met = met.sortWithinPartitions(K1, K2)  # one query at a time in each merge task
@@ -400,3 +408,81 @@ def _output(done: list, own: list[str], column: str, kind: pa.DataType,
                                        for i in range(table.num_columns)] + [neighbors],
                                       own + [column])
 
+
+
+# ------------------------------------------------------ Spark-read payloads
+
+
+def joined_search(records: DataFrame, plan: SearchPlan, threads: int, schema: T.StructType,
+                  files: tuple) -> DataFrame:
+    """The search stage when Spark, not the tasks, reads the index: probe records are
+    grouped per partition and joined with that partition's row (and deletions)."""
+    spark = records.sparkSession
+    partition_files, delete_files = files
+    probes = records.where(F.col(PID) >= 0)
+    others = records.where(F.col(PID) < 0)
+    columns = [F.col(c) for c in (K1, K2, PID, NEED, COVER, QVEC, SELF)]
+    grouped = probes.groupBy(PID, F.pmod(K1, F.lit(8)).alias("__sparkann_chunk")).agg(
+        F.collect_list(F.struct(*columns)).alias("__sparkann_probes"))
+    rows = spark.read.parquet(*partition_files).select(
+        F.col("pid").alias(PID), *[c for c in tables.INDEX_COLUMNS
+                                   if c not in ("partition_id", "pid", "vectors")])
+    joined = grouped.join(rows, PID)
+    if delete_files:
+        deleted = spark.read.parquet(*delete_files).groupBy(F.col("pid").alias(PID)).agg(
+            F.collect_list(F.struct("labels", "count", "checksum")).alias("__sparkann_deleted"))
+        joined = joined.join(deleted, PID, "left")
+    own = [f for f in records.schema.fields if not f.name.startswith("__sparkann_")]
+    own_arrow = to_arrow_schema(T.StructType(own))
+    return others.unionByName(joined.mapInArrow(_joined_fn(plan, threads, own_arrow), schema))
+
+
+def _joined_fn(plan: SearchPlan, thread_hint: int, own_schema: pa.Schema):
+    from ..loader import partition_from_row
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        testing.inject("search")
+        index = open_index(plan.handle)
+        knobs = replace(plan.knobs, threads=resolve_threads(thread_hint))
+        own = list(own_schema.names)
+        for batch in batches:
+            for row in range(batch.num_rows):
+                pid = batch.column(PID)[row].as_py()
+                part = partition_from_row(index, pid, pa.Table.from_batches([batch.slice(row, 1)]),
+                                          False, _joined_deletes(index, pid, batch, row))
+                probes = batch.column("__sparkann_probes")[row].values
+                group = pa.RecordBatch.from_arrays(
+                    [probes.field(i) for i in range(probes.type.num_fields)],
+                    [probes.type.field(i).name for i in range(probes.type.num_fields)])
+                group = pa.RecordBatch.from_arrays(
+                    list(group.columns) + [pa.nulls(group.num_rows, pa.list_(plan.arrow_id_type))],
+                    list(group.schema.names) + [ALLOWED])
+                cids, cdist = candidate_lists(part, plan, group, knobs)
+                yield assemble(own_schema, own, plan, {
+                    K1: group.column(K1), K2: group.column(K2), PID: group.column(PID),
+                    NEED: group.column(NEED), COVER: group.column(COVER), CIDS: cids,
+                    CDIST: cdist}, group.num_rows)
+
+    return run
+
+
+def _joined_deletes(index, pid: int, batch: pa.RecordBatch, row: int) -> np.ndarray:
+    """A partition's deleted labels as Spark read them, checked against the manifest."""
+    from ..storage.format import IndexFormatError
+
+    expected = sorted((d.count, d.sha256) for d in index.manifest.partitions.deletes[pid])
+    if "__sparkann_deleted" not in batch.schema.names or not batch.column(
+            "__sparkann_deleted")[row].is_valid:
+        got: list = []
+        labels = np.empty(0, np.int64)
+    else:
+        files = batch.column("__sparkann_deleted")[row].values
+        parts = [files.field("labels")[i].values.to_numpy(zero_copy_only=False)
+                 for i in range(len(files))]
+        got = sorted((int(files.field("count")[i].as_py()), tables.labels_checksum(p))
+                     for i, p in enumerate(parts))
+        labels = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+    if got != expected:
+        raise IndexFormatError(f"index partition {pid}: its delete files do not match the "
+                               "manifest")
+    return labels
