@@ -253,6 +253,9 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             with_vectors=with_vectors, allowed_col=allowed, exclude_self=exclude,
             id_col=self.getIdCol(), strategy=strategy, reads=reads,
             location_buckets=manifest.locations.buckets if manifest.locations else 1)
+        log.info("sparkann: search planned (%s strategy, k=%d, numProbes=%d, efSearch=%d%s)",
+                 strategy, plan.k, plan.num_probes, plan.knobs.ef_search,
+                 f", rerankK={plan.knobs.rerank_k}" if with_vectors else "")
         return run_search(dataset, manifest, plan)
 
     # --------------------------------------------------------------- summary

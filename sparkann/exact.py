@@ -37,7 +37,10 @@ def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Ties are broken by the smaller column index, also at the k-th place.
     """
-    k = min(k, distances.shape[1])
+    k = max(0, min(k, distances.shape[1]))
+    if k == 0:  # no columns asked for (or none there): argpartition has no k-1st
+        return (np.empty((len(distances), 0), np.intp),
+                np.empty((len(distances), 0), distances.dtype))
     if k < distances.shape[1]:
         part = np.argpartition(distances, k - 1, axis=1)[:, :k]
         kth = np.take_along_axis(distances, part, axis=1).max(axis=1, keepdims=True)

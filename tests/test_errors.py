@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pyspark.ml.linalg import Vectors
 
 from sparkann import ANNIndex, ANNIndexModel, datasets
-from sparkann.storage import IndexFormatError
 from sparkann.metrics import get_metric
+from sparkann.storage import IndexFormatError
 from sparkann.vectors import list_array, to_matrix
 
 

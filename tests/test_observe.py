@@ -85,5 +85,5 @@ def test_build_names_its_stages(spark, clustered_data, caplog):
     for name in ("validate input", "train centroids", "build partition indexes", "publish"):
         assert any(m.startswith(f"sparkann: {name}: ") for m in messages), (name, messages)
     assert any("indexing 500 vectors of dimension 32" in m for m in messages)
-    assert any("searching 5 queries" in m for m in messages)
+    assert any(m.startswith("sparkann: search planned (local strategy, k=10") for m in messages)
     assert spark.sparkContext.getLocalProperty(DESCRIPTION) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 
 import hnswlib
@@ -41,6 +42,11 @@ _SCALAR_TYPES = (int, float, bool, str)
 _HEADER = struct.Struct("<8sIQ")  # magic, format version, json length
 _MAX_HEADER_BYTES = 1 << 20
 _MAX_M = 2048
+_MAX_LEVEL = 64
+_NO_ENTRY = (1 << 32) - 1  # hnswlib's entry point of an empty graph (tableint -1)
+_MAX_IDS = (1 << 32) - 1  # internal ids are uint32, the last one is the sentinel
+_MAX_INT = (1 << 63) - 1
+_MAX_C_INT = (1 << 31) - 1
 _DELETE_MARK_BYTE = 2  # hnswlib keeps a row's deletion mark in its level-0 link header
 
 
@@ -198,7 +204,7 @@ def graph_from_bytes(data, dim: int, space: str) -> hnswlib.Index:
         raise ValueError("HNSW payload is damaged: header length out of bounds")
     offset = _HEADER.size + head_len
     try:
-        header = json.loads(bytes(view[_HEADER.size:offset]))
+        header = _strict_json(bytes(view[_HEADER.size:offset]))
         scalars, counts = dict(header["scalars"]), dict(header["arrays"])
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"HNSW payload is damaged: unreadable header ({err})") from None
@@ -208,7 +214,7 @@ def graph_from_bytes(data, dim: int, space: str) -> hnswlib.Index:
     _check_header(state, dim, space)
     for name, dtype in _ARRAY_FIELDS.items():
         count = counts.get(name)
-        if not isinstance(count, int) or count < 0:
+        if type(count) is not int or count < 0:
             raise ValueError(f"HNSW payload is damaged: bad length for array {name!r}")
         nbytes = count * np.dtype(dtype).itemsize
         if offset + nbytes > len(view):
@@ -222,40 +228,105 @@ def graph_from_bytes(data, dim: int, space: str) -> hnswlib.Index:
                  int(state["size_data_per_element"]))
     state["has_deletions"] = False
     graph = hnswlib.Index.__new__(hnswlib.Index)
-    graph.__setstate__((state,))
+    try:
+        graph.__setstate__((state,))
+    except (RuntimeError, TypeError) as err:  # a backstop: every field was checked above
+        raise ValueError(f"HNSW payload is damaged: hnswlib refused it ({err})") from None
     return graph
 
 
-def _check_header(state: dict, want_dim: int, space: str) -> None:
-    """The scalars must describe this index and allocate nothing beyond what is stored."""
+def _strict_json(raw: bytes):
+    """JSON without NaN or infinities; nesting too deep for Python is a ValueError."""
     try:
-        n = int(state["cur_element_count"])
-        dim, max_m, max_m0 = int(state["dim"]), int(state["max_M"]), int(state["max_M0"])
-        per_element = int(state["size_data_per_element"])
-        ok = (
-            int(state["max_elements"]) == n >= 0
-            and 1 <= max_m <= _MAX_M and max_m0 == 2 * max_m
-            and int(state["offset_data"]) == 4 * (max_m0 + 1)
-            and int(state["size_links_per_element"]) == 4 * (max_m + 1)
-            and per_element == int(state["offset_data"]) + 4 * dim + 8
-            and int(state["label_offset"]) == int(state["offset_data"]) + 4 * dim
-            and int(state["offset_level0"]) == 0
-            and (n == 0 or 0 <= int(state["enterpoint_node"]) < n)
-            and -1 <= int(state["max_level"]) <= 64
-        )
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("HNSW payload is damaged: missing header fields") from None
-    if not ok:
-        raise ValueError("HNSW payload is damaged: inconsistent header")
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _check_header(state: dict, want_dim: int, space: str) -> None:
+    """The scalars must describe this index and allocate nothing beyond what is stored;
+    every scalar hnswlib reads must be what :func:`graph_to_bytes` writes."""
+    _check_layout(state)
+    _check_settings(state)
+    n, dim = state["cur_element_count"], state["dim"]
     if dim != want_dim:
         raise ValueError(f"HNSW payload has dimension {dim}, but the index has {want_dim}")
     if state.get("space") != space:
         raise ValueError(f"HNSW payload has space {state.get('space')!r}; the index needs "
                          f"{space!r}")
+    expected = {"index_inited": True, "ep_added": n > 0, "normalize": space == "cosine",
+                "allow_replace_deleted": False}
+    for name, want in expected.items():
+        if state.get(name) is not want:
+            raise ValueError(f"HNSW payload is damaged: header field {name!r} is "
+                             f"{state.get(name)!r}, not {want!r}")
+    if not isinstance(state.get("has_deletions"), bool):  # either: marks are cleared at load
+        raise ValueError("HNSW payload is damaged: header field 'has_deletions' is not a "
+                         "boolean")
+
+
+def _int_field(state: dict, name: str, low: int = 0, high: int = _MAX_INT) -> int:
+    """A header integer (not a bool or float) in [low, high]."""
+    value = state.get(name)
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"HNSW payload is damaged: header field {name!r} is {value!r}, not "
+                         f"an integer in [{low}, {high}]")
+    return value
+
+
+def _check_layout(state: dict) -> None:
+    """Sizes, offsets and the entry point: what hnswlib allocates and indexes by."""
+    n = _int_field(state, "cur_element_count", 0, _MAX_IDS)
+    dim = _int_field(state, "dim", 1, _MAX_C_INT)
+    max_m = _int_field(state, "max_M", 2, _MAX_M)
+    offset_data = _int_field(state, "offset_data")
+    max_level = _int_field(state, "max_level", -1, _MAX_LEVEL)
+    entry = _int_field(state, "enterpoint_node", 0, _NO_ENTRY)
+    ok = (
+        _int_field(state, "max_elements") == n
+        and _int_field(state, "max_M0") == 2 * max_m
+        and offset_data == 4 * (2 * max_m + 1)
+        and _int_field(state, "size_links_per_element") == 4 * (max_m + 1)
+        and _int_field(state, "size_data_per_element") == offset_data + 4 * dim + 8
+        and _int_field(state, "label_offset") == offset_data + 4 * dim
+        and _int_field(state, "offset_level0") == 0
+        and ((max_level, entry) == (-1, _NO_ENTRY) if n == 0
+             else max_level >= 0 and entry < n)
+    )
+    if not ok:
+        raise ValueError("HNSW payload is damaged: inconsistent header")
+
+
+def _check_settings(state: dict) -> None:
+    """Build and search settings hnswlib reads (and compares with what it derives)."""
+    _int_field(state, "ser_version", 1, 1)
+    m = _int_field(state, "M", 2, _MAX_M)
+    if m != state["max_M"]:
+        raise ValueError(f"HNSW payload is damaged: M={m} but max_M={state['max_M']}")
+    mult = state.get("mult")
+    if type(mult) is not float or not math.isclose(mult, 1.0 / math.log(m), rel_tol=1e-9):
+        raise ValueError(f"HNSW payload is damaged: header field 'mult' is {mult!r}, not "
+                         f"1/ln(M) for M={m}")
+    state["mult"] = 1.0 / math.log(m)  # hnswlib compares it exactly with its own
+    _int_field(state, "ef_construction", m)  # hnswlib raises it to at least M
+    _int_field(state, "ef")
+    _int_field(state, "seed", 0, (1 << 64) - 1)
+    _int_field(state, "num_threads", 0, _MAX_C_INT)
 
 
 def _check_arrays(state: dict) -> None:
-    """Cross-check every size and link hnswlib would otherwise trust blindly."""
+    """Cross-check every size, level, link and label hnswlib would otherwise trust blindly."""
     n = int(state["cur_element_count"])
     per_element, offset_data = int(state["size_data_per_element"]), int(state["offset_data"])
     max_m0, max_m = int(state["max_M0"]), int(state["max_M"])
@@ -270,24 +341,64 @@ def _check_arrays(state: dict) -> None:
     bad = [k for k, v in expected.items() if len(state[k]) != v]
     if bad or (n and (levels.min() < 0 or levels.max() > int(state["max_level"]))):
         raise ValueError(f"HNSW payload is damaged: inconsistent sizes {bad or ''}".strip())
+    if n and levels[state["enterpoint_node"]] != state["max_level"]:
+        raise ValueError("HNSW payload is damaged: the entry point is not on the top level")
     level0 = state["data_level0"].view(np.uint8).reshape(n, per_element)[:, :offset_data]
     _check_links(level0.copy().view(np.uint32), max_m0, n)
-    _check_links(state["link_lists"].view(np.uint32).reshape(-1, max_m + 1), max_m, n)
-    for name in ("label_lookup_internal", "label_lookup_external"):
-        if n and state[name].max() >= n:
-            raise ValueError("HNSW payload is damaged: label table out of range")
-    labels = state["data_level0"].view(np.uint8).reshape(n, per_element)[
-        :, int(state["label_offset"]):int(state["label_offset"]) + 8]
-    if n and (labels.copy().view(np.uint64).ravel() >= n).any():
-        raise ValueError("HNSW payload is damaged: row labels out of range")
+    # link_lists: element by element, one block per level 1..level; a level-L link must
+    # lead to an element that has level L
+    _check_links(state["link_lists"].view(np.uint32).reshape(-1, max_m + 1), max_m, n,
+                 levels, _block_levels(levels))
+    _check_labels(state, n)
 
 
-def _check_links(blocks: np.ndarray, max_links: int, n: int) -> None:
-    """Each block is [count, id_1..id_max]; counts and used ids must be in range."""
+def _block_levels(levels: np.ndarray) -> np.ndarray:
+    """The level of each upper-level link block, in link_lists order."""
+    levels = levels.astype(np.int64)
+    starts = np.cumsum(levels) - levels
+    return np.arange(int(levels.sum())) - np.repeat(starts, levels) + 1
+
+
+def _check_links(blocks: np.ndarray, max_links: int, n: int, levels: np.ndarray | None = None,
+                 block_levels: np.ndarray | None = None) -> None:
+    """Each block is [count, id_1..id_max]; counts and used ids must be in range, and
+    (with ``levels``) lead to elements at least as high as the block's level."""
     counts = blocks[:, 0] & 0xFFFF
-    used = np.arange(max_links)[None, :] < counts[:, None]
-    if (counts > max_links).any() or (blocks[:, 1:][used] >= n).any():
+    if (counts > max_links).any():
         raise ValueError("HNSW payload is damaged: graph links out of range")
+    used = np.arange(max_links)[None, :] < counts[:, None]
+    targets = blocks[:, 1:][used]
+    if (targets >= n).any():
+        raise ValueError("HNSW payload is damaged: graph links out of range")
+    if levels is not None and block_levels is not None and (
+            levels[targets.astype(np.intp)] < np.repeat(block_levels, counts)).any():
+        raise ValueError("HNSW payload is damaged: an upper-level link leads to an element "
+                         "below that level")
+
+
+def _check_labels(state: dict, n: int) -> None:
+    """Labels are 0..n-1, one per row: the lookup tables are a one-to-one map from each
+    row's label (in data_level0) to its internal id."""
+    external, internal = state["label_lookup_external"], state["label_lookup_internal"]
+    if n and (external.max() >= n or internal.max() >= n):
+        raise ValueError("HNSW payload is damaged: label table out of range")
+    per_element, at = int(state["size_data_per_element"]), int(state["label_offset"])
+    rows = state["data_level0"].view(np.uint8).reshape(n, per_element)[:, at:at + 8]
+    labels = rows.copy().view(np.uint64).ravel()
+    if n and labels.max() >= n:
+        raise ValueError("HNSW payload is damaged: row labels out of range")
+    external, internal = external.astype(np.intp), internal.astype(np.intp)
+    if not (_covers(external, n) and _covers(internal, n)
+            and (labels[internal] == external.astype(np.uint64)).all()):
+        raise ValueError("HNSW payload is damaged: the label tables do not map each row's "
+                         "label to its row one to one")
+
+
+def _covers(ids: np.ndarray, n: int) -> bool:
+    """Whether ``n`` ids in [0, n) hold every value once."""
+    seen = np.zeros(n, dtype=bool)
+    seen[ids] = True
+    return bool(seen.all())
 
 
 def _clear_marks(level0: np.ndarray, count: int, per_element: int) -> None:

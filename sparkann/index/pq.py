@@ -16,6 +16,7 @@ no distance.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import warnings
 from typing import Any
@@ -35,6 +36,7 @@ from .base import (
 
 _PAYLOAD = struct.Struct("<8sQ")  # magic, json length
 _PAYLOAD_MAGIC = b"SANNPQ02"
+_PAYLOAD_FAMILY = b"SANNPQ0"  # SANNPQ0<version>
 _CODEBOOK = struct.Struct("<8sIII")  # magic, m, ksub, dsub
 _CODEBOOK_MAGIC = b"SANNPQCB"
 _MAX_HEADER_BYTES = 1 << 16
@@ -341,11 +343,14 @@ def _codes_from_payload(data, m: int, nbits: int) -> np.ndarray:
     if len(view) < _PAYLOAD.size:
         raise ValueError("PQ payload is damaged: shorter than its header")
     magic, head_len = _PAYLOAD.unpack(view[:_PAYLOAD.size])
+    if magic[:7] == _PAYLOAD_FAMILY and magic[7:].isdigit() and magic[7:] > _PAYLOAD_MAGIC[7:]:
+        raise ValueError(f"PQ payload {magic.decode()} is in a newer format; upgrade "
+                         "sparkann to read it")
     if magic != _PAYLOAD_MAGIC or head_len > min(_MAX_HEADER_BYTES, len(view) - _PAYLOAD.size):
         raise ValueError("PQ payload is damaged: bad header")
     try:
-        head = json.loads(bytes(view[_PAYLOAD.size:_PAYLOAD.size + head_len]))
-        n, got_m, got_bits = int(head["n"]), int(head["m"]), int(head["nbits"])
+        head = _strict_json(bytes(view[_PAYLOAD.size:_PAYLOAD.size + head_len]))
+        n, got_m, got_bits = (_count(head[key]) for key in ("n", "m", "nbits"))
     except (ValueError, KeyError, TypeError):
         raise ValueError("PQ payload is damaged: unreadable header") from None
     if (got_m, got_bits) != (m, nbits):
@@ -356,3 +361,29 @@ def _codes_from_payload(data, m: int, nbits: int) -> np.ndarray:
     if n < 0 or len(body) != n * size:
         raise ValueError(f"PQ payload is damaged: {len(body)} code bytes for {n} rows")
     return np.frombuffer(body, np.uint8).reshape(n, size).copy()
+
+
+def _count(value) -> int:
+    """A header integer: not a bool, a float or text."""
+    if type(value) is not int:
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _strict_json(raw: bytes):
+    """JSON without NaN or infinities; nesting too deep for Python is a ValueError."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value

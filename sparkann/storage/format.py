@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ MAX_META_BYTES = 8 << 30
 _META_MAGIC = b"SANNMETA"
 _META_HEADER = struct.Struct("<8sIQ")  # magic, version, json length
 _META_DTYPES = {"<f4": np.float32, "<i8": np.int64, "|u1": np.uint8}
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_=.\-]+(/[A-Za-z0-9_=.\-]+)*$")
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_=.\-]+(/[A-Za-z0-9_=.\-]+)*")  # whole path: fullmatch
 ID_TYPES = ("long", "string")
 
 
@@ -41,7 +42,7 @@ def sha256(*parts) -> str:
 
 def safe_relative(path: Any, what: str) -> str:
     """A path inside the index root: relative, no ``..``, no scheme (else an error)."""
-    if not isinstance(path, str) or not _SAFE_PATH.match(path) or any(
+    if not isinstance(path, str) or not _SAFE_PATH.fullmatch(path) or any(
             part in (".", "..") for part in path.split("/")):
         raise IndexFormatError(f"{what}: path {path!r} does not stay inside the index root")
     return path
@@ -88,8 +89,8 @@ class Meta:
             layout = json.loads(bytes(view[_META_HEADER.size:_META_HEADER.size + head_len]))
             arrays = {name: _meta_array(body, layout["arrays"][name])
                       for name in ("centroids", "shard_counts", "centroid_graph", "shared")}
-        except (KeyError, TypeError, ValueError) as err:
-            raise IndexFormatError(f"the meta file is damaged ({err})") from None
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as err:
+            raise IndexFormatError(f"the meta file is damaged ({_reason(err)})") from None
         centroids, counts = arrays["centroids"], arrays["shard_counts"]
         if centroids.ndim != 2 or centroids.shape[1] != dim or len(centroids) == 0:
             raise IndexFormatError(f"the meta file's centroids have shape {centroids.shape}, "
@@ -104,13 +105,25 @@ class Meta:
 
 def _meta_array(body: memoryview, spec: dict) -> np.ndarray:
     dtype = _META_DTYPES[str(spec["dtype"])]
-    shape = [int(s) for s in spec["shape"]]
-    offset, nbytes = int(spec["offset"]), int(spec["nbytes"])
-    if any(s < 0 for s in shape) or nbytes != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+    shape = [_layout_int(s) for s in spec["shape"]]
+    offset, nbytes = _layout_int(spec["offset"]), _layout_int(spec["nbytes"])
+    if any(s < 0 for s in shape) or nbytes != math.prod(shape) * np.dtype(dtype).itemsize:
         raise ValueError("array size does not match its shape")
     if offset < 0 or offset + nbytes > len(body):
         raise ValueError("array lies outside the file")
     return np.frombuffer(body[offset:offset + nbytes], dtype=dtype).reshape(shape)
+
+
+def _layout_int(value) -> int:
+    """A layout number: an integer, not a bool, a float or text."""
+    if type(value) is not int:
+        raise TypeError(f"layout number {value!r} is not an integer")
+    return value
+
+
+def _reason(err: BaseException, describe=str) -> str:
+    """What went wrong, for an error message (a RecursionError's own text says nothing)."""
+    return "JSON nested too deeply" if isinstance(err, RecursionError) else describe(err)
 
 
 # ------------------------------------------------------------------ manifest
@@ -237,8 +250,9 @@ class Manifest:
             doc = json.loads(text)
             if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
                 raise IndexFormatError(f"{root} is not a sparkann index")
-            if int(doc["formatVersion"]) != FORMAT_VERSION:
-                newer = int(doc["formatVersion"]) > FORMAT_VERSION
+            format_version = _format_version(doc["formatVersion"])
+            if format_version != FORMAT_VERSION:
+                newer = format_version > FORMAT_VERSION
                 raise IndexFormatError(
                     f"{root} version {version} is in index format {doc['formatVersion']}; this "
                     f"sparkann reads format {FORMAT_VERSION}"
@@ -262,9 +276,10 @@ class Manifest:
             )
         except IndexFormatError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+                RecursionError) as err:
             raise IndexFormatError(f"{root}: the manifest of version {version} is damaged "
-                                   f"({err!r})") from None
+                                   f"({_reason(err, repr)})") from None
         if manifest.version != version:
             raise IndexFormatError(f"{root}: manifest file of version {version} says it is "
                                    f"version {manifest.version}")
@@ -274,6 +289,13 @@ class Manifest:
 
     def with_(self, **changes) -> "Manifest":
         return replace(self, **changes)
+
+
+def _format_version(value) -> int:
+    """formatVersion: an integer (or its digits as text), never a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise IndexFormatError(f"manifest field formatVersion={value!r} is not an integer")
+    return int(value)
 
 
 def _int(value, what: str, low: int = 0, high: int = 1 << 62) -> int:

@@ -1,0 +1,194 @@
+"""Pure helpers: merging candidates into top-k lists (sparkann.search.topk) and the
+digests, rows and buckets of the index tables (sparkann.storage.tables). No Spark."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparkann.index import StoredPartition
+from sparkann.search.topk import Candidates, top_k_lists
+from sparkann.storage import tables
+from sparkann.storage.format import sha256
+
+FAST = settings(max_examples=50, deadline=None, derandomize=True)
+
+
+def as_lists(array: pa.Array) -> list[list[tuple]]:
+    return [[(n["id"], n["distance"]) for n in row] for row in array.to_pylist()]
+
+
+# ------------------------------------------------------------------- top-k
+
+
+def test_top_k_lists_orders_by_distance_then_arrival():
+    rows = np.array([0, 0, 2, 0, 2, 0])
+    dists = np.array([0.5, 0.25, 0.75, 0.25, 0.5, 1.0], np.float32)
+    ids = pa.array([10, 11, 12, 13, 14, 15], pa.int64())
+    lists = top_k_lists(3, rows, dists, ids, 3)
+    assert lists.type == pa.list_(pa.struct([("id", pa.int64()), ("distance", pa.float32())]))
+    assert as_lists(lists) == [[(11, 0.25), (13, 0.25), (10, 0.5)], [], [(14, 0.5), (12, 0.75)]]
+    assert as_lists(top_k_lists(2, rows[:0], dists[:0], ids[:0], 3)) == [[], []]
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 6)), max_size=40),
+       st.integers(1, 8))
+def test_top_k_lists_matches_a_stable_sort(candidates, k):
+    rows = np.array([r for r, _ in candidates], np.int64)
+    dists = np.array([d / 2 for _, d in candidates], np.float32)
+    ids = pa.array([f"id{i}" for i in range(len(candidates))], pa.string())
+    expected = [sorted(((f"id{i}", float(dists[i])) for i in range(len(rows)) if rows[i] == q),
+                       key=lambda pair: pair[1])[:k] for q in range(5)]
+    assert as_lists(top_k_lists(5, rows, dists, ids, k)) == expected
+
+
+def test_candidates_merge_partitions_skipping_missing_labels():
+    candidates = Candidates(3, pa.int64())
+    candidates.add(np.array([0, 2]), np.array([[1, 0, -1], [2, -1, -1]]),
+                   np.array([[0.75, 0.125, np.inf], [0.25, np.inf, np.inf]], np.float32),
+                   pa.array([100, 101, 102]))
+    candidates.add(np.array([0]), np.array([[0, 1]]), np.array([[0.25, np.inf]], np.float32),
+                   pa.array([200, 201], pa.int32()))
+    candidates.add(np.array([1]), np.array([[-1, -1]]), np.full((1, 2), np.inf, np.float32),
+                   pa.array([300]))
+    candidates.add_found(np.array([1, 1]), np.array([0.5, np.nan], np.float32),
+                         pa.array([400, 401]))
+    assert as_lists(candidates.best(2)) == [[(100, 0.125), (200, 0.25)], [(400, 0.5)],
+                                            [(102, 0.25)]]
+
+
+def test_candidates_exclude_each_querys_own_id():
+    candidates = Candidates(2, pa.string())
+    candidates.add(np.array([0, 1]), np.array([[0, 1], [1, 0]]),
+                   np.array([[0.0, 0.5], [0.0, 0.5]], np.float32), pa.array(["a", "b"]))
+    assert as_lists(candidates.best(2, pa.array(["a", None]))) == [[("b", 0.5)],
+                                                                    [("b", 0.0), ("a", 0.5)]]
+
+
+def test_candidates_refuse_a_label_without_an_id():
+    candidates = Candidates(1, pa.int64())
+    with pytest.raises(ValueError, match="a row label has no id"):
+        candidates.add(np.array([0]), np.array([[0, 2]]), np.zeros((1, 2), np.float32),
+                       pa.array([7, 8]))
+
+
+def test_no_candidates_give_empty_lists():
+    assert as_lists(Candidates(3, pa.string()).best(5)) == [[], [], []]
+
+
+# ---------------------------------------------------------------- digests
+
+
+def test_ids_digest_is_canonical():
+    longs = tables.ids_digest(pa.array([1, -2, 3], pa.int64()))
+    assert longs == np.array([1, -2, 3], "<i8").tobytes()
+    assert tables.ids_digest(pa.array([1, -2, 3], pa.int32())) == longs
+    assert tables.ids_digest(pa.chunked_array([[1], [-2, 3]])) == longs
+    assert tables.ids_digest(pa.array([0, 1, -2, 3])[1:]) == longs
+    strings = tables.ids_digest(pa.array(["ab", "c"]))
+    assert tables.ids_digest(pa.array(["ab", "c"], pa.large_string())) == strings
+    assert tables.ids_digest(pa.array(["x", "ab", "c"])[1:]) == strings
+    assert tables.ids_digest(pa.chunked_array([["ab"], ["c"]])) == strings
+    assert tables.ids_digest(pa.array(["a", "bc"])) != strings  # the boundaries count
+    assert tables.ids_digest(pa.array([], pa.string())) == np.zeros(1, "<i8").tobytes()
+
+
+def stored(vectors: bytes | None = b"\x00" * 16) -> StoredPartition:
+    return StoredPartition(payload=b"payload", codebook=b"codebook", vectors=vectors,
+                           sq_error=2.5)
+
+
+def test_digests_and_combined_checksum():
+    ids = pa.array([5, 6])
+    parts = tables.digests(stored(), ids)
+    assert parts == {"payload_sha256": sha256(b"payload", b"codebook"),
+                     "ids_sha256": sha256(tables.ids_digest(ids)),
+                     "vectors_sha256": sha256(b"\x00" * 16)}
+    assert tables.digests(stored(None), ids)["vectors_sha256"] == ""
+    combined = tables.combined_checksum(parts)
+    assert combined == sha256("|".join(parts[k] for k in (
+        "payload_sha256", "ids_sha256", "vectors_sha256")).encode())
+    assert tables.combined_checksum(tables.digests(stored(), pa.array([5, 7]))) != combined
+    other = StoredPartition(b"payloa", b"dcodebook", b"\x00" * 16)
+    assert tables.digests(other, ids)["payload_sha256"] == parts["payload_sha256"]  # documented:
+    # the payload digest covers payload and codebook as one stream
+
+
+@pytest.mark.parametrize("ids", [pa.array([3, 1, 2], pa.int64()), pa.array(["c", "a", "b"]),
+                                 pa.chunked_array([[3], [1, 2]])])
+@pytest.mark.parametrize("vectors", [None, b"\x01" * 24])
+def test_partition_row_round_trip(ids, vectors):
+    part = stored(vectors)
+    row = tables.partition_row(7, ids, part)
+    assert row.num_rows == 1 and set(tables.INDEX_COLUMNS) <= set(row.column_names)
+    facts = {name: row.column(name)[0].as_py() for name in tables.INDEX_FACTS}
+    assert facts["partition_id"] == 7 and row.column("pid")[0].as_py() == 7
+    assert facts["num_rows"] == len(ids)
+    assert facts["payload_bytes"] == len(part.payload) + len(part.codebook)
+    assert facts["checksum"] == tables.combined_checksum(tables.digests(part, ids))
+    back, back_ids = tables.stored_from_row(row)
+    assert back == part
+    combined = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    assert back_ids.to_pylist() == combined.to_pylist()
+
+
+def test_stored_from_a_row_without_optional_columns():
+    row = tables.partition_row(0, pa.array([1]), stored()).drop_columns(["codebook", "vectors",
+                                                                         "sq_error"])
+    back, _ = tables.stored_from_row(row)
+    assert back == StoredPartition(payload=b"payload", codebook=b"", vectors=None, sq_error=0.0)
+
+
+def test_labels_checksum_ignores_order():
+    assert tables.labels_checksum(np.array([5, 1, 3])) == tables.labels_checksum([1, 3, 5])
+    assert tables.labels_checksum([1, 3, 5]) == sha256(np.array([1, 3, 5], "<i4").tobytes())
+    assert tables.labels_checksum([1, 3]) != tables.labels_checksum([1, 3, 5])
+
+
+# ---------------------------------------------------------------- buckets
+
+MASK = (1 << 64) - 1
+
+
+def splitmix64(value: int) -> int:
+    x = (value + 0x9E3779B97F4A7C15) & MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK
+    return x ^ (x >> 31)
+
+
+LONGS = [0, 1, -1, 42, 2**63 - 1, -(2**63), 123456789012345]
+
+
+@pytest.mark.parametrize("buckets", [2, 7, 1 << 20])
+def test_id_buckets_of_long_ids_are_splitmix64(buckets):
+    got = tables.id_buckets(pa.array(LONGS, pa.int64()), buckets)
+    assert got.dtype == np.int32
+    assert got.tolist() == [splitmix64(v & MASK) % buckets for v in LONGS]
+    small = [v for v in LONGS if -(2**31) <= v < 2**31]
+    assert (tables.id_buckets(pa.array(small, pa.int32()), buckets).tolist()
+            == tables.id_buckets(pa.array(small, pa.int64()), buckets).tolist())
+    assert (tables.id_buckets(pa.chunked_array([LONGS[:2], LONGS[2:]]), buckets).tolist()
+            == got.tolist())
+
+
+@pytest.mark.parametrize("buckets", [3, 1000])
+def test_id_buckets_of_string_ids_are_blake2b(buckets):
+    ids = ["", "a", "user-17", "\u00e9t\u00e9"]
+    expected = [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+                % buckets for s in ids]
+    assert tables.id_buckets(pa.array(ids), buckets).tolist() == expected
+    assert tables.id_buckets(pa.array(ids, pa.large_string()), buckets).tolist() == expected
+
+
+def test_id_buckets_spread_and_single_bucket():
+    ids = pa.array(np.arange(20_000))
+    counts = np.bincount(tables.id_buckets(ids, 8), minlength=8)
+    assert counts.min() > 0.9 * counts.mean()
+    assert not tables.id_buckets(ids, 1).any()
