@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from . import testing
+from . import calibrate, testing
 from .index import PartitionContext, index_type
 from .loader import checked_meta
 from .metrics import Metric, get_metric
@@ -62,7 +64,8 @@ class MetaHandle:
 
 @dataclass(frozen=True)
 class Built:
-    """What a build wrote: its partitions, meta file and id locations."""
+    """What a build wrote: its partitions, meta file and id locations, and what its
+    tasks found for the held-out calibration queries."""
 
     partitions: Partitions
     meta_file: str
@@ -70,6 +73,8 @@ class Built:
     locations: Locations
     num_clusters: int
     max_partition_rows: int
+    meta: Meta | None = None
+    calibration: tuple | None = None  # (CalibrationPlan, found table) when calibrating
 
 
 def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, str]:
@@ -83,7 +88,9 @@ def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, 
 def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: bool,
                 stage: StageTimer) -> tuple[Built, int, int]:
     """Write an index of ``rows`` (id, vector) under ``root``; returns what was built,
-    the row count and the dimension. Nothing is published."""
+    the row count and the dimension. Nothing is published. With ``targetRecall`` > 0 a
+    sample of rows is held out of each partition index while its task searches it
+    (see :mod:`sparkann.calibrate`)."""
     spark = rows.sparkSession
     metric = get_metric(params["metric"])
     with stage("validate input"):
@@ -110,21 +117,67 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
         context = PartitionContext(metric, dim, params)
         nearest = ranker.nearest(sample)
         shared = cls.train_shared(sample, sample - centroids[nearest], context, seed)
-    meta = write_meta(spark, root, Meta(centroids, plan.counts, graph, shared), inline)
+    meta_value = Meta(centroids, plan.counts, graph, shared)
+    meta = write_meta(spark, root, meta_value, inline)
+    cplan = None
+    if params["targetRecall"] > 0:
+        with stage("plan calibration"):
+            held = calibrate.draw_sample(rows, num_rows, seed, metric, dim, True, held=True)
+            cplan, _ = calibrate.plan_calibration(held, ranker, plan, np.maximum(estimated, 1),
+                                                  int(params["k"]),
+                                                  cls.search_ladder(int(params["k"]), params))
+            plan_file = write_plan(spark, root, cplan.to_bytes(), inline)
     run = new_run("data")
-    threads = 1 if params["deterministic"] else threads_per_task(
-        spark, int(params["numThreads"]), plan.num_partitions)
-    with stage("build partition indexes"), removed_on_failure(spark, root, [run, meta[0]]):
-        assigned = assign(rows, meta[1], metric, dim, kind)
-        table = per_partition(assigned, plan.num_partitions,
-                              build_fn(meta[1], params, dim, threads), tables.index_schema(kind))
-        tables.write_table(table, join(root, run), "partition_id")
-    with stage("check partitions"):
-        partitions = written_partitions(spark, root, run, plan.num_partitions)
+    threads = build_threads(spark, params, plan.num_partitions)
+    written = [run, meta[0]] + ([plan_file[0]] if cplan else [])
+    try:
+        with stage("build partition indexes"), removed_on_failure(spark, root, written):
+            assigned = assign(rows, meta[1], metric, dim, kind)
+            task = build_fn(meta[1], params, dim, threads, plan_file[1] if cplan else None)
+            table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind))
+            tables.write_table(table, join(root, run), "partition_id")
+        with stage("check partitions"):
+            partitions = written_partitions(spark, root, run, plan.num_partitions)
+            found = calibrate.found_at_fit(spark, root, run) if cplan else None
+    finally:
+        if cplan:
+            store_for(spark, root).delete(join(root, plan_file[0]))
     with stage("write id locations"):
         locations = write_locations(spark, root, partitions, num_rows, kind)
-    built = Built(partitions, meta[0], meta[1].sha256, locations, num_clusters, max_rows)
+    built = Built(partitions, meta[0], meta[1].sha256, locations, num_clusters, max_rows,
+                  meta_value, (cplan, found) if cplan else None)
     return built, num_rows, dim
+
+
+def build_threads(spark, params: dict, num_partitions: int) -> int:
+    """Threads per build task: enough that few partitions still fill the cores."""
+    if params["deterministic"]:
+        return 1
+    if params["numThreads"]:
+        return int(params["numThreads"])
+    cores = threads_per_task(spark, 0, 1)
+    return max(1, min(cores, math.ceil(2 * cores / max(num_partitions, 1))))
+
+
+@dataclass(frozen=True)
+class PlanHandle:
+    """How a build task finds the fit's calibration plan."""
+
+    uri: str
+    sha256: str
+    inline: bytes | None = None
+
+    def read(self) -> "calibrate.CalibrationPlan":
+        data = self.inline if self.inline is not None else read_file(self.uri, 1 << 30)
+        if sha256(data) != self.sha256:
+            raise IndexFormatError(f"the calibration plan {self.uri} changed during the build")
+        return calibrate.CalibrationPlan.from_bytes(data)
+
+
+def write_plan(spark, root: str, data: bytes, inline: bool) -> tuple[str, PlanHandle]:
+    relative = f"staging/{uuid.uuid4().hex}-calibration.bin"
+    store_for(spark, root).write(join(root, relative), data)
+    return relative, PlanHandle(join(root, relative), sha256(data), data if inline else None)
 
 
 def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
@@ -331,7 +384,8 @@ def per_partition(assigned: DataFrame, num_partitions: int, fn, schema: str) -> 
     return assigned.repartitionById(num_partitions, "partition_id").mapInArrow(run, schema)
 
 
-def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int):
+def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
+             calibration: PlanHandle | None = None):
     """The per-partition task: prepared vectors in, one index-table row out."""
     metric, cls = get_metric(params["metric"]), index_type(params["indexType"])
     deterministic = bool(params["deterministic"])
@@ -344,9 +398,20 @@ def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int):
         cluster = int(ShardPlan(loaded.shard_counts).cluster_of[pid])
         context = PartitionContext(metric, dim, params, loaded.centroids[cluster], loaded.shared)
         vectors = to_matrix(table.column("vector"), dim, f"partition {pid}")
-        index = cls.build(vectors, context, partition_seed(int(params["seed"]), pid),
-                          1 if deterministic else resolve_threads(threads))
-        return tables.partition_row(pid, table.column("id"), index.store())
+        ids = table.column("id").combine_chunks()
+        seed = partition_seed(int(params["seed"]), pid)
+        task_threads = 1 if deterministic else resolve_threads(threads)
+        if calibration is None:
+            index = cls.build(vectors, context, seed, task_threads)
+            return tables.partition_row(pid, ids, index.store())
+        plan = calibration.read()
+        held = np.asarray(pc.is_in(ids, value_set=plan.ids.cast(ids.type)))
+        index = cls.build(vectors[~held], context, seed, task_threads)
+        kept = ids.filter(pa.array(~held))
+        found = calibrate.search_held_out(index, plan, pid, kept, cls.knobs, task_threads)
+        index.add(vectors[held], task_threads)  # held-out rows join the index afterwards
+        order = pa.concat_arrays([kept, ids.filter(pa.array(held))])
+        return tables.partition_row(pid, order, index.store(), found)
 
     return build_partition
 

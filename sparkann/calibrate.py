@@ -14,19 +14,21 @@ parallel tasks), and one search job of the sample over a ladder of settings
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 
 from .exact import top_k
 from .loader import IndexHandle, LoadedIndex, open_index, partition
 from .metrics import Metric
 from .search.topk import top_k_lists
-from .vectors import to_matrix
+from .vectors import list_array, to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,16 @@ def sample_size(num_rows: int) -> int:
 
 @dataclass(frozen=True)
 class Sample:
-    """Calibration queries: prepared vectors and (for indexed rows) their own ids."""
+    """Calibration queries: prepared vectors and (for indexed rows) their ids.
+
+    ``held`` samples were kept out of the partition indexes while they were
+    searched (the fit's calibration): their exact neighbours are taken among the
+    other rows. Otherwise each query's own id is excluded from its neighbours.
+    """
 
     vectors: np.ndarray
     ids: pa.Array | None  # own ids to exclude, or None for outside queries
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class Choice:
 
 
 def draw_sample(rows: DataFrame, num_rows: int, seed: int, metric: Metric, dim: int,
-                with_ids: bool, size: int | None = None) -> Sample:
+                with_ids: bool, size: int | None = None, held: bool = False) -> Sample:
     """A seeded sample of (id, vector) rows, collected to the driver."""
     size = size or sample_size(num_rows)
     fraction = min(1.0, 1.5 * size / max(num_rows, 1))
@@ -65,15 +73,16 @@ def draw_sample(rows: DataFrame, num_rows: int, seed: int, metric: Metric, dim: 
     table = picked.limit(size).toArrow()
     vectors = metric.prepare(to_matrix(table.column("vector"), dim))
     ids = table.column("id").combine_chunks() if with_ids else None
-    return Sample(vectors, ids)
+    return Sample(vectors, ids, held)
 
 
 def exact_neighbors(base: DataFrame, sample: Sample, metric: Metric, k: int, dim: int,
                     id_type: str) -> list[np.ndarray]:
     """The exact ``k`` nearest ids of each sample query among ``base`` (id, vector)
     rows, the query's own id excluded; one pass over ``base`` in parallel tasks."""
-    fetch = k + (1 if sample.ids is not None else 0)
-    found = base.mapInArrow(_exact_fn(sample.vectors, metric, fetch, dim),
+    fetch = k + (1 if sample.ids is not None and not sample.held else 0)
+    skip = sample.ids if sample.held else None
+    found = base.mapInArrow(_exact_fn(sample.vectors, metric, fetch, dim, skip),
                             f"query int, ids array<{id_type}>, dists array<float>").toArrow()
     kind = pa.int64() if id_type == "long" else pa.string()
     n = len(sample.vectors)
@@ -82,22 +91,25 @@ def exact_neighbors(base: DataFrame, sample: Sample, metric: Metric, k: int, dim
     ids = found.column("ids").combine_chunks().values.cast(kind)
     dists = found.column("dists").combine_chunks().values.to_numpy(zero_copy_only=False)
     keep = np.ones(len(rows), dtype=bool)
-    if sample.ids is not None:
+    if sample.ids is not None and not sample.held:
         keep = _not_own(ids, rows, sample.ids.cast(kind))
     lists = top_k_lists(n, rows[keep], dists[keep], ids.filter(pa.array(keep)), k)
     return [lists[q].values.field("id").to_numpy(zero_copy_only=False) for q in range(n)]
 
 
 def _not_own(ids: pa.Array, rows: np.ndarray, own: pa.Array) -> np.ndarray:
-    import pyarrow.compute as pc
-
     return np.asarray(pc.fill_null(pc.not_equal(ids, own.take(pa.array(rows))), True))
 
 
-def _exact_fn(queries: np.ndarray, metric: Metric, fetch: int, dim: int):
+def _exact_fn(queries: np.ndarray, metric: Metric, fetch: int, dim: int,
+              skip: pa.Array | None = None):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         best: tuple | None = None
         for batch in batches:
+            if skip is not None:  # rows held out of the indexes are no one's neighbour
+                batch = batch.filter(pc.invert(pc.is_in(batch.column("id"),
+                                                        value_set=skip.cast(batch.schema
+                                                                            .field("id").type))))
             if not batch.num_rows:
                 continue
             vectors = metric.prepare(to_matrix(batch.column("vector"), dim))
@@ -203,7 +215,10 @@ def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
     import pandas as pd
 
     n = len(sample.vectors)
-    fetch = k + (1 if sample.ids is not None else 0)
+    own_excluded = sample.ids is not None and not sample.held
+    own_ids = [] if sample.ids is None or sample.held else sample.ids.to_numpy(
+        zero_copy_only=False)
+    fetch = k + (1 if own_excluded else 0)
     pids = found.column("pid").to_numpy()
     query = found.column("query").to_numpy()
     setting = found.column("setting").to_numpy()
@@ -212,12 +227,12 @@ def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
     flat_d = found.column("dists").combine_chunks().values.to_numpy(zero_copy_only=False)
     codes, uniques = pd.factorize(np.concatenate([
         flat_ids.to_numpy(zero_copy_only=False), np.concatenate(truth) if truth else [],
-        sample.ids.to_numpy(zero_copy_only=False) if sample.ids is not None else []]))
+        own_ids]))
     cand_codes = codes[:len(flat_ids)]
     truth_codes = codes[len(flat_ids):len(flat_ids) + sum(len(t) for t in truth)]
     truth_rows = np.repeat(np.arange(n), [len(t) for t in truth])
     truth_keys = truth_rows.astype(np.int64) * len(uniques) + truth_codes
-    own = codes[len(flat_ids) + len(truth_codes):] if sample.ids is not None else None
+    own = codes[len(flat_ids) + len(truth_codes):] if own_excluded else None
     cand_q = np.repeat(query, lengths)
     cand_pid = np.repeat(pids, lengths)
     cand_s = np.repeat(setting, lengths)
@@ -284,23 +299,156 @@ def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int
                                           with_vectors)
     best, trials = choose(index, sample, truth, k, settings, epsilon, target, ranked, dists,
                           found)
+    report = report_of(best, trials, target, k, len(sample.vectors),
+                       "indexed rows" if queries is None else "queries",
+                       time.perf_counter() - started)
+    return report
+
+
+# ------------------------------------------------ held-out calibration at fit
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """What the build tasks of a fit need to calibrate: held-out queries (indexed rows
+    that each partition adds to its index only after searching them) and which of them
+    each partition searches."""
+
+    vectors: np.ndarray  # (S, d) prepared
+    ids: pa.Array
+    settings: list
+    fetch: int
+    queries_of: dict  # partition id -> query positions searched there
+
+    def to_bytes(self) -> bytes:
+        pids = np.array(sorted(self.queries_of), dtype=np.int32)
+        lists = [np.asarray(self.queries_of[p], np.int32) for p in pids]
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int32)
+        routed = pa.table({"pid": pa.array(pids, pa.int32()), "queries": pa.ListArray.from_arrays(
+            pa.array(offsets), pa.array(np.concatenate(lists) if lists else [], pa.int32()))})
+        sample = pa.table({"id": self.ids, "vector": list_array(self.vectors)})
+        head = json.dumps({"settings": self.settings, "fetch": self.fetch}).encode()
+        return b"".join(_framed(part) for part in (head, _ipc(sample), _ipc(routed)))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CalibrationPlan":
+        head, sample, routed = _unframed(data, 3)
+        doc = json.loads(head)
+        sample_table = pa.ipc.open_stream(sample).read_all()
+        routed_table = pa.ipc.open_stream(routed).read_all()
+        queries = routed_table.column("queries").combine_chunks()
+        return cls(to_matrix(sample_table.column("vector")),
+                   sample_table.column("id").combine_chunks(), list(doc["settings"]),
+                   int(doc["fetch"]),
+                   {int(p): queries[i].values.to_numpy(zero_copy_only=False)
+                    for i, p in enumerate(routed_table.column("pid").to_pylist())})
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _framed(part: bytes) -> bytes:
+    return len(part).to_bytes(8, "little") + part
+
+
+def _unframed(data: bytes, count: int) -> list[bytes]:
+    parts, offset = [], 0
+    for _ in range(count):
+        size = int.from_bytes(data[offset:offset + 8], "little")
+        parts.append(data[offset + 8:offset + 8 + size])
+        offset += 8 + size
+    if offset != len(data):
+        raise ValueError("the calibration plan is damaged")
+    return parts
+
+
+def plan_calibration(sample: Sample, ranker, shards, sizes: np.ndarray, k: int,
+                     settings: list[dict]) -> tuple[CalibrationPlan, int]:
+    """Route the held-out queries as deep as any probe setting on the ladder goes;
+    returns the plan and that depth (in clusters)."""
+    depth = min(len(sizes), probe_ladder(len(sizes))[-1] + 2)
+    ranked, _ = ranker.rank(sample.vectors, depth)
+    rows = np.repeat(np.arange(len(ranked)), ranked.shape[1])
+    clusters = ranked.reshape(-1)
+    counts = shards.counts[clusters]
+    query = np.repeat(rows, counts)
+    first = np.repeat(shards.offsets[clusters], counts)
+    within = np.arange(len(first)) - np.repeat(np.cumsum(counts) - counts, counts)
+    pids = first + within
+    queries_of = {int(p): np.unique(query[pids == p]) for p in np.unique(pids)}
+    return CalibrationPlan(sample.vectors, sample.ids, settings, k, queries_of), depth
+
+
+def search_held_out(index, plan: CalibrationPlan, pid: int, ids: pa.Array, knobs_of,
+                    threads: int) -> bytes | None:
+    """Inside a build task, before the held-out rows are added: every ladder setting's
+    answers for the queries routed to this partition, as Arrow IPC bytes."""
+    queries = plan.queries_of.get(pid)
+    if queries is None or len(queries) == 0:
+        return None
+    batches = []
+    for number, setting in enumerate(plan.settings):
+        labels, dists = index.search(plan.vectors[queries], plan.fetch,
+                                     knobs_of(setting, threads))
+        batches.append(_ladder_rows(pid, queries, number, labels, dists, ids))
+    return _ipc(pa.Table.from_batches(batches))
+
+
+def found_at_fit(spark, root: str, run: str) -> pa.Table:
+    """The held-out searches the build tasks stored beside their partitions."""
+    from .storage.fs import join
+
+    rows = spark.read.parquet(join(root, run)).select("calibration").where(
+        "calibration IS NOT NULL").toArrow()
+    tables = [pa.ipc.open_stream(value.as_py()).read_all()
+              for value in rows.column("calibration").combine_chunks()]
+    if not tables:
+        return pa.table({"pid": pa.array([], pa.int32()), "query": pa.array([], pa.int32()),
+                         "setting": pa.array([], pa.int32()), "ids": pa.array([], pa.list_(
+                             pa.int64())), "dists": pa.array([], pa.list_(pa.float32()))})
+    return pa.concat_tables(tables)
+
+
+def report_of(best: Choice, trials: list, target: float, k: int, sample_size: int,
+              source: str, seconds: float) -> dict:
     reached = best.recall >= target
-    report = {
-        "targetRecall": target, "k": k, "recall": best.recall, "reached": reached,
-        "numProbes": best.num_probes, **best.setting, "sampleQueries": len(sample.vectors),
-        "sampleSource": "indexed rows" if queries is None else "queries",
-        "seconds": round(time.perf_counter() - started, 3),
-        "trials": [{"numProbes": t.num_probes, **t.setting, "recall": t.recall,
-                    "cost": t.cost} for t in trials],
-    }
     if reached:
         log.info("sparkann: calibrated for recall@%d >= %.3f: numProbes=%d %s (recall %.4f "
-                 "on %d queries)", k, target, best.num_probes, best.setting, best.recall,
-                 len(sample.vectors))
+                 "on %d held-out queries)", k, target, best.num_probes, best.setting,
+                 best.recall, sample_size)
     else:
         log.warning("sparkann: no search setting reaches recall@%d %.3f; the best measured, "
                     "numProbes=%d %s, reaches %.4f on %d sample queries. The index is usable; "
                     "raise hnswM / efConstruction (or numPartitions for fewer, larger "
                     "partitions) to reach the target", k, target, best.num_probes,
-                    best.setting, best.recall, len(sample.vectors))
-    return report
+                    best.setting, best.recall, sample_size)
+    return {
+        "targetRecall": target, "k": k, "recall": best.recall, "reached": reached,
+        "numProbes": best.num_probes, **best.setting, "sampleQueries": sample_size,
+        "sampleSource": source, "seconds": round(seconds, 3),
+        "trials": [{"numProbes": t.num_probes, **t.setting, "recall": t.recall,
+                    "cost": t.cost} for t in trials],
+    }
+
+
+def calibrate_at_fit(manifest, meta, plan: CalibrationPlan, found: pa.Table, base: DataFrame,
+                     target: float, epsilon: float) -> dict:
+    """The fit's calibration report, from what its build tasks found for the held-out
+    queries and their exact neighbours among the other rows (one pass over ``base``)."""
+    import time
+
+    started = time.perf_counter()
+    index = LoadedIndex.create(manifest, meta)
+    sample = Sample(plan.vectors, plan.ids, held=True)
+    truth = exact_neighbors(base, sample, index.metric, plan.fetch, manifest.dim,
+                            manifest.id_type)
+    ranked, dists = index.router.ranked_clusters(sample.vectors, probe_ladder(
+        len(meta.centroids))[-1], plan.fetch)
+    best, trials = choose(index, sample, truth, plan.fetch, plan.settings, epsilon, target,
+                          ranked, dists, found)
+    return report_of(best, trials, target, plan.fetch, len(sample.vectors),
+                     "held-out indexed rows", time.perf_counter() - started)

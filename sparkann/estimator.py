@@ -36,7 +36,7 @@ from .params import ANNParams
 from .search import SearchPlan, check_query_schema, choose_strategy, payload_reads, run_search
 from .search.plan import memory_needed
 from .storage import tables
-from .storage.format import DeleteFile, IndexFormatError, Manifest, sha256
+from .storage.format import DeleteFile, IndexFormatError, Manifest
 from .storage.fs import is_local, join, store_for
 from .storage.versions import load as load_version
 from .storage.versions import new_run, publish, vacuum
@@ -100,9 +100,12 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
         manifest = build.new_manifest(root, built, {**params, **stats}, self.user_set(), dim,
                                       kind, stage.seconds)
         manifest = with_search_defaults(manifest, fixed_defaults(manifest))
-        if params["targetRecall"] > 0:
+        if built.calibration is not None:
             with stage("calibrate"):
-                report = calibrate_staged(spark, manifest, rows, num_rows, params)
+                plan, found = built.calibration
+                report = calibrate.calibrate_at_fit(manifest, built.meta, plan, found, rows,
+                                                    params["targetRecall"],
+                                                    params["probeEpsilon"])
             manifest = with_calibration(manifest, report)
         manifest = replace(manifest, build_seconds=stage.seconds)
         with stage("publish"):
@@ -137,22 +140,6 @@ def with_search_defaults(manifest: Manifest, values: dict) -> Manifest:
 def with_calibration(manifest: Manifest, report: dict) -> Manifest:
     chosen = {name: report[name] for name in CALIBRATED if name in report}
     return replace(with_search_defaults(manifest, chosen), calibration=report)
-
-
-def calibrate_staged(spark, manifest: Manifest, base: DataFrame, num_rows: int, params: dict,
-                     queries: DataFrame | None = None) -> dict:
-    """Calibrate a manifest not yet published: tasks read it from a staging file."""
-    store = store_for(spark, manifest.root)
-    staged = f"staging/{uuid.uuid4().hex}.json"
-    text = manifest.to_json().encode()
-    store.write(join(manifest.root, staged), text)
-    try:
-        handle = IndexHandle(manifest.root, 0, sha256(text), manifest_file=staged)
-        return calibrate.calibrate(spark, handle, base, num_rows, int(params["k"]),
-                                   float(params["targetRecall"]), int(params["seed"]),
-                                   float(params["probeEpsilon"]), queries)
-    finally:
-        store.delete(join(manifest.root, staged))
 
 
 def index_root(spark: SparkSession, path: str | None) -> str:

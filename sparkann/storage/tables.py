@@ -24,7 +24,7 @@ from .fs import arrow_fs, is_local, join, local_path
 
 INDEX_COLUMNS = ["partition_id", "pid", "num_rows", "ids", "payload", "codebook", "vectors",
                  "payload_sha256", "ids_sha256", "vectors_sha256", "payload_bytes", "checksum",
-                 "sq_error"]
+                 "sq_error", "calibration"]
 # What verifying a partition's ids alone reads.
 ID_COLUMNS = ["ids", "payload_sha256", "ids_sha256", "vectors_sha256", "checksum"]
 INDEX_FACTS = ["partition_id", "num_rows", "payload_bytes", "checksum", "sq_error"]
@@ -37,7 +37,7 @@ def index_schema(id_type: str) -> str:
     return (f"partition_id int, pid int, num_rows long, ids array<{id_type}>, payload binary, "
             "codebook binary, vectors binary, payload_sha256 string, ids_sha256 string, "
             "vectors_sha256 string, payload_bytes long, checksum string, "
-            "sq_error double")
+            "sq_error double, calibration binary")
 
 
 def ids_digest(ids: pa.Array) -> bytes:
@@ -66,8 +66,9 @@ def combined_checksum(parts: dict[str, str]) -> str:
                                                "vectors_sha256")).encode())
 
 
-def partition_row(pid: int, ids: pa.Array, stored: StoredPartition) -> pa.Table:
-    """One row of the index table."""
+def partition_row(pid: int, ids: pa.Array, stored: StoredPartition,
+                  calibration: bytes | None = None) -> pa.Table:
+    """One row of the index table (``calibration``: the fit's held-out searches)."""
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     parts = digests(stored, ids)
     return pa.table({
@@ -82,6 +83,7 @@ def partition_row(pid: int, ids: pa.Array, stored: StoredPartition) -> pa.Table:
         "payload_bytes": pa.array([len(stored.payload) + len(stored.codebook)], pa.int64()),
         "checksum": pa.array([combined_checksum(parts)], pa.string()),
         "sq_error": pa.array([stored.sq_error], pa.float64()),
+        "calibration": pa.array([calibration], pa.binary()),
     })
 
 
