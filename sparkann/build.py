@@ -143,7 +143,7 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
         if cplan:
             store_for(spark, root).delete(join(root, plan_file[0]))
     with stage("write id locations"):
-        locations = write_locations(spark, root, partitions, num_rows, kind)
+        locations, _ = write_locations(spark, root, partitions, num_rows, kind)
     built = Built(partitions, meta[0], meta[1].sha256, locations, num_clusters, max_rows,
                   meta_value, (cplan, found) if cplan else None)
     return built, num_rows, dim
@@ -444,9 +444,9 @@ def location_buckets(num_rows: int) -> int:
 
 
 def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
-                    kind: str) -> Locations:
+                    kind: str) -> tuple[Locations, str]:
     """The id-location table (bucket, id, partition_id) from the written partitions'
-    id columns (payloads are not read)."""
+    id columns (payloads are not read), and the directory it was written to."""
     buckets = location_buckets(num_rows)
     files = [join(root, f) for f in partitions.files if f]
     ids = spark.read.parquet(*files).select(F.explode("ids").alias("id"),
@@ -458,7 +458,7 @@ def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
     for row, file in tables.written(spark, root, run, ["bucket"]):
         if file not in by_bucket[row["bucket"]]:
             by_bucket[row["bucket"]].append(file)
-    return Locations(buckets, by_bucket)
+    return Locations(buckets, by_bucket), run
 
 
 def bucket_fn(buckets: int):

@@ -30,6 +30,7 @@ from .build import (
     partition_seed,
     per_partition,
     removed_on_failure,
+    write_locations,
 )
 from .build import assign as assign_rows
 from .loader import (
@@ -50,6 +51,7 @@ from .tasks import resolve_threads, threads_per_task
 from .vectors import to_matrix
 
 log = logging.getLogger(__name__)
+LOCATION_FILES_MAX = 8  # id-location files per bucket before compact() rewrites the table
 
 
 def located_ids(ids: DataFrame, handle: IndexHandle, manifest: Manifest) -> DataFrame:
@@ -273,7 +275,14 @@ def compact(spark, manifest: Manifest, handle: IndexHandle, min_deleted_share: f
             row["partition_id"], files=file, rows=int(row["num_rows"]),
             payload_bytes=int(row["payload_bytes"]), checksums=row["checksum"],
             sq_errors=float(row["sq_error"] or 0.0), deletes=[])
-    return _publish(spark, manifest, replace(manifest, partitions=partitions), [run])
+    locations, runs = manifest.locations, [run]
+    if locations is None or max(len(f) for f in locations.files) > LOCATION_FILES_MAX:
+        # many adds left many small id-location files: rewrite the table once
+        locations, written_run = write_locations(spark, manifest.root, partitions,
+                                                 sum(partitions.rows), manifest.id_type)
+        runs.append(written_run)
+    compacted = replace(manifest, partitions=partitions, locations=locations)
+    return _publish(spark, manifest, compacted, runs)
 
 
 def _compact_fn(handle: IndexHandle, threads: int):

@@ -104,8 +104,15 @@ def write_table(frame: DataFrame, path: str, by: str) -> None:
 def written(spark, root: str, run: str, columns: list[str]) -> list:
     """The small ``columns`` of every row written under ``root/run``, with its file
     (relative to ``root``) as ``file``; no payload is read."""
-    frame = spark.read.parquet(join(root, run))
-    rows = frame.select(*columns, F.col("_metadata.file_path").alias("uri")).collect()
+    from pyspark.errors import AnalysisException
+
+    try:
+        frame = spark.read.parquet(join(root, run))
+        rows = frame.select(*columns, F.col("_metadata.file_path").alias("uri")).collect()
+    except AnalysisException as err:  # the writer wrote no file: nothing to report
+        if "UNABLE_TO_INFER_SCHEMA" in str(err) or "PATH_NOT_FOUND" in str(err):
+            return []
+        raise
     return [(row, relative_file(root, row["uri"])) for row in rows]
 
 
