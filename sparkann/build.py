@@ -75,6 +75,7 @@ class Built:
     max_partition_rows: int
     meta: Meta | None = None
     calibration: tuple | None = None  # (CalibrationPlan, found table) when calibrating
+    written: tuple = ()  # what the build wrote under the root (runs and the meta file)
 
 
 def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, str]:
@@ -142,10 +143,11 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
     finally:
         if cplan:
             store_for(spark, root).delete(join(root, plan_file[0]))
-    with stage("write id locations"):
-        locations, _ = write_locations(spark, root, partitions, num_rows, kind)
+    with stage("write id locations"), removed_on_failure(spark, root, [run, meta[0]]):
+        locations, locations_run = write_locations(spark, root, partitions, num_rows, kind)
     built = Built(partitions, meta[0], meta[1].sha256, locations, num_clusters, max_rows,
-                  meta_value, (cplan, found) if cplan else None)
+                  meta_value, (cplan, found) if cplan else None,
+                  (run, meta[0], locations_run))
     return built, num_rows, dim
 
 
@@ -455,7 +457,7 @@ def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
     run = new_run("locations")
     tables.write_table(located.repartitionById(buckets, "bucket"), join(root, run), "bucket")
     by_bucket: list[list[str]] = [[] for _ in range(buckets)]
-    for row, file in tables.written(spark, root, run, ["bucket"]):
+    for row, file in tables.written(spark, root, run, ["bucket"], distinct=True):
         if file not in by_bucket[row["bucket"]]:
             by_bucket[row["bucket"]].append(file)
     return Locations(buckets, by_bucket), run

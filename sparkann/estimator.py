@@ -38,8 +38,8 @@ from .search.plan import memory_needed
 from .storage import tables
 from .storage.format import DeleteFile, IndexFormatError, Manifest
 from .storage.fs import is_local, join, store_for
+from .storage.versions import check_current, new_run, publish, vacuum
 from .storage.versions import load as load_version
-from .storage.versions import new_run, publish, vacuum
 
 log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
@@ -108,7 +108,7 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
                                                     params["probeEpsilon"])
             manifest = with_calibration(manifest, report)
         manifest = replace(manifest, build_seconds=stage.seconds)
-        with stage("publish"):
+        with stage("publish"), build.removed_on_failure(spark, root, list(built.written)):
             manifest, digest = publish(spark, manifest, None)
         return self._copyValues(ANNIndexModel(manifest, digest))._with_index_defaults()
 
@@ -290,6 +290,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         model holds stays loadable. Ids deleted before may be added again.
         """
         spark = df.sparkSession
+        check_current(spark, self.manifest)
         with job_label(spark, "sparkann: add"):
             result = update.add_rows(spark, self.manifest, self._handle(spark), df,
                                      self._params_for_update())
@@ -301,6 +302,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         spark = active_session()
         if not isinstance(ids, DataFrame):
             ids = spark.createDataFrame([(i,) for i in ids], f"id {self.manifest.id_type}")
+        check_current(spark, self.manifest)
         with job_label(spark, "sparkann: delete"):
             result = update.delete_ids(spark, self.manifest, self._handle(spark), ids)
         return self if result is None else self._with(*result)
@@ -308,6 +310,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
     def compact(self, minDeletedShare: float = 0.2) -> "ANNIndexModel":
         """Rebuild the partitions in which at least ``minDeletedShare`` of rows are deleted."""
         spark = active_session()
+        check_current(spark, self.manifest)
         with job_label(spark, "sparkann: compact"):
             result = update.compact(spark, self.manifest, self._handle(spark), minDeletedShare,
                                     self._params_for_update())
@@ -318,6 +321,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         if self.summary()["drift"] <= maxDrift:
             return self
         spark = active_session()
+        check_current(spark, self.manifest)
         params = {**self._params_for_update(),
                   "numPartitions": int(self.manifest.params["numPartitions"])}
         stage = StageTimer(spark)
@@ -329,7 +333,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
                                       self.manifest.user_set, dim, self.manifest.id_type,
                                       stage.seconds)
         manifest = replace(manifest, calibration=self.manifest.calibration)
-        return self._with(*publish(spark, manifest, self.manifest.version))
+        with build.removed_on_failure(spark, self.manifest.root, list(built.written)):
+            return self._with(*publish(spark, manifest, self.manifest.version))
 
     def calibrate(self, targetRecall: float = 0.95, queries: DataFrame | None = None,
                   sampleSeed: int | None = None) -> "ANNIndexModel":
@@ -339,6 +344,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         if not 0 < targetRecall < 1:
             raise ValueError(f"targetRecall={targetRecall} is out of range: must be in (0, 1)")
         spark = active_session()
+        check_current(spark, self.manifest)
         handle = self._handle(spark)
         base = update.live_rows(spark, self.manifest, handle)
         sample = None
@@ -498,7 +504,7 @@ def copy_index(spark, manifest: Manifest, root: str) -> Manifest:
         tables.write_table(located.repartitionById(buckets, "bucket"), join(root, run),
                            "bucket")
         by_bucket: list[list[str]] = [[] for _ in range(buckets)]
-        for row, file in tables.written(spark, root, run, ["bucket"]):
+        for row, file in tables.written(spark, root, run, ["bucket"], distinct=True):
             by_bucket[row["bucket"]].append(file)
         locations = type(locations)(buckets, by_bucket)
     return replace(manifest, root=root, meta_file=meta, partitions=partitions,

@@ -97,6 +97,10 @@ def _labels_fn(handle: IndexHandle):
 
         pid = key[0].as_py()
         index = open_index(handle)
+        if not index.manifest.partitions.rows[pid]:  # compacted to nothing: no live rows
+            return pa.table({"partition_id": pa.array([], pa.int32()),
+                             "id": pa.array([], table.column("id").type),
+                             "label": pa.array([], pa.int32())})
         ids = partition_ids(index, pid)
         positions, _ = pd.Index(ids.to_numpy(zero_copy_only=False)).get_indexer_non_unique(
             table.column("id").combine_chunks().to_numpy(zero_copy_only=False))
@@ -200,7 +204,8 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
             bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
         tables.write_table(located.repartitionById(buckets, "bucket"),
                            join(manifest.root, locations_run), "bucket")
-        new_locations = tables.written(spark, manifest.root, locations_run, ["bucket"])
+        new_locations = tables.written(spark, manifest.root, locations_run, ["bucket"],
+                                       distinct=True)
     partitions = manifest.partitions
     for row, file in written:
         partitions = partitions.with_partition(

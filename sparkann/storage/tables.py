@@ -101,14 +101,16 @@ def write_table(frame: DataFrame, path: str, by: str) -> None:
     frame.write.mode("error").partitionBy(by).parquet(path)  # Connect: not "errorifexists"
 
 
-def written(spark, root: str, run: str, columns: list[str]) -> list:
+def written(spark, root: str, run: str, columns: list[str], distinct: bool = False) -> list:
     """The small ``columns`` of every row written under ``root/run``, with its file
-    (relative to ``root``) as ``file``; no payload is read."""
+    (relative to ``root``) as ``file``; no payload is read. ``distinct`` collapses
+    identical (columns, file) pairs in Spark first, for tables of many small rows."""
     from pyspark.errors import AnalysisException
 
     try:
         frame = spark.read.parquet(join(root, run))
-        rows = frame.select(*columns, F.col("_metadata.file_path").alias("uri")).collect()
+        picked = frame.select(*columns, F.col("_metadata.file_path").alias("uri"))
+        rows = (picked.distinct() if distinct else picked).collect()
     except AnalysisException as err:  # the writer wrote no file: nothing to report
         if "UNABLE_TO_INFER_SCHEMA" in str(err) or "PATH_NOT_FOUND" in str(err):
             return []

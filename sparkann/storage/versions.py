@@ -103,6 +103,16 @@ def load(spark, root: str, version: int | None = None) -> tuple[Manifest, str]:
     return read_manifest(store, root, wanted)
 
 
+def check_current(spark, manifest: Manifest) -> None:
+    """Fail early (before any work) when ``manifest`` is no longer the newest version."""
+    latest = latest_version(store_for(spark, manifest.root), manifest.root)
+    if latest != manifest.version:
+        raise ConcurrentUpdateError(
+            f"{manifest.root} is at version {latest}, but this model holds version "
+            f"{manifest.version}: another writer published in between. Version {latest} is "
+            "kept; load the index again and repeat the change")
+
+
 def publish(spark, manifest: Manifest, base_version: int | None) -> tuple[Manifest, str]:
     """Commit ``manifest`` as the version after ``base_version`` (None: after the newest).
 
@@ -121,8 +131,9 @@ def publish(spark, manifest: Manifest, base_version: int | None) -> tuple[Manife
     text = committed.to_json().encode()
     if not store.create_new(manifest_path(manifest.root, version), text):
         raise ConcurrentUpdateError(
-            f"another writer published version {version} of {manifest.root} first; it is kept. "
-            "Load the index again and repeat the change")
+            f"another writer published version {version} of {manifest.root} first, on top of "
+            f"version {latest} this change was made from; version {version} is kept. Load the "
+            "index again and repeat the change")
     try:
         store.write(join(manifest.root, MANIFESTS, LATEST), str(version).encode())
     except Exception as err:  # only a hint: readers probe forward
@@ -182,14 +193,24 @@ def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
         prefix = f"{kind}/{run.name}/"
         wanted = {f for f in needed if f.startswith(prefix)}
         if not wanted:
-            if run.mtime < cutoff:
+            if newest_mtime(store, join(root, prefix), run.mtime) < cutoff:
                 store.delete(join(root, prefix))
                 removed.append(prefix.rstrip("/"))
             continue
         for part in store.list(join(root, prefix)):
             path = prefix + part.name
             if part.is_dir and not any(f.startswith(path + "/") for f in wanted) \
-                    and part.mtime < cutoff:
+                    and newest_mtime(store, join(root, path), part.mtime) < cutoff:
                 store.delete(join(root, path))
                 removed.append(path)
     return removed
+
+
+def newest_mtime(store: Store, path: str, own: float) -> float:
+    """The newest modification time of the files under a directory (a directory's own
+    time changes when something inside it is deleted, so it cannot tell age)."""
+    times = []
+    for entry in store.list(path):
+        inner = join(path, entry.name)
+        times.append(newest_mtime(store, inner, entry.mtime) if entry.is_dir else entry.mtime)
+    return max(times) if times else own
