@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Iterator
@@ -138,7 +139,8 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
             table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind))
             tables.write_table(table, join(root, run), "partition_id")
         with stage("check partitions"):
-            partitions = written_partitions(spark, root, run, plan.num_partitions)
+            partitions = written_partitions(spark, root, run, plan.num_partitions,
+                                            stage.seconds)
             found = calibrate.found_at_fit(spark, root, run) if cplan else None
     finally:
         if cplan:
@@ -403,17 +405,22 @@ def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
         ids = table.column("id").combine_chunks()
         seed = partition_seed(int(params["seed"]), pid)
         task_threads = 1 if deterministic else resolve_threads(threads)
+        started = time.perf_counter()
         if calibration is None:
             index = cls.build(vectors, context, seed, task_threads)
-            return tables.partition_row(pid, ids, index.store())
+            seconds = (time.perf_counter() - started, 0.0)
+            return tables.partition_row(pid, ids, index.store(), None, seconds)
         plan = calibration.read()
         held = np.asarray(pc.is_in(ids, value_set=plan.ids.cast(ids.type)))
         index = cls.build(vectors[~held], context, seed, task_threads)
         kept = ids.filter(pa.array(~held))
+        searched = time.perf_counter()
         found = calibrate.search_held_out(index, plan, pid, kept, cls.knobs, task_threads)
+        searching = time.perf_counter() - searched
         index.add(vectors[held], task_threads)  # held-out rows join the index afterwards
         order = pa.concat_arrays([kept, ids.filter(pa.array(held))])
-        return tables.partition_row(pid, order, index.store(), found)
+        seconds = (time.perf_counter() - started - searching, searching)
+        return tables.partition_row(pid, order, index.store(), found, seconds)
 
     return build_partition
 
@@ -423,9 +430,11 @@ def partition_seed(seed: int, partition_id: int) -> int:
     return (seed * 1_000_003 + partition_id * 7919) % (2**31 - 1)
 
 
-def written_partitions(spark, root: str, run: str, num_partitions: int) -> Partitions:
-    """Per-partition facts of a written index table; partitions without rows are empty."""
-    found = tables.written(spark, root, run, tables.INDEX_FACTS)
+def written_partitions(spark, root: str, run: str, num_partitions: int,
+                       seconds: dict | None = None) -> Partitions:
+    """Per-partition facts of a written index table; partitions without rows are empty.
+    ``seconds`` receives the build tasks' own time (summed over tasks)."""
+    found = tables.written(spark, root, run, tables.INDEX_FACTS + [tables.TASK_SECONDS])
     facts: dict[int, tuple] = {}
     for row, file in found:
         pid = row["partition_id"]
@@ -434,6 +443,12 @@ def written_partitions(spark, root: str, run: str, num_partitions: int) -> Parti
                                f"of range 0..{num_partitions - 1}; the build output is damaged")
         facts[pid] = (file, int(row["num_rows"]), int(row["payload_bytes"]), row["checksum"],
                       float(row["sq_error"] or 0.0))
+        if seconds is not None and row[tables.TASK_SECONDS]:
+            build, search = row[tables.TASK_SECONDS]
+            seconds["task seconds: build partitions"] = round(
+                seconds.get("task seconds: build partitions", 0.0) + build, 3)
+            seconds["task seconds: calibration searches"] = round(
+                seconds.get("task seconds: calibration searches", 0.0) + search, 3)
     empty = ("", 0, 0, "", 0.0)
     columns = list(zip(*(facts.get(pid, empty) for pid in range(num_partitions))))
     return Partitions(files=list(columns[0]), rows=list(columns[1]),

@@ -24,10 +24,11 @@ from .fs import arrow_fs, is_local, join, local_path
 
 INDEX_COLUMNS = ["partition_id", "pid", "num_rows", "ids", "payload", "codebook", "vectors",
                  "payload_sha256", "ids_sha256", "vectors_sha256", "payload_bytes", "checksum",
-                 "sq_error", "calibration"]
+                 "sq_error", "calibration", "task_seconds"]
 # What verifying a partition's ids alone reads.
 ID_COLUMNS = ["ids", "payload_sha256", "ids_sha256", "vectors_sha256", "checksum"]
 INDEX_FACTS = ["partition_id", "num_rows", "payload_bytes", "checksum", "sq_error"]
+TASK_SECONDS = "task_seconds"  # [building the index, searching the held-out sample]
 DELETE_COLUMNS = ["partition_id", "pid", "labels", "count", "checksum"]
 LOCATION_COLUMNS = ["bucket", "id", "partition_id"]
 MAX_PARTITION_FILE_BYTES = 4 << 30
@@ -37,7 +38,7 @@ def index_schema(id_type: str) -> str:
     return (f"partition_id int, pid int, num_rows long, ids array<{id_type}>, payload binary, "
             "codebook binary, vectors binary, payload_sha256 string, ids_sha256 string, "
             "vectors_sha256 string, payload_bytes long, checksum string, "
-            "sq_error double, calibration binary")
+            "sq_error double, calibration binary, task_seconds array<double>")
 
 
 def ids_digest(ids: pa.Array) -> bytes:
@@ -67,8 +68,10 @@ def combined_checksum(parts: dict[str, str]) -> str:
 
 
 def partition_row(pid: int, ids: pa.Array, stored: StoredPartition,
-                  calibration: bytes | None = None) -> pa.Table:
-    """One row of the index table (``calibration``: the fit's held-out searches)."""
+                  calibration: bytes | None = None,
+                  seconds: tuple[float, float] | None = None) -> pa.Table:
+    """One row of the index table (``calibration``: the fit's held-out searches;
+    ``seconds``: the task's time building the index and searching that sample)."""
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     parts = digests(stored, ids)
     return pa.table({
@@ -84,6 +87,8 @@ def partition_row(pid: int, ids: pa.Array, stored: StoredPartition,
         "checksum": pa.array([combined_checksum(parts)], pa.string()),
         "sq_error": pa.array([stored.sq_error], pa.float64()),
         "calibration": pa.array([calibration], pa.binary()),
+        "task_seconds": pa.array([None if seconds is None else list(seconds)],
+                                 pa.list_(pa.float64())),
     })
 
 
