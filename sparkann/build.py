@@ -36,6 +36,7 @@ from .partitioning.router import (
     build_centroid_graph,
     rank_brute_force,
 )
+from .sampling import collect_sample, sampled
 from .storage import tables
 from .storage.format import IndexFormatError, Locations, Manifest, Meta, Partitions, sha256
 from .storage.fs import join, read_file, store_for
@@ -247,12 +248,9 @@ def check_index_params(params: dict, dim: int) -> None:
 
 def sample_vectors(rows: DataFrame, size: int, num_rows: int, seed: int, metric: Metric,
                    dim: int) -> np.ndarray:
-    """A seeded random sample of about ``size`` prepared vectors, collected to the driver."""
-    fraction = min(1.0, 1.2 * size / num_rows)
-    picked = rows.select("vector")
-    if fraction < 1.0:
-        picked = picked.sample(fraction=fraction, seed=seed)
-    table = picked.limit(size).toArrow()
+    """A seeded sample of about ``size`` prepared vectors, collected to the driver (the
+    same rows however the input is partitioned or ordered)."""
+    table = collect_sample(rows, size, num_rows, seed, [F.col("id"), F.col("vector")])
     return metric.prepare(to_matrix(table.column("vector"), dim))
 
 
@@ -283,9 +281,7 @@ def train_fine_level(rows: DataFrame, metric: Metric, coarse: np.ndarray, num_cl
     """Fine centroids of every coarse cluster, trained in parallel Spark tasks on a
     sample of about ``sample_size`` rows; returns them and their sample counts."""
     fraction = min(1.0, sample_size / num_rows)
-    picked = rows.select("vector")
-    if fraction < 1.0:
-        picked = picked.sample(fraction=fraction, seed=seed + 1)
+    picked = sampled(rows, fraction, seed + 1, [F.col("id"), F.col("vector")]).select("vector")
     grouped = picked.mapInArrow(_coarse_fn(coarse, metric, dim),
                                 "coarse int, vector array<float>")
     sizes = np.zeros(len(coarse), np.int64)

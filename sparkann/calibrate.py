@@ -23,10 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from .exact import top_k
 from .loader import IndexHandle, LoadedIndex, open_index, partition
 from .metrics import Metric
+from .sampling import collect_sample
 from .search.topk import top_k_lists
 from .vectors import list_array, to_matrix
 
@@ -68,9 +70,7 @@ def draw_sample(rows: DataFrame, num_rows: int, seed: int, metric: Metric, dim: 
                 with_ids: bool, size: int | None = None, held: bool = False) -> Sample:
     """A seeded sample of (id, vector) rows, collected to the driver."""
     size = size or sample_size(num_rows)
-    fraction = min(1.0, 1.5 * size / max(num_rows, 1))
-    picked = rows.sample(fraction=fraction, seed=seed + 17) if fraction < 1.0 else rows
-    table = picked.limit(size).toArrow()
+    table = collect_sample(rows, size, num_rows, seed + 17, [F.col("id"), F.col("vector")])
     vectors = metric.prepare(to_matrix(table.column("vector"), dim))
     ids = table.column("id").combine_chunks() if with_ids else None
     return Sample(vectors, ids, held)

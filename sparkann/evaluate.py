@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from .exact import knn
 from .metrics import get_metric
 from .observe import job_label
+from .sampling import collect_sample
 from .search.partition import K1, K2, KEY_SALT
 from .vectors import id_type, to_matrix, vector_column
 
@@ -192,10 +193,13 @@ class QuerySample:
         self.vector_col = model.getVectorCol()
         spark = queries.sparkSession
         picked = queries.select(vector_column(queries, self.vector_col).alias("vector"))
-        if sample:
-            picked = picked.orderBy(F.rand(seed)).limit(sample)
         with job_label(spark, "sparkann: sample queries"):
-            vectors = picked.toArrow().column("vector")
+            if sample:
+                count = picked.count()
+                vectors = collect_sample(picked, sample, count, seed,
+                                         [F.col("vector")]).column("vector")
+            else:
+                vectors = picked.toArrow().column("vector")
         if len(vectors) == 0:
             raise ValueError("the query DataFrame is empty; there is nothing to evaluate")
         table = pa.table({KEY: pa.array(np.arange(len(vectors), dtype=np.int64)),
