@@ -8,6 +8,7 @@ row's answer.
 
 from __future__ import annotations
 
+import random
 import time
 
 import numpy as np
@@ -198,3 +199,27 @@ def test_bad_query_in_a_stream_fails_the_query_with_the_column_named(spark, mode
              .start(str(tmp_path / "out")))
     with pytest.raises(Exception, match=r"query column 'vector' holds a non-finite value"):
         query.awaitTermination(600)
+
+
+def test_exact_neighbours_and_the_self_join_answer_shuffled_rows(spark, items, vectors, models):
+    from sparkann.evaluate import exact_neighbors
+    from sparkann.selfjoin import knn_graph
+
+    for shape in ("repartition", "groupby", "join", "union"):
+        queries = shaped(items, spark, shape).where("id < 600")
+        rows = exact_neighbors(items, queries, k=10, block_rows=3000).collect()
+        ids = np.array([r.id for r in rows])
+        found = np.array([[n.id for n in r.neighbors] for r in rows])
+        assert len(ids) == 600
+        np.testing.assert_array_equal(found, exact_ids(vectors, "l2", ids, 10))
+    # rows whose very content changes between evaluations (a random sample of a shuffle)
+    # get a clear error from the exact search, never another row's answer
+    jitter = F.udf(lambda v: [x + random.random() for x in v], "array<float>")
+    changing = items.limit(300).withColumn("vector", jitter.asNondeterministic()("vector"))
+    with pytest.raises(Exception, match="query DataFrame changed while Spark recomputed it"):
+        exact_neighbors(items, changing, k=10, block_rows=3000).collect()
+    edges = knn_graph(models["l2"].copy().setK(5), items.repartition(6)).toPandas()
+    assert len(edges) == ROWS * 5 and (edges.id != edges.neighbor_id).all()
+    truth = exact_ids(vectors, "l2", np.arange(ROWS), 6)[:, 1:]
+    found = edges.sort_values(["id", "rank"]).neighbor_id.to_numpy().reshape(ROWS, 5)
+    assert exact.recall_at_k(found, truth, 5) >= 0.95
