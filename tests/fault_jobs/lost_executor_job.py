@@ -1,11 +1,14 @@
-"""Lost executors under local-cluster[2,1,1024]: one executor JVM is SIGKILLed
-while the per-partition build runs, and another while a search runs.
+"""Lost executors under local-cluster[2,1,1024]: one executor JVM is SIGKILLed while
+the per-partition build runs, another while a query-local search runs, and another
+while the search stage of a partition-side search runs.
 
 Usage: SPARK_HOME=<a Spark home whose work/ directory may be written> python lost_executor_job.py
 
-The first attempt of each build / search task stalls (a test-only conf), and
-logs that it does to its executor's stderr; a thread watching those logs kills
-the executor that is running such a task, so the kill always hits a busy one.
+The first attempt of the chosen tasks stalls (``spark.sparkann.test.slowTaskSeconds``,
+read inside the task), and logs that it does to its executor's stderr; a thread
+watching those logs kills the executor that is running such a task, so the kill
+always hits a busy one. Spark's task records then show the attempts that the
+executor's loss failed.
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ import time
 
 from common import (
     SLOW_CONF,
+    STRATEGIES,
+    alive,
     answers,
+    checksums,
     data,
     driver_jvm_pid,
     emit,
     exactly_k_distinct,
     executor_pids,
-    failed_tasks,
     kill,
     recall,
     session,
+    task_attempts,
     timed,
     vectors_frame,
 )
@@ -34,13 +40,13 @@ from common import (
 from sparkann import ANNIndex
 
 STALL_SECONDS = 6
-PARAMS = {"numPartitions": 6, "deterministic": True}
+PARAMS = {"numPartitions": 6, "deterministic": True, "targetRecall": 0, "seed": 11}
 
 
 class ExecutorKiller(threading.Thread):
     """Kills the first executor whose log shows a stalled task of ``stage``."""
 
-    def __init__(self, spark, stage: str, timeout: float = 180):
+    def __init__(self, spark, stage: str, timeout: float = 300):
         super().__init__(daemon=True)
         self.stage, self.deadline = stage, time.monotonic() + timeout
         self.logs = os.path.join(os.environ["SPARK_HOME"], "work",
@@ -55,18 +61,20 @@ class ExecutorKiller(threading.Thread):
             for path in glob.glob(self.logs):
                 with open(path, errors="replace") as log:
                     log.seek(self.seen.get(path, 0))
-                    if marker in log.read():
-                        self.kill_executor(path.split(os.sep)[-2])
-                        return
+                    line = next((t for t in log.read().splitlines() if marker in t), None)
+                if line is not None:
+                    self.kill_executor(path.split(os.sep)[-2], line.strip())
+                    return
             time.sleep(0.1)
 
-    def kill_executor(self, executor_id: str) -> None:
+    def kill_executor(self, executor_id: str, line: str) -> None:
         pid = executor_pids(self.jvm)[executor_id]
         kill(pid)
-        self.killed = {"executor": executor_id, "pid": pid, "at": time.monotonic()}
+        self.killed = {"executor": executor_id, "pid": pid, "at": time.monotonic(),
+                       "log_line": line}
 
 
-def wait_for_executors(spark, count: int, timeout: float = 120) -> int:
+def wait_for_executors(spark, count: int, timeout: float = 180) -> int:
     """Wait until ``count`` executors are registered (the driver is not one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -77,21 +85,33 @@ def wait_for_executors(spark, count: int, timeout: float = 120) -> int:
     raise RuntimeError(f"fewer than {count} executors registered after {timeout} s")
 
 
-def with_kill(spark, stage: str, action):
-    """Run ``action`` with stalled first attempts in ``stage`` and one executor killed."""
+def with_kill(spark, name: str, stage: str, slow: str, action):
+    """Run ``action`` with the first attempts ``slow`` names stalled, and the executor
+    of the first stalled ``stage`` task killed; returns its value and what happened."""
     wait_for_executors(spark, 2)
-    spark.conf.set(SLOW_CONF, f"{stage}={STALL_SECONDS}")
-    spark.sparkContext.setJobGroup(f"kill-{stage}", f"an executor is lost during the {stage}")
+    group = f"kill-{name}"
+    spark.conf.set(SLOW_CONF, slow)
+    spark.sparkContext.setJobGroup(group, f"an executor is lost during the {name}")
     killer = ExecutorKiller(spark, stage)
     killer.start()
     started = time.monotonic()
-    value, seconds = timed(action)
+    try:
+        value, seconds = timed(action)
+    finally:
+        spark.conf.unset(SLOW_CONF)
+        spark.sparkContext.setJobGroup("after", "no faults")
     killer.join(timeout=1)
-    spark.conf.unset(SLOW_CONF)
     if killer.killed is None:
-        raise RuntimeError(f"no executor was killed during the {stage}")
-    killed = dict(killer.killed, at=round(killer.killed["at"] - started, 2),
-                  failed_tasks=failed_tasks(spark, f"kill-{stage}"), seconds=seconds)
+        raise RuntimeError(f"no executor was killed during the {name}")
+    executor = killer.killed["executor"]
+    attempts = task_attempts(spark, group)
+    lost = [a for a in attempts if a["status"] == "FAILED" and a["executor"] == executor
+            and "ExecutorLostFailure" in a["error"]]
+    killed = dict(killer.killed, at=round(killer.killed["at"] - started, 2), seconds=seconds,
+                  slow=slow, still_running=alive(killer.killed["pid"]),
+                  failed_tasks=sum(a["status"] == "FAILED" for a in attempts),
+                  lost_tasks=len(lost), lost_errors=sorted({a["error"][:160] for a in lost}),
+                  stage_attempts=sorted({(a["stage"], a["stage_attempt"]) for a in attempts}))
     return value, killed
 
 
@@ -100,21 +120,38 @@ def main() -> None:
     base, query_vectors = data()
     items = vectors_frame(spark, base)
     queries = vectors_frame(spark, query_vectors, "qid")
+    route_tasks = queries.rdd.getNumPartitions()
     wait_for_executors(spark, 2)
     clean, clean_build = timed(ANNIndex(**PARAMS).fit, items)
-    clean_answers, clean_search = timed(answers, clean, queries)
-    rebuilt, build_kill = with_kill(spark, "build", lambda: ANNIndex(**PARAMS).fit(items))
-    found, search_kill = with_kill(spark, "search", lambda: answers(rebuilt, queries))
+    clean_found = {s: timed(answers, clean, queries, s) for s in STRATEGIES}
+    rebuilt, build_kill = with_kill(spark, "build", "build", f"build={STALL_SECONDS}",
+                                    lambda: ANNIndex(**PARAMS).fit(items))
+    # Query-local search: one stage, every task stalls.
+    local, local_kill = with_kill(spark, "search-local", "search", f"search={STALL_SECONDS}",
+                                  lambda: answers(rebuilt, queries, "local"))
+    # Partition-side search: only tasks of the search stage stall (its Spark partitions
+    # past the route stage's), so the kill also loses the route stage's shuffle output.
+    searched = ",".join(f"search@{p}={STALL_SECONDS}" for p in range(route_tasks, 6))
+    partition, partition_kill = with_kill(spark, "search-partition", "search", searched,
+                                          lambda: answers(rebuilt, queries, "partition"))
+    found = {"local": local, "partition": partition}
+    num_vectors = rebuilt.manifest.num_vectors
     emit(
         master=spark.sparkContext.master,
-        killed={"build": build_kill, "search": search_kill},
-        same_checksums=clean.manifest.checksums == rebuilt.manifest.checksums,
-        same_answers=found == clean_answers,
-        exactly_k=exactly_k_distinct(found),
-        num_queries=len(found),
-        recall=recall(found, base, query_vectors),
-        clean_recall=recall(clean_answers, base, query_vectors),
-        seconds={"clean build": clean_build, "clean search": clean_search},
+        route_tasks=route_tasks,
+        killed={"build": build_kill, "search-local": local_kill,
+                "search-partition": partition_kill},
+        same_checksums=checksums(clean) == checksums(rebuilt),
+        num_vectors=num_vectors,
+        strategies={s: {
+            "same_answers": found[s] == clean_found[s][0],
+            "exactly_k": exactly_k_distinct(found[s], num_vectors),
+            "num_queries": len(found[s]),
+            "recall": recall(found[s], base, query_vectors),
+            "clean_recall": recall(clean_found[s][0], base, query_vectors),
+            "clean_seconds": clean_found[s][1],
+        } for s in STRATEGIES},
+        seconds={"clean build": clean_build},
         executors_now=sorted(executor_pids(driver_jvm_pid(spark))),
     )
     spark.stop()

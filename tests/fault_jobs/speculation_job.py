@@ -1,5 +1,5 @@
-"""Speculation on a standalone cluster (submitted with spark-submit): build and
-search fault-free, then again with one deliberately slow task per stage.
+"""Speculation on a standalone cluster (submitted with spark-submit): build and search
+(both strategies) fault-free, then again with one deliberately slow task per stage.
 
 Usage: spark-submit --master spark://... --conf spark.speculation=true ... speculation_job.py DIR
 
@@ -17,17 +17,19 @@ from collections import Counter
 import pyarrow.parquet as pq
 from common import (
     SLOW_CONF,
+    STRATEGIES,
     answers,
+    checksums,
     data,
     emit,
     exactly_k_distinct,
     job_stats,
     recall,
     session,
+    task_attempts,
     timed,
     vectors_frame,
 )
-from pyspark.sql import functions as F
 
 from sparkann import ANNIndex
 
@@ -36,22 +38,67 @@ SHUFFLE_PARTITIONS = 4
 
 
 def table_layout(model) -> dict:
-    """Rows and files per partition_id of an index table, read without Spark."""
-    manifest, rows, files, temporary = model.manifest, Counter(), Counter(), []
-    for path in sorted({os.path.join(manifest.root, d) for d in manifest.partition_dirs}):
-        table = pq.read_table(path, columns=["partition_id"])
-        rows.update(str(p) for p in table.column("partition_id").to_pylist())
-        files.update(f.split(os.sep)[-2] for f in glob.glob(f"{path}/partition_id=*/*.parquet"))
-        temporary += glob.glob(f"{path}/_temporary*")
-    return {"rows": dict(rows), "files": dict(files), "temporary": temporary}
+    """Rows and files per partition_id of the index table a version names, read
+    without Spark, and any committer leftovers in its run directories."""
+    manifest = model.manifest
+    rows, files, temporary = Counter(), Counter(), []
+    runs = {os.path.join(manifest.root, *f.split("/")[:2]) for f in manifest.partitions.files
+            if f}
+    if manifest.locations is not None:
+        runs |= {os.path.join(manifest.root, *f.split("/")[:2])
+                 for fs in manifest.locations.files for f in fs}
+    for run in sorted(runs):
+        temporary += glob.glob(f"{run}/_temporary*") + glob.glob(f"{run}/**/.spark-staging*",
+                                                                  recursive=True)
+    for relative in manifest.partitions.files:
+        if not relative:
+            continue
+        directory = os.path.dirname(os.path.join(manifest.root, relative))
+        for file in glob.glob(f"{directory}/*.parquet"):
+            files[os.path.basename(directory)] += 1
+            table = pq.read_table(file, columns=["pid"], partitioning=None)
+            rows.update(str(p) for p in table.column("pid").to_pylist())
+    data_runs = {f.split("/")[1] for f in manifest.partitions.files if f}
+    return {"rows": dict(rows), "files": dict(files), "temporary": temporary,
+            "data_runs": len(data_runs)}
 
 
-def build_and_search(spark, items, queries, root: str, group: str):
-    spark.sparkContext.setJobGroup(group, group)
-    params = {"numPartitions": 6, "deterministic": True, "indexPath": root}
-    model, build = timed(ANNIndex(**params).fit, items)
-    found, search = timed(answers, model, queries)
-    return model, found, {"build": build, "search": search, **job_stats(spark, group)}
+def speculated(spark, group: str) -> dict:
+    """What Spark reports of a group once its attempts settled: killed attempts and
+    why, and the speculative attempts that succeeded."""
+    stats = job_stats(spark, group)
+    attempts = task_attempts(spark, group, settle_seconds=0)
+    stats["speculative_successes"] = sum(a["speculative"] and a["status"] == "SUCCESS"
+                                         for a in attempts)
+    # Spark partitions whose first, non-speculative attempt was killed (the stalled ones)
+    stats["killed_originals"] = sorted({a["partition"] for a in attempts
+                                        if a["status"] == "KILLED" and a["attempt"] == 0
+                                        and not a["speculative"]})
+    return stats
+
+
+def build_and_search(spark, items, queries, root: str, name: str, slow: dict):
+    """One build and a search per strategy, each in its own job group; ``slow`` holds
+    the stall setting of each phase (None: no stall)."""
+    params = {"numPartitions": 6, "deterministic": True, "targetRecall": 0, "seed": 11,
+              "indexPath": root}
+    stats = {}
+
+    def phase(group, action):
+        spark.sparkContext.setJobGroup(f"{name}-{group}", f"{name}: {group}")
+        if slow.get(group):
+            spark.conf.set(SLOW_CONF, slow[group])
+        try:
+            value, seconds = timed(action)
+        finally:
+            spark.conf.unset(SLOW_CONF)
+        stats[group] = {"seconds": seconds, **speculated(spark, f"{name}-{group}")}
+        return value
+
+    model = phase("build", lambda: ANNIndex(**params).fit(items))
+    found = {s: phase(f"search-{s}", lambda s=s: answers(model, queries, s))
+             for s in STRATEGIES}
+    return model, found, stats
 
 
 def main() -> None:
@@ -62,24 +109,30 @@ def main() -> None:
     items = vectors_frame(spark, base)
     queries = vectors_frame(spark, query_vectors, "qid")
     clean, clean_found, clean_stats = build_and_search(
-        spark, items, queries, f"{root}/clean", "clean")
-    # The build task holding index partition 0, and search task 0, are stragglers.
-    slow = spark.range(1).select(F.expr(f"pmod(hash(0), {SHUFFLE_PARTITIONS})")).first()[0]
-    spark.conf.set(SLOW_CONF, f"build@{slow}={STALL_SECONDS},search@0={STALL_SECONDS}")
-    model, found, stats = build_and_search(spark, items, queries, f"{root}/speculative",
-                                           "speculative")
+        spark, items, queries, f"{root}/clean", "clean", {})
+    # Build tasks are one per index partition (Spark partition N builds partition N):
+    # the one of partition 0 straggles, and so does task 0 of every search stage.
+    stall = f"search@0={STALL_SECONDS}"
+    model, found, stats = build_and_search(
+        spark, items, queries, f"{root}/speculative", "speculative",
+        {"build": f"build@0={STALL_SECONDS}", "search-local": stall,
+         "search-partition": stall})
+    num_vectors = model.manifest.num_vectors
     emit(
         executors=sorted({e.host for e in spark.sparkContext.statusTracker().getExecutorInfos()}),
         stall_seconds=STALL_SECONDS,
         clean=clean_stats,
         speculative=stats,
-        same_checksums=clean.manifest.checksums == model.manifest.checksums,
-        same_answers=clean_found == found,
-        exactly_k=exactly_k_distinct(found),
-        recall=recall(found, base, query_vectors),
-        clean_recall=recall(clean_found, base, query_vectors),
+        same_checksums=checksums(clean) == checksums(model),
+        num_vectors=num_vectors,
+        strategies={s: {
+            "same_answers": clean_found[s] == found[s],
+            "exactly_k": exactly_k_distinct(found[s], num_vectors),
+            "recall": recall(found[s], base, query_vectors),
+            "clean_recall": recall(clean_found[s], base, query_vectors),
+        } for s in STRATEGIES},
         layout=table_layout(model),
-        num_partitions=len(model.manifest.checksums),
+        num_partitions=model.manifest.num_partitions,
     )
     spark.stop()
 
