@@ -808,10 +808,12 @@ def test_hnsw_valid_graphs_of_any_size_load(n, m, space):
     loaded = graph_from_bytes(graph_to_bytes(graph), DIM, space)
     assert loaded.get_current_count() == n
     if n:
+        np.testing.assert_array_equal(loaded.get_items(np.arange(n)), graph.get_items(np.arange(n)))
+        # k=1: a graph this sparse may not reach all n rows from every query
         loaded.set_ef(n)
         graph.set_ef(n)
-        np.testing.assert_array_equal(loaded.knn_query(vectors, k=n)[0],
-                                      graph.knn_query(vectors, k=n)[0])
+        np.testing.assert_array_equal(loaded.knn_query(vectors, k=1)[0],
+                                      graph.knn_query(vectors, k=1)[0])
         loaded.resize_index(n + 3)
         loaded.add_items(vectors[:1].repeat(3, 0), np.arange(n, n + 3))
         assert graph_from_bytes(graph_to_bytes(loaded), DIM, space).get_current_count() == n + 3

@@ -123,8 +123,9 @@ def test_recall_and_distances_follow_the_metric(case):
     assert exact.recall_at_k(labels, truth, K) >= RECALL
     assert ((labels >= 0) & (labels < N)).all()
     full = context.metric.pairwise(queries, base)
+    tolerance = 1e-4 if cls.exact_distances else 3e-2  # quantized vectors: approximate
     np.testing.assert_allclose(dists, np.take_along_axis(full, labels, 1),
-                               rtol=1e-4, atol=1e-4 * (1 + np.abs(full).max()))
+                               rtol=tolerance, atol=tolerance * (1 + np.abs(full).max()))
     assert (np.diff(dists, axis=1) >= -1e-5).all()  # best first
 
 
@@ -176,7 +177,11 @@ def test_add_appends_findable_labels(case):
     found = sum(len(t & set(row)) for t, row in zip(new_truth, labels.tolist()))
     assert found >= RECALL * sum(len(t) for t in new_truth) > 0
     added = np.arange(N, N + len(extra))
-    np.testing.assert_allclose(index.live_vectors(added), extra, rtol=1e-6)
+    if cls.exact_distances:
+        np.testing.assert_allclose(index.live_vectors(added), extra, rtol=1e-6)
+    else:  # decoded vectors; rows beyond the ranges trained at build are clipped
+        error = np.abs(index.live_vectors(added) - extra)
+        assert (error <= 0.02 * float(np.abs(everything).max())).mean() >= 0.99
     index.add(extra[:0], threads=1)
     assert index.count == N + len(extra)
 
@@ -238,8 +243,12 @@ def test_subset_search_is_exact_within_a_small_subset(case):
         assert found.shape == dists.shape == (1, K)
         assert np.isin(found, subset).all()
         order, truth_dists = exact.knn(base[np.sort(subset)], query[None], K, context.metric.name)
-        np.testing.assert_array_equal(found, np.sort(subset)[order])
-        np.testing.assert_allclose(dists, truth_dists, rtol=1e-4, atol=1e-4)
+        if cls.exact_distances:
+            np.testing.assert_array_equal(found, np.sort(subset)[order])
+            np.testing.assert_allclose(dists, truth_dists, rtol=1e-4, atol=1e-4)
+        else:  # exact among the quantized vectors: near-ties may swap
+            assert exact.recall_at_k(found, np.sort(subset)[order], K) >= 0.8
+            np.testing.assert_allclose(dists, truth_dists, rtol=3e-2, atol=3e-2)
     found, dists = index.search_subset(queries[0], subset[:4], K, knobs)  # fewer than k
     assert sorted(found[0, :4]) == sorted(subset[:4]) and (found[0, 4:] == -1).all()
     assert np.isinf(dists[0, 4:]).all()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from .base import PartitionContext, PartitionIndex, SearchKnobs, StoredPartition
 from .hnsw import HNSWIndex
+from .hnsw_sq import HNSWSQIndex
 from .pq import PQIndex
 
-REGISTRY: dict[str, type[PartitionIndex]] = {cls.name: cls for cls in (HNSWIndex, PQIndex)}
+REGISTRY: dict[str, type[PartitionIndex]] = {
+    cls.name: cls for cls in (HNSWIndex, HNSWSQIndex, PQIndex)}
 
 
 def index_type(name: str) -> type[PartitionIndex]:

@@ -64,6 +64,8 @@ class PartitionIndex(ABC):
     name: ClassVar[str] = ""
     # Params of this index type stored with the index and needed to build or load it.
     build_params: ClassVar[tuple[str, ...]] = ()
+    # Whether distances are exact (else to quantized vectors, within a few percent).
+    exact_distances: ClassVar[bool] = True
     # Whether the index keeps exact vectors (re-ranking, live vectors for rebalance).
     count: int
 
