@@ -289,7 +289,8 @@ def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int
     manifest, metric = index.manifest, index.metric
     source = base if queries is None else queries
     count = num_rows if queries is None else int(queries.count())
-    sample = draw_sample(source, count, seed, metric, manifest.dim, queries is None)
+    size = None if queries is None else min(count, MAX_SAMPLE)  # a given sample: all of it
+    sample = draw_sample(source, count, seed, metric, manifest.dim, queries is None, size)
     if len(sample.vectors) == 0:
         raise ValueError("the calibration sample is empty")
     truth = exact_neighbors(base, sample, metric, k, manifest.dim, manifest.id_type)

@@ -144,7 +144,16 @@ PATH_FIELDS = {
 def test_manifest_paths_must_stay_inside_the_root(field, path):
     doc = edit(**{PATH_FIELDS[field]: path})(good_doc())
     message = refused(parse, doc, error=IndexFormatError)
-    assert "does not stay inside the index root" in message and field in message
+    if field == "partition file" and path == "":
+        assert "only allowed for a partition without rows" in message, message
+    else:
+        assert "does not stay inside the index root" in message and field in message
+
+
+def test_a_partition_without_rows_has_no_file():
+    doc = edit(**{"partitions.files.1": "", "partitions.rows.1": 0, "partitions.deletes.1": [],
+                  "partitions.payloadBytes.1": 0})(good_doc())
+    assert parse(json.dumps(doc)).partitions.files[1] == ""
 
 
 @pytest.mark.parametrize("path", ["part.parquet\n", "index/..\n", "a/b.parquet\n"], ids=repr)

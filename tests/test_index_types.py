@@ -97,7 +97,7 @@ def test_registry_maps_names_to_index_types():
         assert cls.build_params and all(isinstance(p, str) for p in cls.build_params)
     assert HNSWIndex.build_params == ("hnswM", "efConstruction")
     assert PQIndex.build_params == ("pqSubvectors", "pqBits", "pqCodebook", "rerankK")
-    with pytest.raises(ValueError, match=r"indexType='annoy'.*\['hnsw', 'pq'\]"):
+    with pytest.raises(ValueError, match=r"indexType='annoy'.*\['hnsw', 'hnsw_sq8', 'pq'\]"):
         index_type("annoy")
 
 

@@ -317,7 +317,7 @@ def _dict(value, what: str) -> dict:
 
 
 def _partitions(doc: dict) -> Partitions:
-    files = [safe_relative(f, "partition file") for f in doc["files"]]
+    files = [f if f == "" else safe_relative(f, "partition file") for f in doc["files"]]
     n = len(files)
     rows = [_int(x, "rows", 0, 1 << 40) for x in doc["rows"]]
     nbytes = [_int(x, "payloadBytes") for x in doc["payloadBytes"]]
@@ -328,7 +328,11 @@ def _partitions(doc: dict) -> Partitions:
                 for d in ds] for ds in doc["deletes"]]
     if not all(len(x) == n for x in (rows, nbytes, checksums, errors, deletes)):
         raise IndexFormatError("the manifest's partition lists differ in length")
-    for pid, (r, ds) in enumerate(zip(rows, deletes)):
+    for pid, (f, r, ds) in enumerate(zip(files, rows, deletes)):
+        if f == "" and (r or ds):  # "" is a partition without rows (an empty cluster)
+            raise IndexFormatError(f"partition file: path '' is only allowed for a partition "
+                                   f"without rows; partition {pid} has {r} rows and "
+                                   f"{len(ds)} delete files")
         if sum(d.count for d in ds) > r:
             raise IndexFormatError(f"index partition {pid}: more deleted rows than rows")
     return Partitions(files, rows, nbytes, checksums, errors, deletes)
