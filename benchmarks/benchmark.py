@@ -1,16 +1,32 @@
-"""Side-by-side benchmark: sparkann, single-process hnswlib, MLlib LSH, exact on Spark.
+"""Side-by-side benchmark: sparkann (both search strategies), single-process hnswlib,
+Spark's own kNN join, exact search on Spark and MLlib LSH.
 
     python benchmarks/benchmark.py [--quick] [--sizes 100000,300000,1000000]
-        [--out notebooks/benchmarks]
+        [--out notebooks/benchmarks] [--resume] [--report-only]
     spark-submit --driver-memory 8g benchmarks/benchmark.py --quick
 
 Every method runs on the same data and the same cores (``local[N]`` with N =
 ``--cores``, default 2; hnswlib and faiss use N threads). Writes
 ``results.json``, ``recall_vs_qps.png`` and ``RESULTS.md`` to ``--out``.
-Datasets: Fashion-MNIST and SIFT10K from the shared data folder (skipped when
-absent), and seeded clustered low-rank data (``sparkann.datasets.clustered``)
-at each ``--sizes`` row count; the largest size is the headline case the
-targets are judged on.
+
+Datasets: seeded clustered low-rank data (``sparkann.datasets.clustered``) at
+each ``--sizes`` row count; Fashion-MNIST and SIFT10K from the shared data
+folder (skipped when absent); and a cosine dataset (``--cosine``, normalised
+clustered data of high rank and many clusters). What is measured:
+
+1. sparkann with ``searchStrategy="local"`` and ``"partition"`` and hnswlib at
+   equal recall: a sweep of each method's settings (numProbes x probeEpsilon x
+   efSearch, and the calibrated defaults fit chose; ef for hnswlib), then the
+   fastest settings reaching recall@10 >= 0.95 measured on the full query set
+   (median of ``--repeats``), with the partitions searched per query.
+2. Spark's own kNN join (``DataFrame.nearestByJoin``, exact mode) on a feasible
+   query sample, extrapolated.
+3. Structured Streaming micro-batch latency (file source, 1 and 100 queries per
+   file, ``maxFilesPerTrigger=1``) for both strategies (headline case).
+4. Memory of the Python workers and the JVM during search.
+5. Calibration's share of the build time (``summary()["buildSeconds"]``).
+6. Recall with the calibrated defaults on held-out queries.
+7. The recall spread of repeated builds of the same data and seed (``--spread-size``).
 """
 
 from __future__ import annotations
@@ -43,13 +59,16 @@ K = 10
 HNSW_M = 16
 EF_CONSTRUCTION = 200
 SEED = 42
-HNSW_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 256)
+HNSW_EFS = (10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 256)
 PROBES = (1, 2, 3, 4, 6, 8)
-SPARK_EFS = (16, 24, 32, 48, 64, 128)
+SPARK_EFS = (12, 16, 20, 24, 32, 48, 64, 128)
+STRATEGIES = ("local", "partition")
+SWEEP_STOP_RECALL = 0.998  # a sweep row stops raising efSearch once it reaches this
 LSH_TABLES = (4,)
 LSH_BUCKET_FACTORS = (0.5, 1.0, 2.0)  # x the median distance to the 10th true neighbour
 LSH_JOIN_BUDGET_S = 240  # the join's query sample is cut to about this many seconds
 LSH_SINGLE_BUDGET_S = 90  # per-query calls stop after this many seconds (at least 3 run)
+SPREAD_SETTINGS = "1:12,1:16,2:24,3:48"  # numProbes:efSearch of the retried-build spread
 
 
 # --------------------------------------------------------------------------
@@ -60,7 +79,7 @@ LSH_SINGLE_BUDGET_S = 90  # per-query calls stop after this many seconds (at lea
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="small sizes and query counts, one repeat (a 2-3 minute smoke run)")
+                   help="small sizes and query counts, one repeat (a 3-5 minute smoke run)")
     p.add_argument("--sizes", default=None,
                    help="clustered dataset sizes "
                         "(default 100000,300000,1000000; quick 10000,20000)")
@@ -70,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--datasets", default=None,
                    help="shared datasets, comma separated, or 'none' "
                         "(default fashion-mnist,sift10k; quick sift10k)")
+    p.add_argument("--cosine", default=None,
+                   help="rows x dim of the cosine dataset, or 'none' "
+                        "(default 200000x64; quick 3000x32)")
     p.add_argument("--out", default="notebooks/benchmarks", help="output directory")
     p.add_argument("--cores", type=int, default=2, help="cores for every method (default 2)")
     p.add_argument("--repeats", type=int, default=None,
@@ -77,6 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default 3; quick 1)")
     p.add_argument("--recall-queries", type=int, default=None,
                    help="queries with exact ground truth per dataset (default 10000; quick 1000)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="settings of each sweep (the fastest reaching recall 0.95) measured "
+                        "on the full query set (default 3; quick 1)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help="sparkann search strategies (default local,partition)")
     p.add_argument("--work-dir", default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--keep", action="store_true",
                    help="keep the scratch data and indexes (for profiling afterwards)")
@@ -90,15 +117,38 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="probeEpsilon values of the sparkann sweep, for numProbes > 1 "
                         "(default 0,0.1; 0 = no probe pruning)")
     p.add_argument("--efs", default=None,
-                   help="efSearch values of the sparkann sweep (default 10,16,32,64,128)")
+                   help="efSearch values of the sparkann sweep "
+                        "(default 12,16,20,24,32,48,64,128)")
+    p.add_argument("--lsh", default=None, choices=("headline", "all", "none"),
+                   help="cases MLlib LSH runs on (default: the headline case only)")
     p.add_argument("--lsh-factors", default=None,
                    help="LSH bucketLength factors tried (x the median true 10-NN distance; "
                         "default 0.5,1,2)")
+    p.add_argument("--knn-join-budget", type=float, default=None,
+                   help="seconds of Spark kNN join per case, about (default 90; quick 15)")
+    p.add_argument("--stream-files", type=int, default=None,
+                   help="files per streaming run, warm-up included (default 40; quick 6)")
+    p.add_argument("--stream-warmup", type=int, default=None,
+                   help="first micro-batches not counted (default 5; quick 2)")
+    p.add_argument("--stream-rows", default="1,100", help="queries per streamed file")
+    p.add_argument("--spread-size", type=int, default=None,
+                   help="clustered size of the retried-build spread (default 300000 when "
+                        "measured, else the largest; 0 = off)")
+    p.add_argument("--spread-builds", type=int, default=None,
+                   help="default (multi-threaded) builds of the spread (default 5; quick 1)")
+    p.add_argument("--spread-deterministic", type=int, default=None,
+                   help="deterministic=True builds of the spread (default 2; quick 1)")
+    p.add_argument("--spread-settings", default=SPREAD_SETTINGS,
+                   help=f"numProbes:efSearch settings of the spread (default {SPREAD_SETTINGS})")
+    p.add_argument("--pq", action="store_true",
+                   help="also run the old headline PQ check (benchmarks/pq_benchmark.py is "
+                        "the PQ benchmark)")
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild targets, scaling, RESULTS.md and the plot from "
                         "--out/results.json (e.g. of an interrupted run)")
     p.add_argument("--skip", default="",
-                   help="methods to skip, comma separated: hnswlib,mllib_lsh,exact_spark,pq")
+                   help="methods to skip, comma separated: hnswlib,mllib_lsh,exact_spark,"
+                        "knn_join,streaming,spread,pq")
     args = p.parse_args(argv)
     q = args.quick
     args.sizes = [int(s) for s in (args.sizes or ("10000,20000" if q else
@@ -107,16 +157,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     names = args.datasets if args.datasets is not None else ("sift10k" if q else
                                                              "fashion-mnist,sift10k")
     args.datasets = [] if names in ("", "none") else names.split(",")
+    cosine = args.cosine if args.cosine is not None else ("3000x32" if q else "200000x64")
+    args.cosine = None if cosine in ("", "none") else tuple(int(x) for x in cosine.split("x"))
     args.repeats = args.repeats or (1 if q else 3)
     args.recall_queries = args.recall_queries or (1000 if q else 10_000)
+    args.candidates = args.candidates or (1 if q else 3)
+    args.strategies = tuple(s for s in args.strategies.split(",") if s)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if not args.pq:
+        args.skip.add("pq")
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
-    args.probes = ints(args.probes) if args.probes else (PROBES[:3] if q else PROBES)
+    args.probes = ints(args.probes) if args.probes else ((1, 2, 3) if q else PROBES)
     args.probe_epsilons = tuple(float(x) for x in args.probe_epsilons.split(","))
     args.spark_efs = ints(args.efs) if args.efs else ((16, 32, 64) if q else SPARK_EFS)
     args.hnsw_efs = (16, 32, 64) if q else HNSW_EFS
+    args.lsh = args.lsh or "headline"
     args.lsh_factors = (tuple(float(x) for x in args.lsh_factors.split(",")) if args.lsh_factors
                         else ((2.0,) if q else LSH_BUCKET_FACTORS))
+    args.knn_join_budget = args.knn_join_budget or (15.0 if q else 90.0)
+    args.stream_files = args.stream_files or (6 if q else 40)
+    args.stream_warmup = args.stream_warmup if args.stream_warmup is not None else (2 if q else 5)
+    args.stream_rows = ints(args.stream_rows)
+    if args.spread_size is None:
+        args.spread_size = 300_000 if 300_000 in args.sizes else max(args.sizes, default=0)
+    args.spread_builds = args.spread_builds if args.spread_builds is not None else (1 if q else 5)
+    args.spread_deterministic = (args.spread_deterministic if args.spread_deterministic
+                                 is not None else (1 if q else 2))
+    args.spread_settings = [tuple(int(x) for x in s.split(":"))
+                            for s in args.spread_settings.split(",") if s]
     return args
 
 
@@ -195,18 +263,23 @@ def vectors_table(vectors: np.ndarray, first_id: int = 0) -> pa.Table:
     return pa.table({"id": ids, "vector": pa.ListArray.from_arrays(offsets, values)})
 
 
-def write_parquet(vectors: np.ndarray, path: str, row_group_rows: int = 50_000) -> str:
+def write_parquet(vectors: np.ndarray, path: str, files: int = 1,
+                  row_group_rows: int = 50_000) -> str:
+    """``vectors`` (ids 0..n-1) as ``files`` Parquet files of consecutive rows."""
     os.makedirs(path, exist_ok=True)
-    pq.write_table(vectors_table(vectors), os.path.join(path, "part-0.parquet"),
-                   row_group_size=row_group_rows)
+    bounds = np.linspace(0, len(vectors), max(1, min(files, len(vectors))) + 1).astype(int)
+    for part, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pq.write_table(vectors_table(vectors[lo:hi], first_id=int(lo)),
+                       os.path.join(path, f"part-{part}.parquet"), row_group_size=row_group_rows)
     return path
 
 
-def neighbor_ids(table: pa.Table, count: int) -> np.ndarray:
+def neighbor_ids(table: pa.Table, count: int, id_col: str = "id",
+                 neighbors_col: str = "neighbors") -> np.ndarray:
     """(count, K) neighbour ids by query id from a (id, neighbors) Arrow table; -1 = missing."""
     out = np.full((count, K), -1, np.int64)
-    qid = table.column("id").to_numpy()
-    lists = table.column("neighbors").combine_chunks()
+    qid = table.column(id_col).to_numpy()
+    lists = table.column(neighbors_col).combine_chunks()
     offsets = np.asarray(lists.offsets)
     ids = lists.flatten().field("id").to_numpy()
     for row in range(len(qid)):
@@ -216,22 +289,27 @@ def neighbor_ids(table: pa.Table, count: int) -> np.ndarray:
 
 
 class Case:
-    """One dataset: base and query vectors on disk as Parquet, and exact ground truth."""
+    """One dataset: base and query vectors on disk as Parquet, and exact ground truth.
 
-    def __init__(self, name, base, queries, truth, description, work, args, query_counts):
+    Query sets are stored as ``cores`` files, so a scan of one has a task per core
+    (Spark packs small files together: one file would be one task)."""
+
+    def __init__(self, name, base, queries, truth, description, work, args, query_counts,
+                 metric="l2", kind="clustered"):
         self.name, self.base, self.queries = name, base, queries
-        self.description = description
+        self.description, self.metric, self.kind = description, metric, kind
         self.query_counts = query_counts
         self.recall_n = min(args.recall_queries, len(queries))
-        folder = os.path.join(work, name)
-        self.base_path = write_parquet(base, os.path.join(folder, "base"))
-        self.query_paths = {n: write_parquet(queries[:n], os.path.join(folder, f"q{n}"))
+        self.work = os.path.join(work, name)
+        self.base_path = write_parquet(base, os.path.join(self.work, "base"))
+        self.query_paths = {n: write_parquet(queries[:n], os.path.join(self.work, f"q{n}"),
+                                             files=args.cores, row_group_rows=10_000)
                             for n in sorted(set(query_counts) | {self.recall_n})}
         started = time.perf_counter()
         self.truth = truth[: self.recall_n, :K] if truth is not None else bench.ground_truth(
-            base, queries[: self.recall_n], K, args.cores)
+            base, queries[: self.recall_n], K, args.cores, "ip" if metric == "cosine" else "l2")
         self.truth_seconds = time.perf_counter() - started
-        self.index_dir = os.path.join(folder, "index")
+        self.index_dir = os.path.join(self.work, "index")
 
 
 def shared_cases(args, work, skip=frozenset()):
@@ -252,7 +330,7 @@ def shared_cases(args, work, skip=frozenset()):
         desc = (f"{name}: {len(base):,} × {base.shape[1]} indexed, {nq:,} queries (l2); "
                 + ("ground truth shipped with the dataset." if truth is not None
                    else "exact ground truth computed with faiss IndexFlatL2."))
-        yield Case(name, base, queries, truth, desc, work, args, counts)
+        yield Case(name, base, queries, truth, desc, work, args, counts, kind="shared")
 
 
 def clustered_case(args, work, rows):
@@ -266,8 +344,36 @@ def clustered_case(args, work, rows):
     return Case(f"clustered-{rows}", base, queries, None, desc, work, args, counts)
 
 
+COSINE_MIXTURE = {"num_clusters": 1000, "rank": 48, "spread": 0.5, "noise": 0.1}
+
+
+def cosine_name(args) -> str:
+    rows, dim = args.cosine
+    return f"cosine-{rows}x{dim}"
+
+
+def cosine_case(args, work):
+    """Normalised clustered data of high rank and many clusters, cosine metric; the
+    queries are another draw of the same mixture (none of them is an indexed row)."""
+    rows, dim = args.cosine
+
+    def unit(v):
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    base = unit(datasets.clustered(rows, dim, seed=5, **COSINE_MIXTURE))
+    nq = args.recall_queries
+    queries = unit(datasets.clustered(nq, dim, seed=5, sample_seed=6, **COSINE_MIXTURE))
+    mix = ", ".join(f"{k}={v}" for k, v in COSINE_MIXTURE.items())
+    desc = (f"cosine: `sparkann.datasets.clustered({rows}, {dim}, seed=5, {mix})` normalised "
+            f"to unit length, {rows:,} × {dim} indexed, metric cosine; {nq:,} queries from "
+            "another draw of the mixture (sample_seed=6, none an indexed row); exact ground "
+            "truth by inner product (faiss IndexFlatIP).")
+    return Case(cosine_name(args), base, queries, None, desc, work, args, [nq],
+                metric="cosine", kind="cosine")
+
+
 # --------------------------------------------------------------------------
-# Methods
+# hnswlib
 # --------------------------------------------------------------------------
 
 
@@ -275,8 +381,9 @@ def run_hnswlib(case: Case, args) -> dict:
     import hnswlib
 
     threads = args.cores
+    space = "cosine" if case.metric == "cosine" else "l2"
     with bench.measure() as build:
-        index = hnswlib.Index(space="l2", dim=case.base.shape[1])
+        index = hnswlib.Index(space=space, dim=case.base.shape[1])
         index.init_index(max_elements=len(case.base), ef_construction=EF_CONSTRUCTION, M=HNSW_M,
                          random_seed=SEED)
         index.add_items(case.base, np.arange(len(case.base)), num_threads=threads)
@@ -288,84 +395,428 @@ def run_hnswlib(case: Case, args) -> dict:
             lambda: index.knn_query(sample, k=K, num_threads=threads), 1)
         sweep.append({"efSearch": ef, "recall": bench.recall(labels, case.truth, K),
                       "qps": len(sample) / bench.median(times), "seconds": times})
-    chosen = dict(bench.fastest_at_recall(sweep))
+    full = max(case.query_counts)
+    q_full = case.queries[:full]
+    m = min(full, case.recall_n)
+
+    def run_full(ef):
+        index.set_ef(ef)
+        with bench.measure() as phase:
+            times, (labels, _) = bench.timed_repeats(
+                lambda: index.knn_query(q_full, k=K, num_threads=threads), args.repeats)
+        return {"efSearch": ef, "queries": full, "seconds": times,
+                "qps": full / bench.median(times),
+                "recall": bench.recall(labels[:m], case.truth[:m], K), "memory": phase.memory}
+
+    candidates = [run_full(p["efSearch"]) for p in top_candidates(sweep, args.candidates)]
+    best = dict(bench.fastest_at_recall(candidates))
+    chosen = {"efSearch": best["efSearch"], "recall": best["recall"], "qps": best["qps"]}
     index.set_ef(chosen["efSearch"])
     throughput = []
     for n in case.query_counts:
+        if n == full:
+            throughput.append({k: best[k] for k in ("queries", "seconds", "qps", "recall",
+                                                    "memory")})
+            continue
         q = case.queries[:n]
         with bench.measure() as phase:
             times, (labels, _) = bench.timed_repeats(
                 lambda: index.knn_query(q, k=K, num_threads=threads), args.repeats)
-        m = min(n, case.recall_n)
+        mm = min(n, case.recall_n)
         throughput.append({"queries": n, "seconds": times, "qps": n / bench.median(times),
-                           "recall": bench.recall(labels[:m], case.truth[:m], K),
+                           "recall": bench.recall(labels[:mm], case.truth[:mm], K),
                            "memory": phase.memory})
-    return {"build": build.as_dict(), "threads": threads, "sweep": sweep, "chosen": chosen,
-            "throughput": throughput}
+    return {"build": build.as_dict(), "threads": threads, "sweep": sweep,
+            "candidates": candidates, "chosen": chosen, "throughput": throughput}
 
 
-def run_sparkann(spark, case: Case, args, recorder: StageRecorder) -> tuple[dict, object]:
+def top_candidates(points: list[dict], count: int) -> list[dict]:
+    """The ``count`` fastest points reaching recall 0.95 (or the best-recall point)."""
+    good = [p for p in points if p["recall"] >= bench.TARGET_RECALL]
+    if not good:
+        return [max(points, key=lambda p: (p["recall"], p["qps"]))]
+    return sorted(good, key=lambda p: -p["qps"])[:max(1, count)]
+
+
+# --------------------------------------------------------------------------
+# sparkann
+# --------------------------------------------------------------------------
+
+
+def fit_sparkann(spark, case: Case, path: str, recorder: "StageRecorder | None" = None,
+                 **params):
+    """``ANNIndex(...).fit`` of the case's base table: (model, build phase, build stages)."""
     from sparkann import ANNIndex
 
     base = spark.read.parquet(case.base_path)
-    shutil.rmtree(case.index_dir, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
     index = ANNIndex(k=K, hnswM=HNSW_M, efConstruction=EF_CONSTRUCTION, seed=SEED,
-                     indexPath=case.index_dir)
-    mark = recorder.mark()
+                     metric=case.metric, indexPath=path, **params)
+    mark = recorder.mark() if recorder else -1
     with bench.measure() as build:
         model = index.fit(base)
-    stages = {"build": recorder.since(mark)}
-    summary = model.summary()
-    partitions = summary["numPartitions"]
+    return model, build, recorder.since(mark) if recorder else []
 
-    def search(path, probes, ef, epsilon=0.0):
-        m = model.copy({model.numProbes: probes, model.efSearch: ef,
-                        model.probeEpsilon: epsilon})
-        out = m.transform(spark.read.parquet(path)).select("id", "neighbors").toArrow()
-        return out
 
+def with_settings(model, strategy: str, setting: dict | None = None):
+    """A copy of ``model`` searching with ``strategy`` and (if given) explicit
+    numProbes / probeEpsilon / efSearch; without ``setting`` the calibrated defaults."""
+    m = model.copy()
+    m.setSearchStrategy(strategy)
+    if setting:
+        m.setNumProbes(int(setting["numProbes"])).setEfSearch(int(setting["efSearch"]))
+        m.setProbeEpsilon(float(setting.get("probeEpsilon") or 0.0))
+    return m
+
+
+def search_table(spark, model, path: str, strategy: str, setting: dict | None = None):
+    """One batch search of the Parquet query set at ``path``, results on the driver."""
+    m = with_settings(model, strategy, setting)
+    return m.transform(spark.read.parquet(path)).select("id", "neighbors").toArrow()
+
+
+def defaults_of(model) -> dict:
+    s = model.searchSettings()
+    return {"numProbes": int(s["numProbes"]), "probeEpsilon": float(s["probeEpsilon"]),
+            "efSearch": int(s["efSearch"])}
+
+
+class Probes:
+    """Partitions searched per query, from the model's router (as the tasks route)."""
+
+    def __init__(self, spark, model, queries: np.ndarray):
+        from sparkann.build import with_checked_meta
+        from sparkann.loader import LoadedIndex
+
+        self.index = LoadedIndex.create(model.manifest, with_checked_meta(spark, model.manifest))
+        self.queries = self.index.metric.prepare(queries)
+
+    def per_query(self, setting: dict) -> float:
+        rows, _ = self.index.router.route(self.queries, int(setting["numProbes"]), K,
+                                          float(setting.get("probeEpsilon") or 0.0))
+        return round(len(rows) / max(len(self.queries), 1), 3)
+
+
+def sweep_rows(args, partitions: int) -> list[tuple[int, float]]:
+    probes = sorted({p for p in args.probes if p <= partitions} | (
+        {partitions} if partitions <= max(args.probes) else set()))
+    return [(p, e) for p in probes for e in args.probe_epsilons if p > 1 or not e]
+
+
+def run_strategy(spark, case: Case, args, recorder: StageRecorder, model, strategy: str,
+                 probes: Probes) -> dict:
+    """One search strategy: sweep, calibrated defaults, the fastest settings reaching
+    recall 0.95 on the full query set, smaller query sets, memory."""
+    partitions = model.summary()["numPartitions"]
     recall_path = case.query_paths[case.recall_n]
-    probes = sorted({p for p in args.probes if p <= partitions} | {partitions}) \
-        if partitions > 1 else [1]
-    if partitions > 1 and partitions > max(args.probes):
-        probes = [p for p in probes if p != partitions]
-    # first search of a fresh index: loads payloads into the Python workers
-    with bench.measure() as cold:
-        search(recall_path, min(probes), min(args.spark_efs))
+    bench.clear_worker_caches(spark, args.cores)
+    worker_rss_empty = bench.python_worker_rss()
+    defaults = defaults_of(model)
+    with bench.measure() as cold:  # first search: loads the index into the workers
+        search_table(spark, model, recall_path, strategy, defaults)
+    worker_rss_cold = bench.python_worker_rss()
+
+    def sample_point(setting):
+        times, table = bench.timed_repeats(
+            lambda: search_table(spark, model, recall_path, strategy, setting), 1)
+        found = neighbor_ids(table, case.recall_n)
+        point = {**setting, "seconds": times, "qps": case.recall_n / bench.median(times),
+                 "recall": bench.recall(found, case.truth, K)}
+        log.info("%s %s numProbes=%d eps=%g ef=%d recall=%.4f qps=%.0f", case.name, strategy,
+                 setting["numProbes"], setting["probeEpsilon"], setting["efSearch"],
+                 point["recall"], point["qps"])
+        return point
+
     points = []
-    for p, eps in [(p, e) for p in probes for e in args.probe_epsilons if p > 1 or not e]:
+    for p, eps in sweep_rows(args, partitions):
         for ef in args.spark_efs:
-            times, table = bench.timed_repeats(lambda: search(recall_path, p, ef, eps), 1)
-            found = neighbor_ids(table, case.recall_n)
-            points.append({"numProbes": p, "probeEpsilon": eps, "efSearch": ef,
-                           "seconds": times, "qps": case.recall_n / bench.median(times),
-                           "recall": bench.recall(found, case.truth, K)})
-            log.info("%s sparkann probes=%d eps=%g ef=%d recall=%.4f qps=%.0f", case.name, p,
-                     eps, ef, points[-1]["recall"], points[-1]["qps"])
-    chosen = dict(bench.fastest_at_recall(points))
-    throughput, search_memory = [], {}
-    for n in case.query_counts:
+            points.append(sample_point({"numProbes": p, "probeEpsilon": eps, "efSearch": ef}))
+            if points[-1]["recall"] >= SWEEP_STOP_RECALL:
+                break
+    default_point = sample_point(defaults)
+    default_point["probes_per_query"] = probes.per_query(defaults)
+
+    full = max(case.query_counts)
+
+    def run_full(setting, n=full):
         mark = recorder.mark()
         with bench.measure() as phase:
             times, table = bench.timed_repeats(
-                lambda: search(case.query_paths[n], chosen["numProbes"], chosen["efSearch"],
-                               chosen["probeEpsilon"]),
+                lambda: search_table(spark, model, case.query_paths[n], strategy, setting),
                 args.repeats)
-        stages[f"search {n} queries x{len(times)}"] = recorder.since(mark)
+        mm = min(n, case.recall_n)
         found = neighbor_ids(table, n)
-        m = min(n, case.recall_n)
-        throughput.append({"queries": n, "seconds": times, "qps": n / bench.median(times),
-                           "recall": bench.recall(found[:m], case.truth[:m], K),
-                           "memory": phase.memory})
-        search_memory = phase.memory
+        return {**{k: setting[k] for k in ("numProbes", "probeEpsilon", "efSearch")},
+                "queries": n, "seconds": times, "qps": n / bench.median(times),
+                "recall": bench.recall(found[:mm], case.truth[:mm], K),
+                "memory": phase.memory, "stages": bench.stage_summary(recorder.since(mark))}
+
+    pool = top_candidates(points + [default_point], args.candidates)
+    candidates = [run_full(p) for p in pool]
+    best = dict(bench.fastest_at_recall(candidates))
+    worker_rss = bench.python_worker_rss()
+    setting = {k: best[k] for k in ("numProbes", "probeEpsilon", "efSearch")}
+    chosen = {**setting, "recall": best["recall"], "qps": best["qps"],
+              "probes_per_query": probes.per_query(setting),
+              "is_default": setting == defaults}
+    default_full = (best if chosen["is_default"] else
+                    next((c for c in candidates if all(c[k] == defaults[k] for k in defaults)),
+                         None) or run_full(defaults))
+    default_point["full"] = {k: default_full[k] for k in ("queries", "seconds", "qps", "recall")}
+    throughput = []
+    for n in case.query_counts:
+        entry = best if n == full else run_full(setting, n)
+        throughput.append({k: entry[k] for k in ("queries", "seconds", "qps", "recall",
+                                                 "memory")})
+    log.info("%s %s chosen %s: %.0f q/s at recall %.4f (%.2f partitions per query)", case.name,
+             strategy, setting, chosen["qps"], chosen["recall"], chosen["probes_per_query"])
     return {
-        "build": build.as_dict(), "summary": _json_safe(summary), "cold_search": cold.as_dict(),
-        "sweep": {"probe_values": probes, "ef_values": list(args.spark_efs),
-                  "epsilon_values": list(args.probe_epsilons), "points": points},
-        "chosen": chosen, "throughput": throughput, "search_memory": search_memory,
-        "stages": stages,
-        "stage_summary": {k: bench.stage_summary(v) for k, v in stages.items()},
-    }, model
+        "strategy": strategy, "cold_search": cold.as_dict(),
+        "worker_rss_empty_cache": worker_rss_empty,
+        "worker_rss_after_cold_search": worker_rss_cold,
+        "sweep": {"probe_values": sorted({p for p, _ in sweep_rows(args, partitions)}),
+                  "ef_values": list(args.spark_efs),
+                  "epsilon_values": list(args.probe_epsilons), "points": points,
+                  "stop_recall": SWEEP_STOP_RECALL},
+        "defaults": default_point, "candidates": candidates, "chosen": chosen,
+        "throughput": throughput, "search_memory": best["memory"],
+        "worker_rss_after_search": worker_rss, "stages": best["stages"],
+    }
+
+
+def calibration_share(summary: dict, fit_seconds: float) -> dict:
+    """Calibration's part of a fit, from ``summary()["buildSeconds"]``."""
+    seconds = summary.get("buildSeconds") or {}
+    wall = {k: v for k, v in seconds.items() if not k.startswith("task seconds")}
+    wall_total = sum(wall.values())
+    cal_wall = seconds.get("plan calibration", 0.0) + seconds.get("calibrate", 0.0)
+    build_tasks = seconds.get("task seconds: build partitions", 0.0)
+    search_tasks = seconds.get("task seconds: calibration searches", 0.0)
+    task_share = search_tasks / (build_tasks + search_tasks) if build_tasks else None
+    # the searches run inside the build tasks: their wall-clock part of that stage, estimated
+    in_build = (task_share or 0.0) * seconds.get("build partition indexes", 0.0)
+    return {
+        "stages": seconds, "fit_seconds": fit_seconds, "stages_total": wall_total,
+        "plan_and_calibrate_seconds": cal_wall,
+        "wall_share": cal_wall / wall_total if wall_total else None,
+        "task_share": task_share,
+        "estimated_total_share": (cal_wall + in_build) / wall_total if wall_total else None,
+    }
+
+
+def run_sparkann(spark, case: Case, args, recorder: StageRecorder) -> dict:
+    """One fit, then each search strategy on it."""
+    model, build, build_stages = fit_sparkann(spark, case, case.index_dir, recorder)
+    summary = model.summary()
+    log.info("%s sparkann: fit %.1f s, %d partitions, calibrated %s", case.name, build.seconds,
+             summary["numPartitions"], summary.get("calibration"))
+    probes = Probes(spark, model, case.queries[: case.recall_n])
+    out = {"build": build.as_dict(), "summary": _json_safe(summary),
+           "defaults": defaults_of(model),
+           "calibration_share": calibration_share(summary, build.seconds),
+           "build_stages": bench.stage_summary(build_stages), "strategies": {}}
+    for strategy in args.strategies:
+        out["strategies"][strategy] = run_strategy(spark, case, args, recorder, model, strategy,
+                                                   probes)
+    return out, model
+
+
+def sparkann_view(case: dict, strategy: str) -> dict | None:
+    """A strategy's results with the fit's (the shape of a method entry)."""
+    s = case.get("sparkann") or {}
+    st = (s.get("strategies") or {}).get(strategy)
+    if not st:
+        return None
+    return {**st, "build": s.get("build"), "summary": s.get("summary")}
+
+
+# --------------------------------------------------------------------------
+# Spark's own kNN join (nearestByJoin), the brute-force anchor
+# --------------------------------------------------------------------------
+
+
+def run_knn_join(spark, case: Case, args) -> dict:
+    """``queries.nearestByJoin(base, vector_l2_distance, K, "exact", "distance")`` on a
+    pilot sample, then on as many queries as fit the time budget; extrapolated."""
+    from pyspark.sql import functions as F
+
+    base = spark.read.parquet(case.base_path)
+    queries = (spark.read.parquet(case.query_paths[case.recall_n])
+               .withColumnRenamed("id", "qid").withColumnRenamed("vector", "qvec"))
+    if case.metric == "cosine":
+        ranking, direction = F.vector_cosine_similarity(F.col("qvec"), F.col("vector")), \
+            "similarity"
+    else:
+        ranking, direction = F.vector_l2_distance(F.col("qvec"), F.col("vector")), "distance"
+
+    def run(n):
+        joined = queries.where(F.col("qid") < n).nearestByJoin(base, ranking, K, "exact",
+                                                                direction)
+        with bench.measure() as phase:
+            table = joined.select("qid", "id").toArrow()
+        qid, nid = table.column("qid").to_numpy(), table.column("id").to_numpy()
+        found = np.full((n, K), -1, np.int64)
+        filled = np.zeros(n, int)
+        for q, i in zip(qid, nid):
+            if filled[q] < K:
+                found[q, filled[q]] = i
+                filled[q] += 1
+        point = {"queries": n, "seconds": phase.seconds, "qps": n / phase.seconds,
+                 "recall": bench.recall(found, case.truth[:n], K), "memory": phase.memory,
+                 "pairs_per_second": n * len(case.base) / phase.seconds}
+        log.info("%s knn join: %s", case.name, {k: v for k, v in point.items() if k != "memory"})
+        return point
+
+    # a pilot (warms the JVM up, estimates the cost), then two sizes within the budget
+    pilot_n = int(min(case.recall_n, max(2, min(50, 2_000_000 // len(case.base)))))
+    pilot = run(pilot_n)
+    per_query = pilot["seconds"] / pilot_n
+    n = int(min(case.recall_n, 1000,
+                max(2 * pilot_n, 0.8 * args.knn_join_budget / max(per_query, 1e-6))))
+    small = max(pilot_n, n // 4)
+    points = [run(small), run(n)] if n > small else [run(n)]
+    fixed, slope = bench.linear_fit([(p["queries"], p["seconds"]) for p in points])
+    full = max(case.query_counts)
+    seconds_full = fixed + slope * full
+    function = "cosine_similarity" if direction == "similarity" else "l2_distance"
+    note = (f"nearestByJoin(base, vector_{function}(q, b), {K}, 'exact', '{direction}') on "
+            f"{' and '.join(str(p['queries']) for p in points)} queries; time = {fixed:.1f} s + "
+            f"{slope * 1000:.1f} s per 1000 queries, extrapolated to {full:,} queries "
+            f"({seconds_full:,.0f} s)")
+    return {"pilot": pilot, "samples": points, "fixed_seconds": fixed,
+            "seconds_per_query": slope,
+            "extrapolated_queries": full, "extrapolated_seconds": seconds_full,
+            "qps": full / seconds_full, "recall": points[-1]["recall"],
+            "measured_queries": points[-1]["queries"], "note": note,
+            "variants": [{"name": "DataFrame.nearestByJoin (exact)", "qps": full / seconds_full,
+                          "recall": points[-1]["recall"], "note": note}]}
+
+
+# --------------------------------------------------------------------------
+# Structured Streaming micro-batch latency
+# --------------------------------------------------------------------------
+
+
+def run_streaming(spark, model, case: Case, args, strategies: dict) -> dict:
+    """A file source (``maxFilesPerTrigger=1``) through ``model.transform`` into the noop
+    sink as fast as Spark triggers; durations of the micro-batches after warm-up."""
+    out = {"files": args.stream_files, "warmup": args.stream_warmup, "runs": []}
+    for strategy, setting in strategies.items():
+        for rows in args.stream_rows:
+            out["runs"].append(stream_run(spark, model, case, args, strategy, setting, rows))
+    return out
+
+
+def stream_run(spark, model, case: Case, args, strategy: str, setting: dict, rows: int) -> dict:
+    folder = os.path.join(case.work, f"stream-{strategy}-{rows}")
+    shutil.rmtree(folder, ignore_errors=True)
+    source, checkpoint = os.path.join(folder, "in"), os.path.join(folder, "checkpoint")
+    os.makedirs(source)
+    for i in range(args.stream_files):
+        start = (i * rows) % max(1, len(case.queries) - rows)
+        table = vectors_table(case.queries[start:start + rows], first_id=i * rows)
+        pq.write_table(table, os.path.join(source, f"q-{i:05d}.parquet"))
+        os.utime(os.path.join(source, f"q-{i:05d}.parquet"), (1e9 + i, 1e9 + i))
+    stream = (spark.readStream.schema("id long, vector array<float>")
+              .option("maxFilesPerTrigger", 1).parquet(source))
+    m = with_settings(model, strategy, setting)
+    started = time.perf_counter()
+    with bench.measure() as phase:
+        query = (m.transform(stream).writeStream.format("noop")
+                 .option("checkpointLocation", checkpoint).start())
+        try:
+            query.processAllAvailable()
+            progress = [dict(p) if not isinstance(p, dict) else p for p in query.recentProgress]
+        finally:
+            query.stop()
+    wall = time.perf_counter() - started
+    batches = [p for p in progress if (p.get("numInputRows") or 0) > 0]
+    kept = batches[args.stream_warmup:]
+
+    def pct(key, q):
+        values = [p["durationMs"].get(key) for p in kept if p["durationMs"].get(key) is not None]
+        return float(np.percentile(values, q)) if values else None
+
+    result = {
+        "strategy": strategy, "rows_per_file": rows, "setting": setting,
+        "batches": len(batches), "measured": len(kept), "wall_seconds": wall,
+        "trigger_ms": [p["durationMs"].get("triggerExecution") for p in batches],
+        "add_batch_ms": [p["durationMs"].get("addBatch") for p in batches],
+        "p50_trigger_ms": pct("triggerExecution", 50),
+        "p95_trigger_ms": pct("triggerExecution", 95),
+        "p50_add_batch_ms": pct("addBatch", 50), "p95_add_batch_ms": pct("addBatch", 95),
+        "memory": phase.memory,
+    }
+    log.info("%s streaming %s %d/file: p50 %.0f ms, p95 %.0f ms (trigger)", case.name, strategy,
+             rows, result["p50_trigger_ms"] or -1, result["p95_trigger_ms"] or -1)
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+# --------------------------------------------------------------------------
+# Retried builds: the recall spread of the same data and seed
+# --------------------------------------------------------------------------
+
+
+def run_spread(spark, case: Case, args) -> dict:
+    """Repeated fits of the same data and seed (default multi-threaded builds, then
+    ``deterministic=True``), searched at fixed explicit settings (local strategy)."""
+    settings = [{"numProbes": p, "probeEpsilon": 0.0, "efSearch": ef}
+                for p, ef in args.spread_settings]
+    builds = []
+    plan = [False] * args.spread_builds + [True] * args.spread_deterministic
+    for number, deterministic in enumerate(plan):
+        path = f"{case.index_dir}-spread-{number}"
+        bench.clear_worker_caches(spark, args.cores)
+        model, build, _ = fit_sparkann(spark, case, path, deterministic=deterministic)
+        summary = model.summary()
+        calibration = summary.get("calibration") or {}
+        entry = {"build": number, "deterministic": deterministic,
+                 "fit_seconds": build.seconds,
+                 "checksums": list(model.manifest.partitions.checksums),
+                 "calibrated": {k: calibration.get(k) for k in ("numProbes", "efSearch",
+                                                                "recall")},
+                 "recall": {}}
+        for setting in settings:
+            table = search_table(spark, model, case.query_paths[case.recall_n], "local", setting)
+            entry["recall"][f"{setting['numProbes']}:{setting['efSearch']}"] = bench.recall(
+                neighbor_ids(table, case.recall_n), case.truth, K)
+        table = search_table(spark, model, case.query_paths[case.recall_n], "local")
+        entry["recall_at_defaults"] = bench.recall(neighbor_ids(table, case.recall_n),
+                                                   case.truth, K)
+        log.info("%s spread build %d (deterministic=%s): %s", case.name, number, deterministic,
+                 entry)
+        builds.append(entry)
+        shutil.rmtree(path, ignore_errors=True)
+    bench.clear_worker_caches(spark, args.cores)
+    summary = {}
+    for kind, flag in (("default", False), ("deterministic", True)):
+        group = [b for b in builds if b["deterministic"] == flag]
+        if not group:
+            continue
+        stats = {}
+        for key in [f"{s['numProbes']}:{s['efSearch']}" for s in settings]:
+            values = [b["recall"][key] for b in group]
+            stats[key] = {"min": min(values), "max": max(values),
+                          "spread": max(values) - min(values),
+                          "std": float(np.std(values)), "mean": float(np.mean(values))}
+        values = [b["recall_at_defaults"] for b in group]
+        stats["defaults"] = {"min": min(values), "max": max(values),
+                             "spread": max(values) - min(values), "std": float(np.std(values)),
+                             "mean": float(np.mean(values))}
+        summary[kind] = {
+            "builds": len(group), "recall": stats,
+            "distinct_indexes": len({tuple(b["checksums"]) for b in group}),
+            "distinct_calibrations": len({(b["calibrated"]["numProbes"],
+                                           b["calibrated"]["efSearch"]) for b in group}),
+        }
+    return {"settings": settings, "builds": builds, "summary": summary,
+            "queries": case.recall_n}
+
+
+# --------------------------------------------------------------------------
+# Comparisons at other scales: MLlib LSH, exact search on Spark, PQ
+# --------------------------------------------------------------------------
 
 
 def run_mllib_lsh(spark, case: Case, args) -> dict:
@@ -594,32 +1045,37 @@ METHOD_NOTES = [
     "efConstruction={efc}, seed {seed}.",
     "Build time: sparkann = `ANNIndex(...).fit(df)` wall time from a Parquet source to a "
     "published index on local disk (validation, k-means, assignment, per-partition HNSW "
-    "builds, write); hnswlib = `add_items` on an in-memory numpy array (no I/O).",
+    "builds with the calibration searches, write, calibration); hnswlib = `add_items` on an "
+    "in-memory numpy array (no I/O).",
     "Query throughput: sparkann = wall time of `model.transform(queries).select('id', "
-    "'neighbors').toArrow()` from a Parquet query set (routing, join, search, top-k merge, "
-    "results to the driver), with partition graphs already cached in the Python workers "
-    "(the cold first search is recorded separately); hnswlib = `knn_query` on the in-memory "
-    "array. Median of {repeats} runs.",
-    "Search settings: the fastest point of each method's sweep (numProbes × probeEpsilon × "
-    "efSearch for sparkann, ef for hnswlib) that reaches recall@10 ≥ 0.95 on the recall "
-    "sample; recall of the throughput runs is measured on their first {recall_n:,} queries "
-    "(exact ground truth from faiss IndexFlatL2, or shipped with SIFT10K).",
-    "MLlib LSH: `BucketedRandomProjectionLSH` on `array_to_vector` features, hashed base "
-    "cached; bucketLength tuned on 20 queries over {factors} × the median true 10-NN "
-    "distance ({tables} hash tables; the highest recall, ties within 0.02 to the faster). "
-    "Two variants: `approxSimilarityJoin` with threshold = 95th percentile of true 10-NN "
-    "distances (an oracle-tuned threshold) then top-10 per query by a window, on a query "
-    "sample; and per-query `approxNearestNeighbors` (one Spark job per query) on a smaller "
-    "sample, qps = 1 / median seconds per query. Both samples are bounded by time (the join "
-    "to about {join_budget} s of work as estimated from the tuning run, the per-query calls "
-    "to {single_budget} s); the query counts are given with each result. The headline "
-    "reports the faster variant.",
-    "Exact search on Spark: `sparkann.evaluate.exact_neighbors` on two query samples; the "
-    "time is fitted as fixed + per-query cost and extrapolated linearly to the full query "
-    "set (not measured at full size).",
-    "Peak memory: RSS sampled from /proc every 0.25 s (psutil) for the driver Python "
-    "process, the JVM (driver and executor in local mode) and the Python workers forked by "
-    "the JVM (summed; shared pages are counted in each, an upper bound).",
+    "'neighbors').toArrow()` from a Parquet query set stored as {cores} files (one scan task "
+    "per core), with the index already loaded in the Python workers (the cold first search "
+    "is recorded separately), for `searchStrategy='local'` and `'partition'`; hnswlib = "
+    "`knn_query` on the in-memory array. Median of {repeats} runs.",
+    "Equal recall: each method's sweep (numProbes × probeEpsilon × efSearch, plus the "
+    "calibrated defaults, for sparkann; ef for hnswlib) runs on the recall sample "
+    "({recall_n:,} queries with exact ground truth); its {candidates} fastest settings with "
+    "recall@10 ≥ 0.95 are then run on the full query set and the fastest of those is "
+    "reported. Recall of a full-set run is measured on its first {recall_n:,} queries. A "
+    "sweep row stops raising efSearch once its recall reaches {stop}.",
+    "Partitions per query: the mean number of partitions the model's router sends a query "
+    "to (`router.route` with the chosen numProbes and probeEpsilon), on the recall sample.",
+    "Spark kNN join: `queries.nearestByJoin(base, vector_l2_distance(qvec, vector), 10, "
+    "'exact', 'distance')` (pyspark 4.3; a broadcast nested-loop join and a top-k "
+    "aggregate per query), collected to the driver; a pilot sample, then as many queries as "
+    "fit about {knn_budget:g} s; time fitted as fixed + per-query cost and extrapolated to the "
+    "full query set.",
+    "Exact search on Spark: `sparkann.evaluate.exact_neighbors` (blocked broadcast brute "
+    "force in numpy) on two query samples, extrapolated linearly. MLlib LSH "
+    "(`BucketedRandomProjectionLSH`) runs on the {lsh} case(s) only.",
+    "Memory: RSS sampled from /proc every 0.25 s (psutil) for the driver Python process, "
+    "the JVM (driver and executor in local mode) and the Python workers forked by the JVM "
+    "(summed, and the largest single worker; shared pages are counted in each). The Python "
+    "workers' caches are emptied before each strategy's measurements.",
+    "Streaming: a Parquet file source with `maxFilesPerTrigger=1` ({files} files, the first "
+    "{warmup} micro-batches not counted) through `model.transform(stream)` into the `noop` "
+    "sink with the default trigger (next batch as soon as the previous ends); percentiles of "
+    "`recentProgress` durationMs.triggerExecution and addBatch.",
 ]
 
 
@@ -649,14 +1105,15 @@ def main(argv=None) -> int:
         "settings": {"k": K, "hnswM": HNSW_M, "efConstruction": EF_CONSTRUCTION, "seed": SEED,
                      "cores": args.cores, "repeats": args.repeats,
                      "recall_queries": args.recall_queries, "sizes": args.sizes,
-                     "queries": args.queries, "datasets": args.datasets},
+                     "queries": args.queries, "datasets": args.datasets,
+                     "strategies": list(args.strategies), "candidates": args.candidates},
         "method_notes": [n.format(cores=args.cores, m=HNSW_M, efc=EF_CONSTRUCTION, seed=SEED,
                                   repeats=args.repeats, recall_n=args.recall_queries,
-                                  factors=list(args.lsh_factors), tables=LSH_TABLES[0],
-                                  join_budget=LSH_JOIN_BUDGET_S,
-                                  single_budget=LSH_SINGLE_BUDGET_S)
+                                  candidates=args.candidates, stop=SWEEP_STOP_RECALL,
+                                  knn_budget=args.knn_join_budget, lsh=args.lsh,
+                                  files=args.stream_files, warmup=args.stream_warmup)
                          for n in METHOD_NOTES],
-        "cases": {}, "total_seconds": 0.0,
+        "cases": {}, "total_seconds": 0.0, "load_samples": [],
     }
     recorder = StageRecorder(spark)
     headline_name = f"clustered-{max(args.sizes)}" if args.sizes else None
@@ -666,6 +1123,7 @@ def main(argv=None) -> int:
             previous = json.load(f)
         done_before = previous.get("cases", {})
         results["cases"] = dict(done_before)
+        results["load_samples"] = previous.get("load_samples", [])
         results["resumed_from"] = {"started": previous.get("started"),
                                    "total_seconds": previous.get("total_seconds"),
                                    "cases": sorted(done_before),
@@ -681,16 +1139,20 @@ def main(argv=None) -> int:
             if f"clustered-{rows}" in done_before:
                 continue
             case = clustered_case(args, work, rows)
-            is_headline = case.name == headline_name
             results["cases"][case.name] = run_case(spark, case, args, recorder, results,
-                                                   is_headline)
-            if not args.keep:
-                shutil.rmtree(os.path.join(work, case.name), ignore_errors=True)
+                                                   case.name == headline_name)
+            cleanup(case, args)
             save(results, args, started_at)
         names = []
         for case in shared_cases(args, work, skip=set(done_before)):
             results["cases"][case.name] = run_case(spark, case, args, recorder, results, False)
             names.append(case.name)
+            cleanup(case, args)
+            save(results, args, started_at)
+        if args.cosine and cosine_name(args) not in done_before:
+            case = cosine_case(args, work)
+            results["cases"][case.name] = run_case(spark, case, args, recorder, results, False)
+            cleanup(case, args)
             save(results, args, started_at)
         if headline_name is None and names:
             headline_name = names[-1]
@@ -707,6 +1169,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def cleanup(case: Case, args) -> None:
+    if not args.keep:
+        shutil.rmtree(case.work, ignore_errors=True)
+
+
 def warm_up(spark, work: str) -> None:
     """Start the Python workers and JIT-compile the JVM paths before anything is timed."""
     from sparkann import ANNIndex
@@ -714,7 +1181,8 @@ def warm_up(spark, work: str) -> None:
     path = write_parquet(datasets.clustered(3000, 16, seed=3), os.path.join(work, "warm-up"))
     frame = spark.read.parquet(path)
     model = ANNIndex(numPartitions=2, indexPath=os.path.join(work, "warm-up-index")).fit(frame)
-    model.transform(frame).select("id", "neighbors").toArrow()
+    for strategy in STRATEGIES:
+        with_settings(model, strategy).transform(frame).select("id", "neighbors").toArrow()
     shutil.rmtree(os.path.join(work, "warm-up-index"), ignore_errors=True)
 
 
@@ -740,53 +1208,86 @@ def _conf(spark, key: str) -> str:
 
 def run_case(spark, case: Case, args, recorder, results, is_headline: bool) -> dict:
     log.info("case %s: %d x %d, %d queries", case.name, *case.base.shape, len(case.queries))
+    load = [round(x, 2) for x in os.getloadavg()]
     out = {"description": case.description, "rows": len(case.base), "dim": case.base.shape[1],
            "queries": len(case.queries), "query_counts": case.query_counts,
-           "recall_queries": case.recall_n, "ground_truth_seconds": case.truth_seconds}
-    if "hnswlib" not in args.skip:
+           "recall_queries": case.recall_n, "ground_truth_seconds": case.truth_seconds,
+           "metric": case.metric, "kind": case.kind, "loadavg_at_start": load}
+    results.setdefault("load_samples", []).append({"case": case.name, "at": "start",
+                                                    "loadavg": load})
+    if "hnswlib" not in args.skip and case.kind != "cosine":
         out["hnswlib"] = run_hnswlib(case, args)
         log.info("%s hnswlib: build %.1f s, chosen %s", case.name,
                  out["hnswlib"]["build"]["seconds"], out["hnswlib"]["chosen"])
     out["sparkann"], model = run_sparkann(spark, case, args, recorder)
-    log.info("%s sparkann: build %.1f s, chosen %s", case.name,
-             out["sparkann"]["build"]["seconds"], out["sparkann"]["chosen"])
-    if "mllib_lsh" not in args.skip:
-        out["mllib_lsh"] = run_mllib_lsh(spark, case, args)
-    if "exact_spark" not in args.skip:
+    local = out["sparkann"]["strategies"].get("local") or next(
+        iter(out["sparkann"]["strategies"].values()))
+    for key in ("chosen", "throughput", "sweep"):  # the local strategy, as before
+        out["sparkann"][key] = local[key]
+    if "knn_join" not in args.skip and case.kind != "cosine":
+        out["spark_knn_join"] = run_knn_join(spark, case, args)
+    if "exact_spark" not in args.skip and case.kind != "cosine":
         out["exact_spark"] = run_exact_spark(spark, case, args)
+    lsh_here = args.lsh == "all" or (args.lsh == "headline" and is_headline)
+    if "mllib_lsh" not in args.skip and lsh_here and case.kind == "clustered":
+        out["mllib_lsh"] = run_mllib_lsh(spark, case, args)
+    if "streaming" not in args.skip and is_headline:
+        settings = {name: {k: st["chosen"][k] for k in ("numProbes", "probeEpsilon",
+                                                         "efSearch")}
+                    for name, st in out["sparkann"]["strategies"].items()}
+        out["streaming"] = run_streaming(spark, model, case, args, settings)
     if is_headline and "pq" not in args.skip:
         out["pq"] = run_pq(spark, case, args, out["sparkann"]["summary"])
         results["pq"] = {k: v for k, v in out["pq"].items()}
+    if ("spread" not in args.skip and case.kind == "clustered"
+            and len(case.base) == args.spread_size):
+        out["spread"] = run_spread(spark, case, args)
+    bench.clear_worker_caches(spark, args.cores)
+    load = [round(x, 2) for x in os.getloadavg()]
+    out["loadavg_at_end"] = load
+    results["load_samples"].append({"case": case.name, "at": "end", "loadavg": load})
     out["headline"] = headline_of(out)
-    if not args.keep:
-        shutil.rmtree(case.index_dir, ignore_errors=True)
+    return out
+
+
+def method_entries(case: dict) -> dict:
+    """Each measured method of a case in one shape: sparkann per strategy, hnswlib."""
+    out = {}
+    for strategy in STRATEGIES:
+        view = sparkann_view(case, strategy)
+        if view:
+            out[f"sparkann_{strategy}"] = view
+    if not out and case.get("sparkann", {}).get("throughput"):  # results of the old script
+        out["sparkann_local"] = case["sparkann"]
+    if case.get("hnswlib"):
+        out["hnswlib"] = case["hnswlib"]
     return out
 
 
 def headline_of(case: dict) -> dict:
     """Each method's throughput at the largest query count, recall and build time."""
     head = {}
-    for key in ("sparkann", "hnswlib"):
-        m = case.get(key)
-        if not m:
-            continue
+    for key, m in method_entries(case).items():
         last = m["throughput"][-1]
         chosen = m["chosen"]
-        setting = bench.setting_text(chosen)
         head[key] = {"qps": last["qps"], "recall": last["recall"], "queries": last["queries"],
-                     "build_seconds": m["build"]["seconds"],
-                     "note": f"{last['queries']:,} queries, {setting}, median of "
-                             f"{len(last['seconds'])}"}
+                     "build_seconds": (m.get("build") or {}).get("seconds"),
+                     "probes_per_query": chosen.get("probes_per_query"),
+                     "note": f"{last['queries']:,} queries, {bench.setting_text(chosen)}, "
+                             f"median of {len(last['seconds'])}"}
+    if "sparkann_local" in head:
+        head["sparkann"] = head["sparkann_local"]
     if case.get("mllib_lsh"):
         lsh = case["mllib_lsh"]
         v = next(v for v in lsh["variants"] if v["name"] == lsh["reported"])
         head["mllib_lsh"] = {"qps": v["qps"], "recall": v["recall"],
                              "build_seconds": lsh["build_seconds"],
                              "note": f"{v['name']}: {v['note']}"}
-    if case.get("exact_spark"):
-        e = case["exact_spark"]
-        head["exact_spark"] = {"qps": e["qps"], "recall": e["recall"],
-                               "note": e["variants"][0]["note"]}
+    for key in ("exact_spark", "spark_knn_join"):
+        if case.get(key):
+            e = case[key]
+            head[key] = {"qps": e["qps"], "recall": e["recall"],
+                         "note": e["variants"][0]["note"]}
     return head
 
 
@@ -797,13 +1298,14 @@ def headline_of_sizes(sizes, cases: dict) -> str | None:
 
 
 def finish(results: dict, args, headline_name: str | None) -> None:
-    """Headline case, target ratios and scaling exponents from the cases measured."""
+    """Headline case, target ratios, equal-recall table and scaling of the cases measured."""
     results["headline_case"] = headline_name
     for case in results["cases"].values():
         case["headline"] = headline_of(case)
     head = results["cases"].get(headline_name or "", {}).get("headline")
     if head:
         results["targets"] = bench.target_ratios(head)
+    results["equal_recall"] = bench.equal_recall_rows(results)
     results["scaling"] = scaling(results, args)
 
 
@@ -818,8 +1320,9 @@ def report_only(args) -> int:
            (f"clustered-{max(sizes)}" if sizes else None))
     started = time.perf_counter() - results.get("total_seconds", 0.0)
     total = results.get("total_seconds", 0.0)
+    loadavg = results.get("loadavg_at_end")
     save(results, args, started)
-    results["total_seconds"] = total
+    results["total_seconds"], results["loadavg_at_end"] = total, loadavg
     save_json(results, args)
     print(bench.headline_table(results))
     return 0
@@ -832,24 +1335,29 @@ def scaling(results: dict, args) -> dict | None:
         case = results["cases"].get(f"clustered-{size}")
         if not case:
             continue
-        s, h = case["sparkann"], case.get("hnswlib")
-        rows.append({
-            "rows": size, "queries": s["throughput"][-1]["queries"],
-            "sparkann_build_seconds": s["build"]["seconds"],
-            "sparkann_search_seconds": bench.median(s["throughput"][-1]["seconds"]),
-            "sparkann_chosen": s["chosen"],
-            "hnswlib_build_seconds": h["build"]["seconds"] if h else None,
-            "hnswlib_search_seconds": bench.median(h["throughput"][-1]["seconds"]) if h else None,
-        })
+        methods = method_entries(case)
+        row = {"rows": size}
+        for key, m in methods.items():
+            row[f"{key}_build_seconds"] = (m.get("build") or {}).get("seconds")
+            row[f"{key}_search_seconds"] = bench.median(m["throughput"][-1]["seconds"])
+            row["queries"] = m["throughput"][-1]["queries"]
+        rows.append(row)
     if len(rows) < 2:
         return {"rows": rows, "exponents": {}}
-    sizes = [r["rows"] for r in rows]
-    exps = {f"{key.replace('_seconds', '')}": bench.growth_exponent(sizes, [r[key] for r in rows])
-            for key in ("sparkann_build_seconds", "hnswlib_build_seconds",
-                        "sparkann_search_seconds", "hnswlib_search_seconds")}
+    keys = sorted({k for r in rows for k in r if k.endswith("_seconds")})
+    exps = {}
+    for key in keys:
+        pairs = [(r["rows"], r.get(key)) for r in rows if r.get(key)]
+        exps[key.replace("_seconds", "")] = bench.growth_exponent([p[0] for p in pairs],
+                                                                  [p[1] for p in pairs])
+    # the names of the earlier reports
+    for old, new in (("sparkann_build", "sparkann_local_build"),
+                     ("sparkann_search", "sparkann_local_search")):
+        if new in exps:
+            exps[old] = exps[new]
     return {"rows": rows, "exponents": exps,
             "note": "search time of the largest query set at each size's fastest setting "
-                    "with recall@10 >= 0.95"}
+                    "with recall@10 >= 0.95; sparkann builds once for both strategies"}
 
 
 def save(results: dict, args, started_at: float) -> None:
