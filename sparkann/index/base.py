@@ -13,6 +13,8 @@ field against the :class:`PartitionContext` before using it.
 
 from __future__ import annotations
 
+import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
@@ -168,3 +170,22 @@ def checked_labels(labels, count: int) -> np.ndarray:
     if len(labels) and (labels[0] < 0 or labels[-1] >= count):
         raise ValueError(f"row labels out of range 0..{count - 1}")
     return labels
+
+
+def strict_json(raw: bytes):
+    """JSON without NaN or infinities; nesting too deep for Python is a ValueError."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value

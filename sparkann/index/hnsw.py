@@ -27,6 +27,7 @@ from .base import (
     checked_labels,
     exact_among,
     padded,
+    strict_json,
 )
 
 MAGIC = b"SANNHNSW"
@@ -204,7 +205,7 @@ def graph_from_bytes(data, dim: int, space: str) -> hnswlib.Index:
         raise ValueError("HNSW payload is damaged: header length out of bounds")
     offset = _HEADER.size + head_len
     try:
-        header = _strict_json(bytes(view[_HEADER.size:offset]))
+        header = strict_json(bytes(view[_HEADER.size:offset]))
         scalars, counts = dict(header["scalars"]), dict(header["arrays"])
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"HNSW payload is damaged: unreadable header ({err})") from None
@@ -233,25 +234,6 @@ def graph_from_bytes(data, dim: int, space: str) -> hnswlib.Index:
     except (RuntimeError, TypeError) as err:  # a backstop: every field was checked above
         raise ValueError(f"HNSW payload is damaged: hnswlib refused it ({err})") from None
     return graph
-
-
-def _strict_json(raw: bytes):
-    """JSON without NaN or infinities; nesting too deep for Python is a ValueError."""
-    try:
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a finite number")
-    return value
 
 
 def _check_header(state: dict, want_dim: int, space: str) -> None:

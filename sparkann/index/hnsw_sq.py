@@ -26,6 +26,7 @@ from .base import (
     checked_labels,
     exact_among,
     padded,
+    strict_json,
 )
 from .hnsw import HNSWIndex
 
@@ -215,8 +216,7 @@ def _from_payload(data, context: PartitionContext, index):
     if magic != MAGIC or head_len > min(_MAX_HEADER_BYTES, len(view) - _HEADER.size):
         raise ValueError("HNSW-SQ payload is damaged: bad header")
     try:
-        head = json.loads(bytes(view[_HEADER.size:_HEADER.size + head_len]),
-                          parse_constant=_refuse)
+        head = strict_json(bytes(view[_HEADER.size:_HEADER.size + head_len]))
         n, dim, m = (_count(head[key]) for key in ("n", "dim", "M"))
         entry, max_level = _signed(head["entry"]), _signed(head["maxLevel"])
         lengths = {name: _count(head["lengths"][name]) for name, _ in _ARRAYS}
@@ -299,8 +299,4 @@ def _signed(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < 1 << 40:
         raise ValueError(f"bad value {value!r}")
     return value
-
-
-def _refuse(name: str):
-    raise ValueError(f"non-finite number {name}")
 

@@ -16,7 +16,6 @@ no distance.
 from __future__ import annotations
 
 import json
-import math
 import struct
 import warnings
 from typing import Any
@@ -32,6 +31,7 @@ from .base import (
     checked_labels,
     exact_among,
     padded,
+    strict_json,
 )
 
 _PAYLOAD = struct.Struct("<8sQ")  # magic, json length
@@ -349,7 +349,7 @@ def _codes_from_payload(data, m: int, nbits: int) -> np.ndarray:
     if magic != _PAYLOAD_MAGIC or head_len > min(_MAX_HEADER_BYTES, len(view) - _PAYLOAD.size):
         raise ValueError("PQ payload is damaged: bad header")
     try:
-        head = _strict_json(bytes(view[_PAYLOAD.size:_PAYLOAD.size + head_len]))
+        head = strict_json(bytes(view[_PAYLOAD.size:_PAYLOAD.size + head_len]))
         n, got_m, got_bits = (_count(head[key]) for key in ("n", "m", "nbits"))
     except (ValueError, KeyError, TypeError):
         raise ValueError("PQ payload is damaged: unreadable header") from None
@@ -370,20 +370,3 @@ def _count(value) -> int:
     return value
 
 
-def _strict_json(raw: bytes):
-    """JSON without NaN or infinities; nesting too deep for Python is a ValueError."""
-    try:
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a finite number")
-    return value
