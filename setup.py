@@ -18,6 +18,7 @@ setup(
         "pandas>=2.2,<3",
         "scikit-learn>=1.3",
         "hnswlib>=0.8,<0.9",
+        "faiss-cpu>=1.8",  # the pq and hnsw_sq8 index types
     ],
     extras_require={
         # everything `python -m pytest -q tests` needs: Spark Connect client, notebook runner,
@@ -29,7 +30,7 @@ setup(
         "hdf5": ["h5py>=3"],
         "eval": ["matplotlib>=3.7"],  # sparkann evaluate / jobs/evaluate.py charts
         "lint": ["ruff>=0.5", "mypy>=1.10"],
-        "bench": ["matplotlib>=3.7", "faiss-cpu>=1.8", "psutil>=5.9"],
+        "bench": ["matplotlib>=3.7", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["sparkann=sparkann.cli:main"]},
 )
