@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 MAX_SAMPLE = 1000
 MIN_SAMPLE = 100
 PROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+# probeEpsilon values tried with numProbes > 1 when the user set none: a further
+# cluster is probed only for queries near its border, a fraction of the cost
+EPSILON_LADDER = (0.0, 0.02, 0.05, 0.1, 0.2)
 MARGIN_SIGMAS = 2.5  # measured recall must clear the target by this many standard errors
 
 
@@ -61,6 +64,7 @@ class Sample:
 @dataclass(frozen=True)
 class Choice:
     num_probes: int
+    epsilon: float
     setting: dict
     recall: float
     cost: float
@@ -206,12 +210,18 @@ def _ladder_rows(pid, queries, number, labels, dists, ids) -> pa.RecordBatch:
         ["pid", "query", "setting", "ids", "dists"])
 
 
+def epsilons_to_try(epsilon: float | None) -> tuple[float, ...]:
+    """The user's probeEpsilon, or (None) the ladder calibration chooses from."""
+    return EPSILON_LADDER if epsilon is None else (float(epsilon),)
+
+
 def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
-           settings: list[dict], epsilon: float, target: float, ranked, dists,
+           settings: list[dict], epsilons: tuple[float, ...], target: float, ranked, dists,
            found: pa.Table) -> tuple[Choice, list[Choice]]:
-    """Recall and cost of every (numProbes, setting); the cheapest reaching the target
-    with a margin for the sample's standard error, else the cheapest reaching it at all,
-    else the one of best recall."""
+    """Recall and cost of every (numProbes, probeEpsilon, setting); the cheapest reaching
+    the target with a margin for the sample's standard error, else the cheapest reaching
+    it at all, else the one of best recall. ``found`` must hold the answers of every
+    partition probed with the smallest epsilon."""
     import pandas as pd
 
     n = len(sample.vectors)
@@ -242,7 +252,9 @@ def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
         cand_codes, flat_d = cand_codes[mine], flat_d[mine]
     rows = np.asarray(index.manifest.partitions.rows, dtype=np.float64)
     trials = []
-    for probes in probe_ladder(len(index.meta.centroids)):
+    probe_values = probe_ladder(len(index.meta.centroids))
+    for probes, epsilon in [(p, e) for p in probe_values
+                            for e in (epsilons if p > 1 else epsilons[:1])]:
         mask = index.router.probed(ranked, dists, probes, fetch, epsilon)
         r, c = np.nonzero(mask)
         qpos, ppos = index.router.expand(r, ranked[r, c])
@@ -255,12 +267,13 @@ def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
                              len(uniques), n, k)
             cost = float(np.sum(index.cls.probe_cost(values, rows[ppos],
                                                      index.manifest.dim))) / n
-            trials.append(Choice(probes, dict(values), round(recall, 5), round(cost, 3)))
+            trials.append(Choice(probes, epsilon, dict(values), round(recall, 5),
+                                 round(cost, 3)))
     margin = MARGIN_SIGMAS * float(np.sqrt(target * (1 - target) / max(n * k, 1)))
     good = ([t for t in trials if t.recall >= target + margin]
             or [t for t in trials if t.recall >= target])
     if good:
-        return min(good, key=lambda t: (t.cost, t.num_probes)), trials
+        return min(good, key=lambda t: (t.cost, t.num_probes, t.epsilon)), trials
     return max(trials, key=lambda t: (t.recall, -t.cost)), trials
 
 
@@ -276,11 +289,12 @@ def _recall(q: np.ndarray, d: np.ndarray, codes: np.ndarray, truth_keys: np.ndar
 
 
 def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int, target: float,
-              seed: int, epsilon: float, queries: DataFrame | None = None) -> dict:
+              seed: int, epsilon: float | None, queries: DataFrame | None = None) -> dict:
     """Measure the ladder on a sample and return the chosen search defaults and a report.
 
     ``base`` holds the indexed rows (id, vector) for the exact neighbours;
-    ``queries`` (vector column ``vector``) replaces the sample of indexed rows.
+    ``queries`` (vector column ``vector``) replaces the sample of indexed rows;
+    ``epsilon`` None lets calibration choose probeEpsilon too.
     """
     import time
 
@@ -296,9 +310,10 @@ def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int
     truth = exact_neighbors(base, sample, metric, k, manifest.dim, manifest.id_type)
     settings = index.cls.search_ladder(k, manifest.params)
     with_vectors = any(int(s.get("rerankK", 0)) > 0 for s in settings)
-    ranked, dists, found = ladder_results(spark, handle, index, sample, k, settings, epsilon,
-                                          with_vectors)
-    best, trials = choose(index, sample, truth, k, settings, epsilon, target, ranked, dists,
+    epsilons = epsilons_to_try(epsilon)
+    ranked, dists, found = ladder_results(spark, handle, index, sample, k, settings,
+                                          min(epsilons), with_vectors)
+    best, trials = choose(index, sample, truth, k, settings, epsilons, target, ranked, dists,
                           found)
     report = report_of(best, trials, target, k, len(sample.vectors),
                        "indexed rows" if queries is None else "queries",
@@ -418,26 +433,27 @@ def report_of(best: Choice, trials: list, target: float, k: int, sample_size: in
               source: str, seconds: float) -> dict:
     reached = best.recall >= target
     if reached:
-        log.info("sparkann: calibrated for recall@%d >= %.3f: numProbes=%d %s (recall %.4f "
-                 "on %d held-out queries)", k, target, best.num_probes, best.setting,
-                 best.recall, sample_size)
+        log.info("sparkann: calibrated for recall@%d >= %.3f: numProbes=%d probeEpsilon=%g "
+                 "%s (recall %.4f on %d held-out queries)", k, target, best.num_probes,
+                 best.epsilon, best.setting, best.recall, sample_size)
     else:
         log.warning("sparkann: no search setting reaches recall@%d %.3f; the best measured, "
-                    "numProbes=%d %s, reaches %.4f on %d sample queries. The index is usable; "
-                    "raise hnswM / efConstruction (or numPartitions for fewer, larger "
-                    "partitions) to reach the target", k, target, best.num_probes,
-                    best.setting, best.recall, sample_size)
+                    "numProbes=%d probeEpsilon=%g %s, reaches %.4f on %d sample queries. The "
+                    "index is usable; raise hnswM / efConstruction (or numPartitions for "
+                    "fewer, larger partitions) to reach the target", k, target,
+                    best.num_probes, best.epsilon, best.setting, best.recall, sample_size)
     return {
         "targetRecall": target, "k": k, "recall": best.recall, "reached": reached,
-        "numProbes": best.num_probes, **best.setting, "sampleQueries": sample_size,
+        "numProbes": best.num_probes, "probeEpsilon": best.epsilon, **best.setting,
+        "sampleQueries": sample_size,
         "sampleSource": source, "seconds": round(seconds, 3),
-        "trials": [{"numProbes": t.num_probes, **t.setting, "recall": t.recall,
-                    "cost": t.cost} for t in trials],
+        "trials": [{"numProbes": t.num_probes, "probeEpsilon": t.epsilon, **t.setting,
+                    "recall": t.recall, "cost": t.cost} for t in trials],
     }
 
 
 def calibrate_at_fit(manifest, meta, plan: CalibrationPlan, found: pa.Table, base: DataFrame,
-                     target: float, epsilon: float) -> dict:
+                     target: float, epsilon: float | None) -> dict:
     """The fit's calibration report, from what its build tasks found for the held-out
     queries and their exact neighbours among the other rows (one pass over ``base``)."""
     import time
@@ -449,7 +465,8 @@ def calibrate_at_fit(manifest, meta, plan: CalibrationPlan, found: pa.Table, bas
                             manifest.id_type)
     ranked, dists = index.router.ranked_clusters(sample.vectors, probe_ladder(
         len(meta.centroids))[-1], plan.fetch)
-    best, trials = choose(index, sample, truth, plan.fetch, plan.settings, epsilon, target,
+    best, trials = choose(index, sample, truth, plan.fetch, plan.settings,
+                          epsilons_to_try(epsilon), target,
                           ranked, dists, found)
     return report_of(best, trials, target, plan.fetch, len(sample.vectors),
                      "held-out indexed rows", time.perf_counter() - started)

@@ -44,7 +44,7 @@ from .storage.versions import load as load_version
 log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
 DEFAULT_MIN_EF = 64
-CALIBRATED = ("numProbes", "efSearch", "rerankK")
+CALIBRATED = ("numProbes", "probeEpsilon", "efSearch", "rerankK")
 
 
 class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadable):
@@ -103,9 +103,10 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
         if built.calibration is not None:
             with stage("calibrate"):
                 plan, found = built.calibration
+                epsilon = (params["probeEpsilon"] if self.isSet(self.probeEpsilon)
+                           else None)  # None: calibration chooses it
                 report = calibrate.calibrate_at_fit(manifest, built.meta, plan, found, rows,
-                                                    params["targetRecall"],
-                                                    params["probeEpsilon"])
+                                                    params["targetRecall"], epsilon)
             manifest = with_calibration(manifest, report)
         manifest = replace(manifest, build_seconds=stage.seconds)
         with stage("publish"), build.removed_on_failure(spark, root, list(built.written)):
@@ -358,7 +359,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             report = calibrate.calibrate(spark, handle, base, self.manifest.num_vectors,
                                          self.getK(), targetRecall,
                                          self.getSeed() if sampleSeed is None else sampleSeed,
-                                         self.getProbeEpsilon(), sample)
+                                         self.getProbeEpsilon() if self.isSet(self.probeEpsilon)
+                                         else None, sample)
         manifest = with_calibration(self.manifest, report)
         model = self._with(*publish(spark, manifest, self.manifest.version))
         for name in CALIBRATED:  # calibrated values become the defaults, not user settings

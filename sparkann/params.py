@@ -124,7 +124,7 @@ class CommonParams(Params):
 class BuildParams(Params):
     """How ``fit`` partitions, samples and stores the index."""
 
-    numPartitions = _param("numPartitions", "coarse centroids (0 = one per 100,000 rows)",
+    numPartitions = _param("numPartitions", "coarse centroids (0 = one per 20,000 rows)",
                            _int("numPartitions", 0))
     maxPartitionRows = _param("maxPartitionRows", "rows above which a cluster is split into "
                               "shards probed together (0 = about 512 MiB of index)",
@@ -278,7 +278,8 @@ class SearchParams(Params):
                        "clusters); unset: the index's calibrated default", _int("numProbes", 1))
     probeEpsilon = _param("probeEpsilon", "probe a cluster past the nearest only if its centroid "
                           "is within (1 + probeEpsilon) x the nearest one's distance "
-                          "(0 = always probe numProbes clusters)", _float("probeEpsilon", 0.0))
+                          "(0 = always probe numProbes clusters); unset: the index's "
+                          "calibrated default", _float("probeEpsilon", 0.0))
     neighborsCol = _param("neighborsCol", "output column: array<struct<id, distance>>",
                           _column("neighborsCol"))
     allowedIdsCol = _param("allowedIdsCol", "query column of allowed ids (array<long|string>): "

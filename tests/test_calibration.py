@@ -138,3 +138,25 @@ def test_calibrated_settings_survive_save_and_load_and_yield_to_user_values(
     assert not loaded.isSet(loaded.efSearch)  # a calibrated default, not a user value
     pinned = ANNIndex(numPartitions=9, k=K, seed=1, efSearch=200).fit(items)
     assert pinned.searchSettings()["efSearch"] == 200  # calibration never overrides the user
+
+
+def test_calibration_chooses_probe_epsilon_unless_the_user_set_it(spark, clustered_case):
+    base, queries, items = clustered_case
+    model = ANNIndex(numPartitions=9, k=K, seed=1).fit(items)
+    report = model.summary()["calibration"]
+    trials = report_trials(model)
+    tried = {t["probeEpsilon"] for t in trials if t["numProbes"] > 1}
+    assert tried == {0.0, 0.02, 0.05, 0.1, 0.2}, tried
+    assert {t["probeEpsilon"] for t in trials if t["numProbes"] == 1} == {0.0}
+    chosen = [t for t in trials if (t["numProbes"], t["probeEpsilon"], t["efSearch"]) == (
+        report["numProbes"], report["probeEpsilon"], report["efSearch"])]
+    assert len(chosen) == 1 and report["reached"], report
+    assert all(t["cost"] >= chosen[0]["cost"] for t in trials
+               if t["recall"] >= chosen[0]["recall"]), chosen  # nothing as good is cheaper
+    settings = model.searchSettings()
+    assert settings["probeEpsilon"] == report["probeEpsilon"], settings
+    assert recall_on(model, spark, queries, base, "l2") >= TARGET
+    # an epsilon of the user's own is the only one tried, and it stays
+    user = ANNIndex(numPartitions=9, k=K, seed=1, probeEpsilon=0.3).fit(items)
+    assert {t["probeEpsilon"] for t in report_trials(user)} == {0.3}
+    assert user.searchSettings()["probeEpsilon"] == 0.3

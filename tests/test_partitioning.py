@@ -243,8 +243,8 @@ def test_recall_at_k():
 
 def test_defaults_scale_with_data():
     assert kmeans.default_num_clusters(10) == 1
-    assert kmeans.default_num_clusters(250_000) == 3
-    assert kmeans.default_num_clusters(10**9) == 10_000
+    assert kmeans.default_num_clusters(250_000) == 13
+    assert kmeans.default_num_clusters(10**9) == 50_000
     assert kmeans.default_max_partition_rows(128, 16) > 500_000
     assert kmeans.default_max_partition_rows(128, 16) > kmeans.default_max_partition_rows(1024, 16)
     assert kmeans.default_max_partition_rows(10**6, 64) == 1000

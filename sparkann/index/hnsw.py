@@ -57,7 +57,7 @@ class HNSWIndex(PartitionIndex):
     name = "hnsw"
     build_params = ("hnswM", "efConstruction")
 
-    EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    EF_LADDER = (16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
 
     @classmethod
     def search_ladder(cls, k, params):

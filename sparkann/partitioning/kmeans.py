@@ -15,8 +15,10 @@ import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.exceptions import ConvergenceWarning
 
-# Rows per partition the defaults aim at; big graphs search faster per probe.
-TARGET_CLUSTER_ROWS = 100_000
+# Rows per partition the defaults aim at. Small graphs need a narrower beam for the
+# same recall and build faster; calibrated border probes (probeEpsilon) keep the
+# number of partitions each query searches near one on clustered data.
+TARGET_CLUSTER_ROWS = 20_000
 # A partition's serialised graph stays under this many bytes by default.
 TARGET_PARTITION_BYTES = 512 << 20
 # Training rows per centroid, and the bounds of a driver sample.
