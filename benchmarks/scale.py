@@ -8,6 +8,7 @@ workers; ``report`` fits a cost model to the runs and projects it (see docs/SCAL
     python benchmarks/scale.py run --rows 1000000    # one timed build + search (own process)
     python benchmarks/scale.py run --rows 2000000 --partitions 5000 --queries 2000
     python benchmarks/scale.py all                   # every planned run, waiting for a quiet box
+    python benchmarks/scale.py dims --rows 200000    # the same rows at 96 and 768 dims
     python benchmarks/scale.py report                # results.json + RESULTS.md from the runs
 
 Data: ``sparkann.datasets.clustered(chunk, dim=96, seed=SEED, sample_seed=c)`` for chunk
@@ -590,6 +591,83 @@ def search_runs(spark, model, args, rows: int, work: str) -> dict:
 
 
 # --------------------------------------------------------------------------
+# Dimension: the same rows at several dimensions (for projections to other d)
+# --------------------------------------------------------------------------
+
+
+def run_dims(args) -> int:
+    """Fit and search ``--rows`` clustered vectors at each of ``--dims`` in one session;
+    writes dims.json (build and search cost per dimension, bytes per vector)."""
+    import faiss
+    import pyarrow.parquet as pq
+
+    from sparkann import ANNIndex, datasets
+
+    quiet = wait_quiet(args.load_limit)
+    spark, settings = make_spark(8, args.work)
+    out = {"rows": args.rows, "queries": args.queries, "spark_settings": settings,
+           "machine": bench.machine_info(), "quiet": quiet, "dims": []}
+    try:
+        warm_up(spark, args.work)
+        for dim in (int(d) for d in args.dims.split(",")):
+            root = os.path.join(args.work, "dims", f"d{dim}")
+            shutil.rmtree(root, ignore_errors=True)
+            os.makedirs(os.path.join(root, "base"))
+            os.makedirs(os.path.join(root, "queries"))
+            base = datasets.clustered(args.rows, dim, seed=SEED, sample_seed=0)
+            queries = datasets.clustered(args.queries, dim, seed=SEED,
+                                         sample_seed=QUERY_SAMPLE_SEED)
+            for half, lo in enumerate((0, args.rows // 2)):
+                hi = args.rows // 2 if half == 0 else args.rows
+                pq.write_table(vectors_table(base[lo:hi], lo),
+                               os.path.join(root, "base", f"part-{half}.parquet"))
+            pq.write_table(vectors_table(queries, 0),
+                           os.path.join(root, "queries", "part-0.parquet"))
+            flat = faiss.IndexFlatL2(dim)
+            flat.add(base)
+            truth = flat.search(queries[:TRUTH_QUERIES], K)[1]
+            del flat, base
+            t0 = time.perf_counter()
+            model = ANNIndex(indexPath=os.path.join(root, "index"), seed=42).fit(
+                spark.read.parquet(os.path.join(root, "base")))
+            fit_s = time.perf_counter() - t0
+            summary = model.summary()
+            qframe = spark.read.parquet(os.path.join(root, "queries"))
+            model.transform(qframe).select("id", "neighbors").toArrow()  # cold
+            times = []
+            for _ in range(args.repeats):
+                s0 = time.perf_counter()
+                table = model.transform(qframe).select("id", "neighbors").toArrow()
+                times.append(time.perf_counter() - s0)
+            probes = probes_of(spark, model, queries)
+            median = statistics.median(times)
+            out["dims"].append({
+                "dim": dim, "fit_s": round(fit_s, 2),
+                "core_s_per_million_rows": round(fit_s * CORES / (args.rows / 1e6), 1),
+                "hnsw_task_s": summary["buildSeconds"].get("task seconds: build partitions"),
+                "numPartitions": summary["numPartitions"],
+                "bytesPerVector": round(summary["bytesPerVector"], 1),
+                "disk_bytes_per_vector": round(dir_bytes(os.path.join(root, "index"))["total"]
+                                               / args.rows, 1),
+                "memoryBytesPerWorker": summary["memoryBytesPerWorker"],
+                "strategy": chosen_strategy(spark, model, "auto"),
+                "settings": model.searchSettings(), "probes": probes,
+                "search_median_s": round(median, 3), "times_s": [round(t, 3) for t in times],
+                "qps": round(args.queries / median, 1),
+                "recall_at_10": round(bench.recall(found_ids(table, TRUTH_QUERIES), truth, K), 4),
+                "core_s_per_query_per_probe": round(
+                    median * CORES / (args.queries * probes["partitions_per_query"]), 9)})
+            log.info("dim %d: %s", dim, out["dims"][-1])
+            shutil.rmtree(root, ignore_errors=True)
+    finally:
+        spark.stop()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "dims.json"), "w") as f:
+        json.dump(out, f, indent=1, default=str)
+    return 0
+
+
+# --------------------------------------------------------------------------
 # All runs, waiting for a quiet machine
 # --------------------------------------------------------------------------
 
@@ -615,8 +693,8 @@ def run_all(args) -> int:
         if os.path.exists(done) and not args.redo:
             log.info("%s: done already", name)
             continue
-        cmd = [sys.executable, os.path.abspath(__file__), "run", "--work", args.work, "--out",
-               args.out, "--load-limit", str(args.load_limit), *extra]
+        cmd = [sys.executable, os.path.abspath(__file__), "--work", args.work, "--out",
+               args.out, "--load-limit", str(args.load_limit), "run", *extra]
         log.info("%s: %s", name, " ".join(cmd))
         code = subprocess.call(cmd)
         if code:
@@ -812,7 +890,7 @@ def fmt(value, digits=1):
     return str(value)
 
 
-def markdown(runs: dict, model: dict, data: dict) -> str:
+def markdown(runs: dict, model: dict, data: dict, dims: dict | None = None) -> str:
     lines = ["# sparkann scale benchmark", "",
              f"`python benchmarks/scale.py all`; {CORES} cores (`local[{CORES}]`), driver "
              f"memory 8g. Data: {data.get('generator', 'clustered')}, {DIM} dims, "
@@ -951,6 +1029,19 @@ def markdown(runs: dict, model: dict, data: dict) -> str:
             f = d["jvm_heap_vs_partitions"]
             lines.append(f"2M rows: JVM heap peak ≈ {f['fixed_mib']} MiB + "
                          f"{f['mib_per_1000_partitions']} MiB per 1,000 partitions.")
+    if dims:
+        lines += ["", f"## Dimension ({dims['rows']:,} rows, {dims['queries']:,} queries, "
+                  "`scale.py dims`)", "",
+                  "| dim | partitions | fit s | core-s / M rows | index B/vec | disk B/vec | "
+                  "strategy | partitions / query | q/s | recall@10 | core-s / query / probe |",
+                  "|" + " --- |" * 11]
+        for d in dims["dims"]:
+            lines.append(
+                f"| {d['dim']} | {d['numPartitions']} | {fmt(d['fit_s'])} | "
+                f"{fmt(d['core_s_per_million_rows'])} | {fmt(d['bytesPerVector'])} | "
+                f"{fmt(d['disk_bytes_per_vector'])} | {d['strategy']} | "
+                f"{d['probes']['partitions_per_query']} | {fmt(d['qps'], 0)} | "
+                f"{fmt(d['recall_at_10'], 4)} | {d['core_s_per_query_per_probe']:.2e} |")
     lines += ["", "## Runs", "", "| run | started | waited s | load at start | mean load "
               "(build) | max load (build) |", "|" + " --- |" * 6]
     for r in sorted(runs.values(), key=lambda r: r["started_at"]):
@@ -964,12 +1055,17 @@ def report(args) -> int:
     runs = load_runs(args.out)
     data = data_facts(args.work)
     model = cost_model(runs)
-    results = {"data": data, "model": model, "runs": runs}
+    dims_path = os.path.join(args.out, "dims.json")
+    dims = None
+    if os.path.exists(dims_path):
+        with open(dims_path) as f:
+            dims = json.load(f)
+    results = {"data": data, "model": model, "runs": runs, "dims": dims}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
-        f.write(markdown(runs, model, data))
+        f.write(markdown(runs, model, data, dims))
     log.info("wrote %s", os.path.join(args.out, "RESULTS.md"))
     return 0
 
@@ -1007,6 +1103,11 @@ def parse_args(argv=None):
     a = sub.add_parser("all")
     a.add_argument("--only", default="", help="comma-separated run names")
     a.add_argument("--redo", action="store_true")
+    m = sub.add_parser("dims")
+    m.add_argument("--rows", type=int, default=200_000)
+    m.add_argument("--dims", default="96,768")
+    m.add_argument("--queries", type=int, default=20_000)
+    m.add_argument("--repeats", type=int, default=3)
     sub.add_parser("report")
     return p.parse_args(argv)
 
@@ -1021,6 +1122,8 @@ def main(argv=None) -> int:
         return run_one(args)
     if args.command == "all":
         return run_all(args)
+    if args.command == "dims":
+        return run_dims(args)
     return report(args)
 
 
