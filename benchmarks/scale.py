@@ -808,15 +808,16 @@ def cost_model(runs: dict) -> dict:
             entry["exponent_first_last"] = exponent(pts[0][0], pts[0][1]["median_s"],
                                                     pts[-1][0], pts[-1][1]["median_s"])
             entry["exponent_lsq"] = bench.growth_exponent(entry["rows"], entry["median_s"])
-        if len(pts) >= 3:
-            # time per query-probe, fitted on the first two sizes as a line in the rows
-            # (the fixed part: the job, loading partitions), predicted for the last
-            per = [s["median_s"] / full["probes"]["partitions_per_query"]
-                   for _, s, full in pts]
-            a, b = line([(x, y) for (x, _, _), y in zip(pts[:2], per[:2])])
-            predicted = (a + b * pts[-1][0]) * pts[-1][2]["probes"]["partitions_per_query"]
+        if len(pts) >= 3 and len(set(entry["strategy"])) == 1:
+            # core-seconds per query per probed partition, averaged over the first two
+            # sizes, times the last size's probes, spread over the cores
+            per_probe = float(np.mean(entry["core_s_per_query_per_probe"][:2]))
+            last = pts[-1][2]
+            predicted = (per_probe * last["queries"] * last["probes"]["partitions_per_query"]
+                         / CORES)
             measured = pts[-1][1]["median_s"]
             entry["check"] = {"fitted_on": entry["rows"][:2], "predicted_rows": pts[-1][0],
+                              "core_s_per_query_per_probe": per_probe,
                               "measured_s": measured, "predicted_s": round(predicted, 1),
                               "error_pct": round(100 * (predicted - measured) / measured, 1)}
         search[label] = entry
@@ -972,8 +973,10 @@ def markdown(runs: dict, model: dict, data: dict, dims: dict | None = None) -> s
         for label, entry in model.get("search", {}).items():
             if entry.get("check"):
                 c = entry["check"]
-                lines.append(f"Search check ({label}): predicted {c['predicted_s']} s for "
-                             f"{c['predicted_rows']:,} rows, measured {c['measured_s']} s "
+                lines.append(f"Search check ({label}): {c['core_s_per_query_per_probe']:.3g} "
+                             f"core-s per query per probe (fitted) predicts "
+                             f"{c['predicted_s']} s for {c['predicted_rows']:,} rows, "
+                             f"measured {c['measured_s']} s "
                              f"({c['error_pct']:+.1f}%).")
         lines += ["", "### Calibration", "",
                   "| rows | numProbes | efSearch | recall (held-out) | reached | sample "
