@@ -5,7 +5,7 @@ Euclidean for ``l2``, the negative inner product for ``ip`` and
 ``1 - cosine similarity`` for ``cosine``. A metric object prepares vectors
 (cosine vectors are normalised once, at the edge), names the spaces that
 hnswlib and faiss use for it, converts their raw scores to the convention,
-and ranks coarse centroids. Pure numpy; no Spark.
+and ranks coarse centroids. numpy and faiss; no Spark.
 
 Adding a metric is one subclass of :class:`Metric` plus an entry in
 :data:`METRICS`.
@@ -13,6 +13,7 @@ Adding a metric is one subclass of :class:`Metric` plus an entry in
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 
@@ -42,12 +43,22 @@ class Metric:
         """Distances (nq, n) between prepared vectors."""
         raise NotImplementedError
 
-    def rowwise(self, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
-        """Distances (nq, j) between each query and its own candidates (nq, j, d)."""
-        return self._from_dots(np.einsum("qd,qjd->qj", queries, found), queries, found)
-
-    def _from_dots(self, dots, queries, found):
-        raise NotImplementedError
+    def among(self, queries: np.ndarray, base: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Distances (nq, j) between each query and its own candidate rows of ``base``
+        (labels (nq, j); a negative label gets ``inf``), with faiss's by-index kernels."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        base = np.ascontiguousarray(base, dtype=np.float32)
+        missing = candidates < 0
+        labels = np.ascontiguousarray(np.where(missing, 0, candidates), dtype=np.int64)
+        raw = np.empty(labels.shape, dtype=np.float32)
+        if raw.size:
+            kernel = getattr(faiss, "fvec_inner_products_by_idx" if self.faiss_inner_product
+                             else "fvec_L2sqr_by_idx")
+            kernel(faiss.swig_ptr(raw), faiss.swig_ptr(queries), faiss.swig_ptr(base),
+                   faiss.swig_ptr(labels), queries.shape[1], len(queries), labels.shape[1])
+        dists = self.from_faiss(raw)
+        dists[missing] = np.inf
+        return dists
 
     def __repr__(self) -> str:
         return f"Metric({self.name!r})"
@@ -70,11 +81,6 @@ class L2(Metric):
         return np.sqrt(np.maximum(sq, 0.0))
 
 
-    def _from_dots(self, dots, queries, found):
-        sq = (queries**2).sum(1)[:, None] + (found**2).sum(2) - 2.0 * dots
-        return np.sqrt(np.maximum(sq, 0.0))
-
-
 class InnerProduct(Metric):
     name = "ip"
     hnsw_space = "ip"
@@ -89,9 +95,6 @@ class InnerProduct(Metric):
 
     def pairwise(self, queries, base):
         return -(np.asarray(queries, np.float32) @ np.asarray(base, np.float32).T)
-
-    def _from_dots(self, dots, queries, found):
-        return -dots
 
 
 class Cosine(Metric):
@@ -119,9 +122,6 @@ class Cosine(Metric):
 
     def pairwise(self, queries, base):
         return 1.0 - (np.asarray(queries, np.float32) @ np.asarray(base, np.float32).T)
-
-    def _from_dots(self, dots, queries, found):
-        return 1.0 - dots
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (L2(), InnerProduct(), Cosine())}

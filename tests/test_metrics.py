@@ -121,16 +121,21 @@ def test_pairwise_matches_the_definition(raw, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_rowwise_matches_the_definition_and_pairwise(raw, name):
+def test_among_matches_the_definition_and_pairwise(raw, name):
     metric = get_metric(name)
     base, queries = raw
     picks = np.random.default_rng(5).integers(0, N, size=(NQ, 7))
+    picks[::3, 2] = -1  # a missing candidate
     prepared = metric.prepare(base)
-    got = metric.rowwise(metric.prepare(queries), prepared[picks])
+    got = metric.among(metric.prepare(queries), prepared, picks)
     assert got.shape == (NQ, 7)
-    assert_distances(got, definition(name, queries, base[picks]))
+    assert np.isinf(got[::3, 2]).all()
+    found = picks >= 0
+    assert_distances(np.where(found, got, 0.0),
+                     np.where(found, definition(name, queries, base[np.maximum(picks, 0)]), 0.0))
     full = metric.pairwise(metric.prepare(queries), prepared)
-    np.testing.assert_allclose(got, np.take_along_axis(full, picks, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[found], np.take_along_axis(full, np.maximum(picks, 0), 1)[found],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_l2_distance_of_a_vector_to_itself_is_zero_not_nan(raw):
@@ -139,7 +144,8 @@ def test_l2_distance_of_a_vector_to_itself_is_zero_not_nan(raw):
     own = metric.pairwise(base, base)
     assert np.isfinite(own).all() and (own >= 0).all()
     np.testing.assert_allclose(np.diag(own), 0.0, atol=2e-3)
-    np.testing.assert_allclose(metric.rowwise(base, base[:, None, :])[:, 0], 0.0, atol=2e-3)
+    own_label = np.arange(len(base))[:, None]
+    np.testing.assert_allclose(metric.among(base, base, own_label)[:, 0], 0.0, atol=2e-3)
 
 
 # ----------------------------------------------------------------- prepare

@@ -206,7 +206,10 @@ class PQIndex(PartitionIndex):
             fast = faiss.IndexIVFPQFastScan(index)
             fast.nprobe = 1
             fast.own_fields = False
-            self._keep = (quantizer, index)  # the fast-scan copy refers to the quantizer
+            # faiss's wrapper keeps the source index (and its copy of the codes) alive
+            # for the copy's lifetime; the copy needs only the quantizer
+            fast.referenced_objects = [quantizer]
+            self._keep = (quantizer,)
             return fast
         index.own_fields = False
         self._keep = (quantizer,)
@@ -253,13 +256,10 @@ class PQIndex(PartitionIndex):
     def _rerank(self, queries, candidates, k):
         """Exact distances of the ADC candidates, vectorised over all queries."""
         assert self.vectors is not None
-        safe = np.maximum(candidates, 0)
-        found = self.vectors[safe]  # (nq, depth, d)
-        dists = self.context.metric.rowwise(queries, found)
-        dists[candidates < 0] = np.inf
+        dists = self.context.metric.among(queries, self.vectors, candidates)
         order = np.argsort(dists, axis=1, kind="stable")[:, :k]
         return (np.take_along_axis(candidates, order, axis=1),
-                np.take_along_axis(dists, order, axis=1).astype(np.float32))
+                np.take_along_axis(dists, order, axis=1))
 
     def search_subset(self, query, labels, k, knobs):
         labels = checked_labels(labels, self.count)
@@ -308,8 +308,10 @@ class PQIndex(PartitionIndex):
 
     def memory_bytes(self):
         vectors = 0 if self.vectors is None else self.vectors.nbytes
-        return int(self.codes.nbytes * (2 if self.nbits == 4 else 1) + vectors
-                   + self.codewords.nbytes + 1024)
+        # the codes twice (this copy, which store/add/compact use, and faiss's inverted
+        # list) and faiss's 8-byte label per row
+        return int(2 * self.codes.nbytes + 8 * self.count + vectors + self.codewords.nbytes
+                   + 1024)
 
 
 def _centroid(context: PartitionContext) -> np.ndarray:

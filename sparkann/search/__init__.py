@@ -40,7 +40,7 @@ __all__ = ["PAYLOAD_READS_CONF", "STRATEGY_CONF", "SearchPlan", "run_search",
 
 def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan) -> DataFrame:
     """``queries`` with the plan's neighbours column added (best first)."""
-    helpers = helper_columns(queries, plan)
+    helpers = helper_columns(queries, plan, reuse_vector=plan.strategy == "local")
     if plan.strategy == "local":
         threads = threads_per_task(queries.sparkSession, plan.knobs.threads, 1 << 30)
         prepared = queries.select("*", *helpers)

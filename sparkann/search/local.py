@@ -48,8 +48,9 @@ def answer_batch(index: LoadedIndex, plan: SearchPlan, batch: pa.RecordBatch, kn
     if n == 0:
         return candidates.best(plan.k)
     own = batch.column(SELF) if plan.exclude_self else None
+    column = VEC if VEC in batch.schema.names else plan.vector_col  # see helper_columns
     vectors = index.metric.prepare(
-        checked_queries(batch.column(VEC), plan.dim, plan.vector_col, own, plan.id_col),
+        checked_queries(batch.column(column), plan.dim, plan.vector_col, own, plan.id_col),
         f"query column {plan.vector_col!r}")
     allowed = batch.column(ALLOWED)
     subset = np.asarray(allowed.is_valid()) if plan.allowed else np.zeros(n, dtype=bool)
