@@ -4,7 +4,7 @@
   index in its worker cache (like a broadcast join).
 * :mod:`.partition` -- query rows meet their partitions (like a shuffle join).
 
-Both are lazy ``mapInArrow`` / repartition plans: they work on streaming
+Both are lazy plans (an Arrow UDF; ``mapInArrow`` and repartitions): they work on streaming
 DataFrames, query checks run inside the tasks, and no answer depends on the
 order in which Spark computes the query DataFrame.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from pyspark.sql import DataFrame
+from pyspark.sql.functions import arrow_udf
 
 from ..loader import IndexHandle
 from ..storage.format import Manifest
@@ -28,7 +29,7 @@ from .plan import (
     check_query_schema,
     choose_strategy,
     helper_columns,
-    output_schema,
+    neighbors_field,
     payload_reads,
 )
 
@@ -40,11 +41,12 @@ __all__ = ["PAYLOAD_READS_CONF", "STRATEGY_CONF", "SearchPlan", "run_search",
 
 def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan) -> DataFrame:
     """``queries`` with the plan's neighbours column added (best first)."""
-    helpers = helper_columns(queries, plan, reuse_vector=plan.strategy == "local")
+    helpers = helper_columns(queries, plan)
     if plan.strategy == "local":
         threads = threads_per_task(queries.sparkSession, plan.knobs.threads, 1 << 30)
-        prepared = queries.select("*", *helpers)
-        return prepared.mapInArrow(local_search_fn(plan, threads), output_schema(queries, plan))
+        field = neighbors_field(plan.neighbors_col, plan.id_type)
+        search = arrow_udf(local_search_fn(plan, threads), field.dataType)
+        return queries.withColumn(plan.neighbors_col, search(*helpers))
     files: tuple = ()
     if plan.reads == "join":
         root = manifest.root

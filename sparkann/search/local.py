@@ -1,15 +1,17 @@
 """Query-local search: each task routes, searches and merges its own query rows.
 
-One ``mapInArrow`` over the query rows: no shuffle, no key, no join back. A
-row leaves its task with its own answer, so nothing depends on the order in
-which Spark computes or recomputes the query DataFrame, and the plan streams.
-The index is read into each Python worker's cache on first use.
+A scalar Arrow UDF over the query vector (and the allowed ids and the row's own
+id): no shuffle, no key, no join back. Spark hands the UDF only those columns
+and pairs each answer with its row inside the task, so nothing depends on the
+order in which Spark computes or recomputes the query DataFrame, the query's
+other columns never leave the JVM, and the plan streams. The index is read
+into each Python worker's cache on first use.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -18,41 +20,37 @@ from .. import testing
 from ..loader import LoadedIndex, id_map, open_index, partition
 from ..tasks import resolve_threads
 from ..vectors import checked_queries
-from .plan import ALLOWED, SELF, VEC, SearchPlan
+from .plan import SearchPlan
 from .topk import Candidates
 
-HELPERS = (VEC, ALLOWED, SELF)
+QueryColumns = Tuple[pa.Array, pa.Array, pa.Array]  # vector, allowed ids, own id
 
 
 def local_search_fn(plan: SearchPlan, thread_hint: int):
-    """The task function of a query-local search."""
+    """The function of the query-local search UDF: batches of (vector, allowed ids,
+    own id) columns in, neighbours columns out."""
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def run(batches: Iterator[QueryColumns]) -> Iterator[pa.Array]:
         testing.inject("search")
         index = open_index(plan.handle)
         knobs = replace(plan.knobs, threads=resolve_threads(thread_hint))
-        for batch in batches:
-            neighbors = answer_batch(index, plan, batch, knobs)
-            kept = [i for i, name in enumerate(batch.schema.names) if name not in HELPERS]
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(i) for i in kept] + [neighbors],
-                [batch.schema.names[i] for i in kept] + [plan.neighbors_col])
+        for vectors, allowed, own in batches:
+            yield answer_batch(index, plan, vectors, allowed, own, knobs)
 
     return run
 
 
-def answer_batch(index: LoadedIndex, plan: SearchPlan, batch: pa.RecordBatch, knobs) -> pa.Array:
+def answer_batch(index: LoadedIndex, plan: SearchPlan, column: pa.Array, allowed: pa.Array,
+                 own: pa.Array, knobs) -> pa.Array:
     """The neighbours column of one batch of query rows."""
-    n = batch.num_rows
+    n = len(column)
     candidates = Candidates(n, plan.arrow_id_type)
     if n == 0:
         return candidates.best(plan.k)
-    own = batch.column(SELF) if plan.exclude_self else None
-    column = VEC if VEC in batch.schema.names else plan.vector_col  # see helper_columns
+    own = own if plan.exclude_self else None
     vectors = index.metric.prepare(
-        checked_queries(batch.column(column), plan.dim, plan.vector_col, own, plan.id_col),
+        checked_queries(column, plan.dim, plan.vector_col, own, plan.id_col),
         f"query column {plan.vector_col!r}")
-    allowed = batch.column(ALLOWED)
     subset = np.asarray(allowed.is_valid()) if plan.allowed else np.zeros(n, dtype=bool)
     plain = np.flatnonzero(~subset)
     if len(plain):

@@ -75,22 +75,15 @@ def output_schema(queries: DataFrame, plan: SearchPlan) -> T.StructType:
                         + [neighbors_field(plan.neighbors_col, plan.id_type)])
 
 
-def helper_columns(queries: DataFrame, plan: SearchPlan, reuse_vector: bool = False
-                   ) -> list[Column]:
-    """The query vector as array<float>, the allowed ids and the row's own id. With
-    ``reuse_vector``, a vector column that is already array<float> is not copied (the
-    task reads it under its own name), so it crosses to Python once."""
+def helper_columns(queries: DataFrame, plan: SearchPlan) -> list[Column]:
+    """The query vector as array<float>, the allowed ids and the row's own id."""
     kind = plan.id_type
     allowed = F.lit(None).cast(f"array<{kind}>")
     if plan.allowed:
         allowed = F.col(plan.allowed_col).cast(f"array<{kind}>")
     own = F.col(plan.id_col).cast(kind) if plan.exclude_self else F.lit(None).cast(kind)
-    vector = [vector_column(queries, plan.vector_col).alias(VEC)]
-    dtype = queries.schema[plan.vector_col].dataType
-    if reuse_vector and isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType,
-                                                                       T.FloatType):
-        vector = []
-    return vector + [allowed.alias(ALLOWED), own.alias(SELF)]
+    return [vector_column(queries, plan.vector_col).alias(VEC), allowed.alias(ALLOWED),
+            own.alias(SELF)]
 
 
 def check_query_schema(queries: DataFrame, vector_col: str, neighbors_col: str,
