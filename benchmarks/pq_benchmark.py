@@ -469,8 +469,12 @@ def markdown(results: dict) -> str:
         f"{m['cores']} threads, `IndexIVFPQFastScan` (4 bits) or `IndexIVFPQ` (8 bits) with the "
         "same nlist, M and nbits, its own coarse quantizer and one global residual codebook "
         "trained on up to 100k rows; re-ranking with `IndexRefineFlat` (k_factor = r / 10). "
-        "Sweeps on the recall sample; at equal recall the fastest point of each side is run "
-        "on the full query set (median of the repeats).", "",
+        "Sweeps on the recall sample. At equal recall, each side's candidates (per probe "
+        "count the cheapest re-rank depth reaching the target: the two with the fewest "
+        "probes and the fastest on the sweep) are timed on the full query set (median of "
+        "the repeats) and the fastest is reported. Memory: the loaded arrays, and the RSS "
+        "growth of one process loading every partition (after a warm-up load; it includes "
+        "what the allocators keep).", "",
     ]
     for name, ds in results["datasets"].items():
         ms = ", ".join(f"{m} at {b} bits" for b, m in ds["m"].items())
