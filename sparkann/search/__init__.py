@@ -45,7 +45,9 @@ def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan) -> Data
     if plan.strategy == "local":
         threads = threads_per_task(queries.sparkSession, plan.knobs.threads, 1 << 30)
         field = neighbors_field(plan.neighbors_col, plan.id_type)
-        search = arrow_udf(local_search_fn(plan, threads), field.dataType)
+        # an iterator UDF, as the function's type hints say (the stubs ask for functionType,
+        # which pyspark deprecates in favour of the hints)
+        search = arrow_udf(local_search_fn(plan, threads), field.dataType)  # type: ignore[call-overload]
         return queries.withColumn(plan.neighbors_col, search(*helpers))
     files: tuple = ()
     if plan.reads == "join":
