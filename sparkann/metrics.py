@@ -50,6 +50,13 @@ class Metric:
         base = np.ascontiguousarray(base, dtype=np.float32)
         missing = candidates < 0
         labels = np.ascontiguousarray(np.where(missing, 0, candidates), dtype=np.int64)
+        # the kernels read base rows unchecked: a bad label must not reach them
+        if labels.size and labels.max() >= len(base):
+            raise ValueError(f"candidate label {int(labels.max())} is outside the "
+                             f"{len(base)} rows searched")
+        if queries.shape[1] != base.shape[1]:
+            raise ValueError(f"queries have dimension {queries.shape[1]}, the rows "
+                             f"{base.shape[1]}")
         raw = np.empty(labels.shape, dtype=np.float32)
         if raw.size:
             kernel = getattr(faiss, "fvec_inner_products_by_idx" if self.faiss_inner_product

@@ -138,6 +138,15 @@ def test_among_matches_the_definition_and_pairwise(raw, name):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_among_refuses_labels_outside_the_rows(raw):
+    metric = get_metric("l2")
+    base = metric.prepare(raw[0][:20])
+    with pytest.raises(ValueError, match="candidate label 20 is outside the 20 rows"):
+        metric.among(base[:2], base, np.array([[0, 20], [1, -1]]))
+    with pytest.raises(ValueError, match="dimension"):
+        metric.among(base[:2, :-1], base, np.array([[0], [1]]))
+
+
 def test_l2_distance_of_a_vector_to_itself_is_zero_not_nan(raw):
     metric = get_metric("l2")
     base = metric.prepare(raw[0][:50])
