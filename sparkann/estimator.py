@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
 DEFAULT_MIN_EF = 64
 CALIBRATED = ("numProbes", "probeEpsilon", "efSearch", "rerankK")
+# Params a built model may change: how it searches and names its columns. Every other
+# param describes the stored index and is read from its manifest, never from the model.
+SEARCH_PARAMS = frozenset({*CALIBRATED, "k", "searchStrategy", "neighborsCol", "allowedIdsCol",
+                           "excludeSelf", "numThreads", "vectorCol", "idCol"})
 
 
 class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadable):
@@ -188,11 +192,22 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         return copied
 
     def _with_index_defaults(self) -> "ANNIndexModel":
-        """Take the index's stored search defaults as this model's defaults."""
+        """Take the index's stored values (built partition count, calibrated search
+        settings) as this model's defaults; values the user set stay set."""
         stored = self.manifest.params
-        self._setDefault(**{name: stored[name] for name in CALIBRATED
-                            if stored.get(name) is not None and self.hasParam(name)})
+        self._setDefault(**{name: value for name, value in stored.items()
+                            if value is not None and self.hasParam(name)})
         return self
+
+    def _stored_params(self) -> tuple[dict, list[str]]:
+        """(params, user_set) for a manifest of this model: the index's build params as
+        built, and this model's search params with what the user set on it."""
+        manifest = self.manifest
+        searched = {name: value for name, value in self.param_values().items()
+                    if name in SEARCH_PARAMS}
+        user_set = ({n for n in manifest.user_set if n not in SEARCH_PARAMS}
+                    | {n for n in self.user_set() if n in SEARCH_PARAMS})
+        return {**manifest.params, **searched}, sorted(user_set)
 
     def _handle(self, spark) -> IndexHandle:
         from .search import handle_for
@@ -282,7 +297,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
     # --------------------------------------------------------------- updates
 
     def _params_for_update(self) -> dict:
-        return {**self.manifest.params, **self.param_values()}
+        return self._stored_params()[0]
 
     def add(self, df: DataFrame) -> "ANNIndexModel":
         """A new version that also holds ``df``'s rows (routed to the existing centroids).
@@ -421,8 +436,8 @@ class IndexWriter(MLWriter):
             if not is_index(spark, root):
                 raise FileExistsError(f"{path} exists and is not a sparkann index; refusing "
                                       "to write into it")
-        params = {**manifest.params, **self.model.param_values()}
-        manifest = replace(manifest, params=params, user_set=self.model.user_set())
+        params, user_set = self.model._stored_params()
+        manifest = replace(manifest, params=params, user_set=user_set)
         if root.rstrip("/") != manifest.root.rstrip("/"):
             manifest = copy_index(spark, manifest, root)
         publish(spark, manifest, None)
@@ -439,14 +454,9 @@ class IndexReader(MLReader):
     def load(self, path: str, version: int | None = None) -> ANNIndexModel:
         spark = self.sparkSession
         manifest, digest = load_version(spark, path, version)
-        model = ANNIndexModel(manifest, digest)
-        for name, value in manifest.params.items():
-            if not model.hasParam(name) or value is None:
-                continue
-            if name in manifest.user_set:
-                model._set(**{name: value})
-            else:
-                model._setDefault(**{name: value})
+        model = ANNIndexModel(manifest, digest)._with_index_defaults()
+        model._set(**{name: manifest.params[name] for name in manifest.user_set
+                      if manifest.params.get(name) is not None and model.hasParam(name)})
         if store_for(spark, manifest.root).exists(join(manifest.root, "metadata")):
             metadata = DefaultParamsReader.loadMetadata(manifest.root, spark)
             model._resetUid(metadata["uid"])

@@ -185,7 +185,7 @@ def run_search(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         num_queries = spark.read.parquet(args.output).count()
         print(json.dumps({"output": args.output, "queries": num_queries, "k": model.getK(),
-                          "seconds": round(seconds, 3)}))
+                          "settings": model.searchSettings(), "seconds": round(seconds, 3)}))
     return 0
 
 
