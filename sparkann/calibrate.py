@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 from .exact import top_k
 from .loader import IndexHandle, LoadedIndex, open_index, partition
 from .metrics import Metric
+from .partitioning.router import centroid_gaps
 from .sampling import collect_sample
 from .search.topk import top_k_lists
 from .vectors import list_array, to_matrix
@@ -41,6 +42,12 @@ PROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 # cluster is probed only for queries near its border, a fraction of the cost
 EPSILON_LADDER = (0.0, 0.02, 0.05, 0.1, 0.2)
 MARGIN_SIGMAS = 2.5  # measured recall must clear the target by this many standard errors
+# The hard tail of a sample of indexed rows: its share with the smallest centroid gap
+# (see router.centroid_gaps). Queries unlike the indexed rows (far from every centroid,
+# or between several) look like this tail, so calibration on indexed rows also asks the
+# tail for HARD_MISS_SHARE of the misses the target allows: recall 0.975 for 0.95.
+HARD_SHARE = 0.25
+HARD_MISS_SHARE = 0.5
 
 
 def sample_size(num_rows: int) -> int:
@@ -68,6 +75,7 @@ class Choice:
     setting: dict
     recall: float
     cost: float
+    hard_recall: float = 1.0  # on the sample's hard tail (1.0: none)
 
 
 def draw_sample(rows: DataFrame, num_rows: int, seed: int, metric: Metric, dim: int,
@@ -251,6 +259,8 @@ def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
         cand_q, cand_pid, cand_s = cand_q[mine], cand_pid[mine], cand_s[mine]
         cand_codes, flat_d = cand_codes[mine], flat_d[mine]
     rows = np.asarray(index.manifest.partitions.rows, dtype=np.float64)
+    wanted = np.bincount(truth_rows, minlength=n)
+    hard = hard_tail(dists) if sample.ids is not None else np.zeros(n, dtype=bool)
     trials = []
     probe_values = probe_ladder(len(index.meta.centroids))
     for probes, epsilon in [(p, e) for p in probe_values
@@ -263,29 +273,66 @@ def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
                          pair_keys)
         for number, values in enumerate(settings):
             pick = probed & (cand_s == number)
-            recall = _recall(cand_q[pick], flat_d[pick], cand_codes[pick], truth_keys,
-                             len(uniques), n, k)
+            hits = _hits(cand_q[pick], flat_d[pick], cand_codes[pick], truth_keys,
+                         len(uniques), n, k)
             cost = float(np.sum(index.cls.probe_cost(values, rows[ppos],
                                                      index.manifest.dim))) / n
-            trials.append(Choice(probes, epsilon, dict(values), round(recall, 5),
-                                 round(cost, 3)))
-    margin = MARGIN_SIGMAS * float(np.sqrt(target * (1 - target) / max(n * k, 1)))
-    good = ([t for t in trials if t.recall >= target + margin]
-            or [t for t in trials if t.recall >= target])
+            trials.append(Choice(probes, epsilon, dict(values),
+                                 round(_share(hits, wanted), 5), round(cost, 3),
+                                 round(_share(hits[hard], wanted[hard]), 5)))
+    return _cheapest(trials, target, n * k, hard_target(target) if hard.any() else 0.0,
+                     int(wanted[hard].sum())), trials
+
+
+def hard_target(target: float) -> float:
+    """Recall asked of the hard tail: HARD_MISS_SHARE of the misses ``target`` allows."""
+    return 1.0 - HARD_MISS_SHARE * (1.0 - target)
+
+
+def hard_tail(dists: np.ndarray) -> np.ndarray:
+    """The HARD_SHARE of queries with the smallest centroid gap."""
+    threshold = hard_gap(dists)
+    if threshold is None:  # one cluster: no query is nearer a border than another
+        return np.zeros(len(dists), dtype=bool)
+    return centroid_gaps(dists) <= threshold
+
+
+def hard_gap(dists: np.ndarray) -> float | None:
+    """The centroid gap below which a sample query counts as hard (None: no border)."""
+    gaps = centroid_gaps(dists)
+    value = float(np.quantile(gaps, HARD_SHARE)) if len(gaps) else np.inf
+    return value if np.isfinite(value) else None
+
+
+def _cheapest(trials: list, target: float, pairs: int, hard: float, hard_pairs: int) -> Choice:
+    """The cheapest trial whose recall clears the target (and the hard tail its own)
+    by a margin for the sample's standard error, else without the margin, else the
+    one of best recall."""
+    def margin(goal: float, count: int) -> float:
+        return MARGIN_SIGMAS * float(np.sqrt(goal * (1 - goal) / max(count, 1)))
+
+    strict = [t for t in trials if t.recall >= target + margin(target, pairs)
+              and t.hard_recall >= hard + margin(hard, hard_pairs)]
+    good = strict or [t for t in trials if t.recall >= target and t.hard_recall >= hard]
     if good:
-        return min(good, key=lambda t: (t.cost, t.num_probes, t.epsilon)), trials
-    return max(trials, key=lambda t: (t.recall, -t.cost)), trials
+        return min(good, key=lambda t: (t.cost, t.num_probes, t.epsilon))
+    return max(trials, key=lambda t: (min(t.recall - target, t.hard_recall - hard), -t.cost))
 
 
-def _recall(q: np.ndarray, d: np.ndarray, codes: np.ndarray, truth_keys: np.ndarray,
-            width: int, n: int, k: int) -> float:
+def _share(hits: np.ndarray, wanted: np.ndarray) -> float:
+    return float(hits.sum()) / max(int(wanted.sum()), 1)
+
+
+def _hits(q: np.ndarray, d: np.ndarray, codes: np.ndarray, truth_keys: np.ndarray,
+          width: int, n: int, k: int) -> np.ndarray:
+    """How many of each query's exact neighbours are among its ``k`` best candidates."""
     order = np.lexsort((d, q))
     q, codes = q[order], codes[order]
     starts = np.searchsorted(q, np.arange(n))
     rank = np.arange(len(q)) - starts[q] if len(q) else np.empty(0, np.int64)
     top = rank < k
-    hits = np.isin(q[top].astype(np.int64) * width + codes[top], truth_keys).sum()
-    return float(hits) / max(len(truth_keys), 1)
+    found = np.isin(q[top].astype(np.int64) * width + codes[top], truth_keys)
+    return np.bincount(q[top][found], minlength=n)
 
 
 def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int, target: float,
@@ -315,10 +362,9 @@ def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int
                                           min(epsilons), with_vectors)
     best, trials = choose(index, sample, truth, k, settings, epsilons, target, ranked, dists,
                           found)
-    report = report_of(best, trials, target, k, len(sample.vectors),
-                       "indexed rows" if queries is None else "queries",
-                       time.perf_counter() - started)
-    return report
+    return report_of(best, trials, target, k, dists,
+                     "indexed rows" if queries is None else "queries",
+                     time.perf_counter() - started, queries is None)
 
 
 # ------------------------------------------------ held-out calibration at fit
@@ -429,9 +475,12 @@ def found_at_fit(spark, root: str, run: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def report_of(best: Choice, trials: list, target: float, k: int, sample_size: int,
-              source: str, seconds: float) -> dict:
-    reached = best.recall >= target
+def report_of(best: Choice, trials: list, target: float, k: int, dists: np.ndarray,
+              source: str, seconds: float, tail: bool) -> dict:
+    """The calibration report: the chosen settings, every trial, and the sample's
+    centroid-gap profile that searches compare their queries with (query drift)."""
+    sample_size = len(dists)
+    reached = best.recall >= target and (not tail or best.hard_recall >= hard_target(target))
     if reached:
         log.info("sparkann: calibrated for recall@%d >= %.3f: numProbes=%d probeEpsilon=%g "
                  "%s (recall %.4f on %d held-out queries)", k, target, best.num_probes,
@@ -447,8 +496,12 @@ def report_of(best: Choice, trials: list, target: float, k: int, sample_size: in
         "numProbes": best.num_probes, "probeEpsilon": best.epsilon, **best.setting,
         "sampleQueries": sample_size,
         "sampleSource": source, "seconds": round(seconds, 3),
+        **({"hardRecall": best.hard_recall, "hardTarget": hard_target(target)} if tail else {}),
+        "hardGap": hard_gap(dists),
+        "hardShare": HARD_SHARE,
         "trials": [{"numProbes": t.num_probes, "probeEpsilon": t.epsilon, **t.setting,
-                    "recall": t.recall, "cost": t.cost} for t in trials],
+                    "recall": t.recall, "cost": t.cost,
+                    **({"hardRecall": t.hard_recall} if tail else {})} for t in trials],
     }
 
 
@@ -468,5 +521,5 @@ def calibrate_at_fit(manifest, meta, plan: CalibrationPlan, found: pa.Table, bas
     best, trials = choose(index, sample, truth, plan.fetch, plan.settings,
                           epsilons_to_try(epsilon), target,
                           ranked, dists, found)
-    return report_of(best, trials, target, plan.fetch, len(sample.vectors),
-                     "held-out indexed rows", time.perf_counter() - started)
+    return report_of(best, trials, target, plan.fetch, dists, "held-out indexed rows",
+                     time.perf_counter() - started, True)

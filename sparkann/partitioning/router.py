@@ -124,6 +124,17 @@ class ShardPlan:
         return (self.offsets[clusters] + shard).astype(np.int32)
 
 
+def centroid_gaps(distances: np.ndarray) -> np.ndarray:
+    """How far each query's second-best centroid lies past its best, relative to the
+    best's distance: small for a query between clusters or far from all of them (the
+    queries that need more probes); infinite with one centroid."""
+    distances = np.asarray(distances, dtype=np.float64)
+    if distances.shape[1] < 2:
+        return np.full(len(distances), np.inf)
+    nearest = distances[:, 0]
+    return (distances[:, 1] - nearest) / np.maximum(np.abs(nearest), 1e-12)
+
+
 def within_slack(distances: np.ndarray, epsilon: float) -> np.ndarray:
     """Which ranked centroids lie within ``(1 + epsilon)`` of the nearest one's
     distance (query-aware pruning, as in SPANN); all of them when epsilon is 0."""
