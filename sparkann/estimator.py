@@ -25,7 +25,7 @@ from pyspark.ml.util import (
     MLWritable,
     MLWriter,
 )
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from . import build, calibrate, update
@@ -34,12 +34,14 @@ from .loader import IndexHandle
 from .observe import StageTimer, job_label
 from .params import ANNParams
 from .search import SearchPlan, check_query_schema, choose_strategy, payload_reads, run_search
+from .search import drift
 from .search.plan import memory_needed
 from .storage import tables
 from .storage.format import DeleteFile, IndexFormatError, Manifest
 from .storage.fs import is_local, join, store_for
 from .storage.versions import check_current, new_run, publish, vacuum
 from .storage.versions import load as load_version
+from .vectors import vector_column
 
 log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
@@ -259,7 +261,34 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         log.info("sparkann: search planned (%s strategy, k=%d, numProbes=%d, efSearch=%d%s)",
                  strategy, plan.k, plan.num_probes, plan.knobs.ef_search,
                  f", rerankK={plan.knobs.rerank_k}" if with_vectors else "")
-        return run_search(dataset, manifest, plan)
+        return run_search(self._watched(dataset, plan), manifest, plan)
+
+    def _watched(self, dataset: DataFrame, plan: SearchPlan) -> DataFrame:
+        """The queries with their drift against the calibration sample observed."""
+        threshold = self.manifest.calibration.get("hardGap")
+        if threshold is None:
+            return dataset
+        observation = None if dataset.isStreaming else Observation()
+        self._last_search = observation
+        return drift.observed(dataset, vector_column(dataset, plan.vector_col), plan.handle,
+                              plan.dim, plan.vector_col, float(threshold), observation)
+
+    def searchReport(self) -> dict | None:
+        """How the queries of this model's last batch search sit against the calibration
+        sample, once an action has run that search (None before, or without a
+        calibration). ``harder`` is True, with a warning naming
+        ``calibrate(queries=...)``, when they are clearly harder than the sample.
+        Streams report the same counts in each progress report's ``observedMetrics``
+        under ``"sparkann_query_drift"``."""
+        observation = getattr(self, "_last_search", None)
+        counts = observed_counts(observation) if observation is not None else None
+        if counts is None:
+            return None
+        report = drift.drift_report(counts, self.manifest.calibration)
+        if getattr(self, "_warned", None) is not observation:  # one warning per search
+            drift.warn_if_harder(report)
+            self._warned = observation
+        return report
 
     # --------------------------------------------------------------- summary
 
@@ -406,6 +435,17 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
     def load(cls, path: str, version: int | None = None) -> "ANNIndexModel":
         """Load the newest version of the index at ``path`` (or a given ``version``)."""
         return IndexReader().load(path, version)
+
+
+def observed_counts(observation: Observation) -> dict | None:
+    """An observation's values once its action has run, else None (never blocks)."""
+    java = getattr(observation, "_jo", None)
+    if java is not None and not java.future().isCompleted():  # classic: get would wait
+        return None
+    try:
+        return observation.get
+    except Exception:  # Spark Connect before the action ran
+        return None
 
 
 def active_session() -> SparkSession:

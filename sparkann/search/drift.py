@@ -1,0 +1,91 @@
+"""Query drift: how the searched queries sit against the calibration sample.
+
+Calibration stores ``hardGap``, the centroid gap (see
+:func:`sparkann.partitioning.router.centroid_gaps`) below which a quarter of its
+sample lies. Queries unlike that sample (far from every centroid, or between
+several) have small gaps more often, and need more probes for the same recall.
+Each search counts, inside its tasks and on the way to the search itself, its
+queries and those with a gap that small: a Spark observed metric, readable after
+the search's first action (``model.searchReport()``) or, on a stream, in each
+progress report's ``observedMetrics`` under :data:`DRIFT_METRIC`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, Observation
+from pyspark.sql import functions as F
+from pyspark.sql.functions import arrow_udf
+
+from ..loader import IndexHandle, open_index
+from ..partitioning.router import centroid_gaps
+from ..vectors import checked_queries
+
+log = logging.getLogger(__name__)
+
+DRIFT_METRIC = "sparkann_query_drift"
+HARD_COL = "__sparkann_hard_query"
+# Warn when at least this share (1.2x the sample's) of the queries is as hard as its hardest
+# quarter, and the excess over a quarter is this many standard errors.
+WARN_SHARE = 0.30
+WARN_SIGMAS = 3.0
+
+
+def hard_flags_fn(handle: IndexHandle, dim: int, vector_col: str, threshold: float):
+    """The function of the UDF that flags queries with a centroid gap <= ``threshold``."""
+
+    def run(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        index = open_index(handle)
+        for column in batches:
+            if len(column) == 0:
+                yield pa.array([], pa.bool_())
+                continue
+            vectors = index.metric.prepare(checked_queries(column, dim, vector_col),
+                                           f"query column {vector_col!r}")
+            _, dists = index.router.ranker.rank(vectors, 2)
+            yield pa.array(centroid_gaps(dists) <= threshold, pa.bool_())
+
+    return run
+
+
+def observed(queries: DataFrame, vector: Column, handle: IndexHandle, dim: int,
+             vector_col: str, threshold: float,
+             observation: Observation | None) -> DataFrame:
+    """``queries`` unchanged, with the drift counts observed as they pass (by
+    ``observation`` in a batch, by the name :data:`DRIFT_METRIC` on a stream)."""
+    flag = arrow_udf(hard_flags_fn(handle, dim, vector_col, threshold), "boolean")  # type: ignore[call-overload]
+    counts = [F.count(F.lit(1)).alias("queries"),
+              F.sum(F.col(HARD_COL).cast("long")).alias("hardQueries")]
+    flagged = queries.withColumn(HARD_COL, flag(vector))
+    watched = (flagged.observe(DRIFT_METRIC, *counts) if observation is None
+               else flagged.observe(observation, *counts))
+    return watched.drop(HARD_COL)
+
+
+def drift_report(counts: dict, calibration: dict) -> dict:
+    """The share of hard queries against the calibration sample's, and whether the
+    queries are clearly harder (then search recall may fall short of the target)."""
+    total = int(counts.get("queries") or 0)
+    hard = int(counts.get("hardQueries") or 0)
+    expected = float(calibration.get("hardShare", 0.25))
+    share = hard / total if total else 0.0
+    error = float(np.sqrt(expected * (1 - expected) / max(total, 1)))
+    harder = bool(total and share >= WARN_SHARE and share - expected >= WARN_SIGMAS * error)
+    return {"queries": total, "hardQueries": hard, "hardShare": round(share, 4),
+            "sampleHardShare": expected, "harder": harder,
+            "calibrationSource": calibration.get("sampleSource")}
+
+
+def warn_if_harder(report: dict) -> None:
+    if report["harder"]:
+        log.warning(
+            "sparkann: %.0f%% of the %d searched queries lie as near a partition border as "
+            "the hardest %.0f%% of the calibration sample (%s): these queries are unlike the "
+            "sample and recall may be below the calibrated target. Re-tune on a sample of "
+            "them with model.calibrate(targetRecall, queries=...)",
+            100 * report["hardShare"], report["queries"], 100 * report["sampleHardShare"],
+            report["calibrationSource"])

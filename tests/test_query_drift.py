@@ -1,0 +1,74 @@
+"""Queries unlike the indexed rows: the calibrated defaults keep the target, or the
+search says the queries are harder than the calibration sample and a calibration on
+them restores it. Queries come from the same mixture drawn wider (farther from every
+centre and between centres), as rarer items of one embedding space are."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import vectors_frame
+
+from sparkann import ANNIndex, datasets, exact
+from sparkann.metrics import get_metric
+from sparkann.search.drift import drift_report
+
+ROWS, DIM, K = 30_000, 32, 10
+MIXTURE = dict(num_clusters=200, rank=16, seed=8)
+
+
+def draw(rows, sample_seed, spread=0.7, noise=0.1):
+    return datasets.clustered(rows, DIM, spread=spread, noise=noise, sample_seed=sample_seed,
+                              **MIXTURE)
+
+
+def shifted(rows, sample_seed):
+    return draw(rows, sample_seed, spread=1.3, noise=0.3)
+
+
+def recall_of(model, spark, queries, base, metric) -> float:
+    rows = model.transform(vectors_frame(spark, queries)).select("id", "neighbors").collect()
+    found = np.array([[n.id for n in r.neighbors] for r in sorted(rows, key=lambda r: r.id)])
+    prepare = get_metric(metric).prepare
+    truth, _ = exact.knn(prepare(base), prepare(queries), K, metric=metric)
+    return exact.recall_at_k(found, truth, K)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_shifted_queries_keep_the_target_or_are_reported(spark, metric, caplog):
+    base = draw(ROWS, 1)
+    if metric == "ip":  # skewed norms, as inner-product embeddings have
+        base *= np.random.default_rng(2).lognormal(0, 0.3, (ROWS, 1)).astype(np.float32)
+    model = ANNIndex(metric=metric, numPartitions=12, k=K, seed=3).fit(
+        vectors_frame(spark, base))
+    calibration = model.summary()["calibration"]
+    assert calibration["reached"] and calibration["hardGap"] > 0, calibration
+    typical = recall_of(model, spark, draw(1000, 5), base, metric)
+    assert typical >= 0.95
+    typical_report = model.searchReport()
+    assert typical_report["queries"] == 1000 and not typical_report["harder"], typical_report
+    queries = shifted(1000, 6)
+    with caplog.at_level(logging.WARNING, logger="sparkann"):
+        defaults = recall_of(model, spark, queries, base, metric)
+        report = model.searchReport()
+        model.searchReport()  # asked again: no second warning for the same search
+    warnings = [r for r in caplog.records if "calibrate(targetRecall, queries=...)" in r.message]
+    assert report["queries"] == 1000 and report["hardShare"] > typical_report["hardShare"]
+    assert len(warnings) == (1 if report["harder"] else 0)
+    print(f"{metric}: calibration estimate {calibration['recall']:.3f}, typical {typical:.3f}, "
+          f"shifted with defaults {defaults:.3f}, hard share {report['hardShare']}")
+    if defaults >= 0.95:
+        return
+    assert report["harder"], (defaults, report)
+    tuned = model.calibrate(0.95, queries=vectors_frame(spark, shifted(1000, 7)))
+    assert recall_of(tuned, spark, queries, base, metric) >= 0.95
+
+
+def test_drift_report_needs_a_clear_excess():
+    sample = {"hardShare": 0.25, "sampleSource": "held-out indexed rows"}
+    assert not drift_report({"queries": 1000, "hardQueries": 270}, sample)["harder"]
+    assert drift_report({"queries": 1000, "hardQueries": 400}, sample)["harder"]
+    assert not drift_report({"queries": 20, "hardQueries": 8}, sample)["harder"]  # too few
+    assert not drift_report({"queries": 0, "hardQueries": None}, sample)["harder"]
