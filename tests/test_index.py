@@ -195,3 +195,21 @@ def test_probe_pruning_searches_fewer_partitions_at_the_same_recall(frames, clus
     assert probed_pruned < 0.75 * probed
     with pytest.raises(ValueError, match="probeEpsilon=-0.5 is out of range"):
         model.copy({model.probeEpsilon: -0.5})
+
+
+def test_join_reads_keep_pq_re_ranking(frames, clustered_data, spark):
+    base, queries = clustered_data
+    model = ANNIndex(numPartitions=6, indexType="pq", pqSubvectors=8, rerankK=40,
+                     targetRecall=0, numProbes=6, searchStrategy="partition").fit(frames[0])
+    truth, _ = exact.knn(base, queries, 10)
+    answers = {}
+    for mode in ("task", "join"):
+        spark.conf.set("spark.sparkann.payloadReads", mode)
+        try:
+            answers[mode] = neighbor_ids(model.transform(frames[1]).collect(), key="qid")
+        finally:
+            spark.conf.unset("spark.sparkann.payloadReads")
+    without = neighbor_ids(model.copy().setRerankK(0).transform(frames[1]).collect(), key="qid")
+    recalls = {mode: exact.recall_at_k(found, truth, 10) for mode, found in answers.items()}
+    assert recalls["join"] == recalls["task"] > exact.recall_at_k(without, truth, 10) + 0.05
+    np.testing.assert_array_equal(answers["task"], answers["join"])

@@ -424,9 +424,9 @@ def joined_search(records: DataFrame, plan: SearchPlan, threads: int, schema: T.
     columns = [F.col(c) for c in (K1, K2, PID, NEED, COVER, QVEC, SELF)]
     grouped = probes.groupBy(PID, F.pmod(K1, F.lit(8)).alias("__sparkann_chunk")).agg(
         F.collect_list(F.struct(*columns)).alias("__sparkann_probes"))
+    skipped = ("partition_id", "pid") + (() if plan.with_vectors else ("vectors",))
     rows = spark.read.parquet(*partition_files).select(
-        F.col("pid").alias(PID), *[c for c in tables.INDEX_COLUMNS
-                                   if c not in ("partition_id", "pid", "vectors")])
+        F.col("pid").alias(PID), *[c for c in tables.INDEX_COLUMNS if c not in skipped])
     joined = grouped.join(rows, PID)
     if delete_files:
         deleted = spark.read.parquet(*delete_files).groupBy(F.col("pid").alias(PID)).agg(
@@ -449,7 +449,8 @@ def _joined_fn(plan: SearchPlan, thread_hint: int, own_schema: pa.Schema):
             for row in range(batch.num_rows):
                 pid = batch.column(PID)[row].as_py()
                 part = partition_from_row(index, pid, pa.Table.from_batches([batch.slice(row, 1)]),
-                                          False, _joined_deletes(index, pid, batch, row))
+                                          plan.with_vectors,
+                                          _joined_deletes(index, pid, batch, row))
                 probes = batch.column("__sparkann_probes")[row].values
                 group = pa.RecordBatch.from_arrays(
                     [probes.field(i) for i in range(probes.type.num_fields)],
