@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from . import build, calibrate, update
-from .index import SearchKnobs
+from .index import SearchKnobs, index_type
 from .loader import IndexHandle
 from .observe import StageTimer, job_label
 from .params import ANNParams
@@ -105,15 +105,7 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
         stats = {"balanceAtBuild": balance(built.partitions.rows)}
         manifest = build.new_manifest(root, built, {**params, **stats}, self.user_set(), dim,
                                       kind, stage.seconds)
-        manifest = with_search_defaults(manifest, fixed_defaults(manifest))
-        if built.calibration is not None:
-            with stage("calibrate"):
-                plan, found = built.calibration
-                epsilon = (params["probeEpsilon"] if self.isSet(self.probeEpsilon)
-                           else None)  # None: calibration chooses it
-                report = calibrate.calibrate_at_fit(manifest, built.meta, plan, found, rows,
-                                                    params["targetRecall"], epsilon)
-            manifest = with_calibration(manifest, report)
+        manifest = calibrated(manifest, built, rows, stage)
         manifest = replace(manifest, build_seconds=stage.seconds)
         with stage("publish"), build.removed_on_failure(spark, root, list(built.written)):
             manifest, digest = publish(spark, manifest, None)
@@ -124,6 +116,22 @@ def balance(sizes) -> float:
     """Largest partition over the mean partition: 1.0 is perfect balance."""
     sizes = np.asarray([s for s in sizes], dtype=np.float64)
     return float(sizes.max() / max(sizes.mean(), 1e-9)) if len(sizes) else 1.0
+
+
+def calibrated(manifest: Manifest, built, rows: DataFrame, stage: StageTimer) -> Manifest:
+    """A freshly built version with its search defaults: calibrated on the held-out rows
+    its build tasks searched, else the fixed ones."""
+    manifest = with_search_defaults(manifest, fixed_defaults(manifest))
+    if built.calibration is None:
+        return manifest
+    with stage("calibrate"):
+        plan, found = built.calibration
+        params = manifest.params
+        epsilon = (params["probeEpsilon"] if "probeEpsilon" in manifest.user_set
+                   else None)  # None: calibration chooses it
+        report = calibrate.calibrate_at_fit(manifest, built.meta, plan, found, rows,
+                                            params["targetRecall"], epsilon)
+    return with_calibration(manifest, report)
 
 
 def fixed_defaults(manifest: Manifest) -> dict:
@@ -369,6 +377,11 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         check_current(spark, self.manifest)
         params = {**self._params_for_update(),
                   "numPartitions": int(self.manifest.params["numPartitions"])}
+        if not index_type(self.manifest.index_type).exact_vectors:
+            log.warning("sparkann: indexType=%r stores no exact vectors; the rebalanced "
+                        "version is not calibrated and uses the fixed search defaults",
+                        self.manifest.index_type)
+            params["targetRecall"] = 0.0
         stage = StageTimer(spark)
         rows = update.live_rows(spark, self.manifest, self._handle(spark))
         built, _, dim = build.build_index(rows, self.manifest.id_type, params,
@@ -377,7 +390,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         manifest = build.new_manifest(self.manifest.root, built, {**params, **stats},
                                       self.manifest.user_set, dim, self.manifest.id_type,
                                       stage.seconds)
-        manifest = replace(manifest, calibration=self.manifest.calibration)
+        manifest = replace(calibrated(manifest, built, rows, stage),  # its own centroids
+                           build_seconds=stage.seconds)
         with build.removed_on_failure(spark, self.manifest.root, list(built.written)):
             return self._with(*publish(spark, manifest, self.manifest.version))
 
@@ -388,6 +402,11 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         of indexed rows, which matters when queries are unlike the indexed rows."""
         if not 0 < targetRecall < 1:
             raise ValueError(f"targetRecall={targetRecall} is out of range: must be in (0, 1)")
+        if not index_type(self.manifest.index_type).exact_vectors:
+            raise ValueError(
+                f"calibrate() measures recall against exact search, and "
+                f"indexType={self.manifest.index_type!r} stores only quantized vectors; "
+                "calibrate when fitting (targetRecall), where the exact vectors are at hand")
         spark = active_session()
         check_current(spark, self.manifest)
         handle = self._handle(spark)

@@ -129,3 +129,32 @@ def test_knn_join_job(spark, data, tmp_path):
     edges = spark.read.parquet(out)
     assert edges.columns == ["id", "neighbor_id", "distance", "rank"]
     assert edges.count() == 2000 * 4
+
+
+def test_rebalance_publishes_a_calibration_of_its_own_centroids(spark, data, tmp_path):
+    base, queries = data
+    qdf = vectors_frame(spark, queries, id_name="qid")
+    first = ANNIndex(indexPath=str(tmp_path / "index"), numPartitions=6, seed=5).fit(
+        vectors_frame(spark, base[:2000]))
+    grown = first.add(vectors_frame(spark, base[2000:], np.arange(2000, len(base))))
+    rebalanced = grown.rebalance(maxDrift=0.0)
+    old, new = grown.summary()["calibration"], rebalanced.summary()["calibration"]
+    assert new["sampleSource"] == "held-out indexed rows" and new["reached"], new
+    assert new != old and new["sampleQueries"] > old["sampleQueries"]  # measured anew
+    settings = rebalanced.searchSettings()
+    assert {n: settings[n] for n in ("numProbes", "probeEpsilon", "efSearch")} == \
+        {n: new[n] for n in ("numProbes", "probeEpsilon", "efSearch")}
+    found = neighbor_ids(rebalanced.transform(qdf).collect(), key="qid")
+    assert exact.recall_at_k(found, exact.knn(base, queries, 10)[0], 10) >= 0.95
+
+
+def test_quantized_vectors_are_never_taken_as_the_truth(spark, data, tmp_path):
+    base, _ = data
+    model = ANNIndex(indexType="hnsw_sq8", numPartitions=4, seed=5).fit(
+        vectors_frame(spark, base[:3000]))
+    assert model.summary()["calibration"]["reached"]  # at fit: the exact input rows
+    with pytest.raises(ValueError, match="indexType='hnsw_sq8' stores only quantized"):
+        model.calibrate(0.9)
+    rebalanced = model.rebalance(maxDrift=0.0)
+    assert rebalanced.summary()["calibration"] == {}
+    assert rebalanced.searchSettings()["numProbes"] == 3  # the fixed default for 4 clusters

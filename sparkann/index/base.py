@@ -68,7 +68,9 @@ class PartitionIndex(ABC):
     build_params: ClassVar[tuple[str, ...]] = ()
     # Whether distances are exact (else to quantized vectors, within a few percent).
     exact_distances: ClassVar[bool] = True
-    # Whether the index keeps exact vectors (re-ranking, live vectors for rebalance).
+    # Whether live_vectors gives the exact vectors (else quantized reconstructions, which
+    # calibration must not take as the truth).
+    exact_vectors: ClassVar[bool] = True
     count: int
 
     @classmethod
@@ -136,7 +138,8 @@ class PartitionIndex(ABC):
 
     @abstractmethod
     def live_vectors(self, labels: np.ndarray) -> np.ndarray:
-        """The prepared vectors of ``labels`` (``ValueError`` if the type cannot)."""
+        """The prepared vectors of ``labels`` (``ValueError`` if the type cannot); exact
+        where :attr:`exact_vectors` says so, else reconstructions."""
 
     @abstractmethod
     def memory_bytes(self) -> int:

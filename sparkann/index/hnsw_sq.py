@@ -45,6 +45,7 @@ class HNSWSQIndex(PartitionIndex):
     name = "hnsw_sq8"
     build_params = ("hnswM", "efConstruction")
     exact_distances = False
+    exact_vectors = False
     search_ladder = HNSWIndex.search_ladder
     probe_cost = HNSWIndex.probe_cost
 
