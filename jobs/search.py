@@ -8,8 +8,12 @@ Example::
 
 Options: --index INDEX --queries PARQUET --output PARQUET [--k K] [--num-probes N]
 [--probe-epsilon EPS] [--ef-search EF] [--vector-col COL] [--neighbors-col COL]
-[--mode errorifexists|overwrite] [--conf FILE] [--remote URL] [--log-level LEVEL].
-Settings not given keep the values stored with the index.
+[--mode errorifexists|overwrite] [--calibrate-on-queries RECALL] [--conf FILE]
+[--remote URL] [--log-level LEVEL].
+Settings not given keep the values stored with the index. The printed result gives the
+settings used and the queries' drift against the index's calibration sample
+(``queryDrift``); ``--calibrate-on-queries`` re-tunes the index on a sample of these
+queries first.
 """
 
 import sys

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pyspark
 import pytest
 
-from sparkann import cli, datasets, exact, vectorio
+from sparkann import ANNIndexModel, cli, datasets, exact, vectorio
 from sparkann.cli import commands
 from sparkann.cli.session import read_conf_file, session_settings
 from sparkann.readers import write_fvecs, write_ivecs
@@ -432,25 +432,35 @@ def test_build_options_reach_the_stored_index(spark, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_spark_submit_build_and_search_jobs(tmp_path):
-    base = datasets.clustered(3000, 16, seed=3)
-    queries = datasets.clustered(100, 16, seed=3, sample_seed=4)
+def test_spark_submit_build_and_search_jobs(spark, tmp_path):
+    rows = 41_000  # past 2 x 20,000: the automatic numPartitions builds several clusters
+    base = datasets.clustered(rows, 8, seed=3)
+    queries = datasets.clustered(100, 8, seed=3, sample_seed=4)
     vectorio.write_vectors_parquet(base, str(tmp_path / "items.parquet"))
     vectorio.write_vectors_parquet(queries, str(tmp_path / "queries.parquet"))
     (tmp_path / "job.conf").write_text(TEST_CONF)
     index, output = str(tmp_path / "index"), str(tmp_path / "neighbors.parquet")
 
     built = spark_submit("build_index.py", "--input", str(tmp_path / "items.parquet"),
-                         "--output", index, "--num-partitions", "4",
+                         "--output", index, "--target-recall", "0",
                          "--conf", str(tmp_path / "job.conf"), cwd=tmp_path)
     assert built.returncode == 0, describe(built)
     summary = last_json(built.stdout)
-    assert summary["numVectors"] == 3000 and summary["numPartitions"] == 4
+    assert summary["numVectors"] == rows and summary["numPartitions"] == 3
 
     search_args = ["--index", index, "--queries", str(tmp_path / "queries.parquet"),
-                   "--output", output, "--k", "10", "--conf", str(tmp_path / "job.conf")]
+                   "--output", output, "--conf", str(tmp_path / "job.conf")]
     searched = spark_submit("search.py", *search_args, cwd=tmp_path)
     assert searched.returncode == 0, describe(searched)
+    # the job searched with the settings the build stored, as this process loads them
+    loaded = ANNIndexModel.load(index)
+    reported = last_json(searched.stdout)
+    assert reported["settings"] == loaded.searchSettings()
+    assert reported["settings"]["numProbes"] == summary["searchDefaults"]["numProbes"] >= 1
+    assert reported["queryDrift"] is None  # built without calibration: nothing to compare
+    here = loaded.transform(spark.read.parquet(str(tmp_path / "queries.parquet")))
+    assert {r.id: [n.id for n in r.neighbors] for r in here.collect()} == {
+        r["id"]: [n["id"] for n in r["neighbors"]] for r in pq.read_table(output).to_pylist()}
 
     result = pq.read_table(output).sort_by("id")
     assert result.column("id").to_pylist() == list(range(100))
@@ -465,6 +475,16 @@ def test_spark_submit_build_and_search_jobs(tmp_path):
     output_text = again.stdout + again.stderr  # spark-submit sends Python's stderr to stdout
     assert f"error: {output} already exists; pass --mode overwrite" in output_text
     assert "Traceback" not in output_text
+
+    tuned = spark_submit("search.py", *search_args, "--mode", "overwrite",
+                         "--calibrate-on-queries", "0.9", cwd=tmp_path)
+    assert tuned.returncode == 0, describe(tuned)
+    retuned = ANNIndexModel.load(index)
+    assert retuned.manifest.version == loaded.manifest.version + 1
+    assert retuned.summary()["calibration"]["sampleSource"] == "queries"
+    assert last_json(tuned.stdout)["settings"] == retuned.searchSettings()
+    drift = last_json(tuned.stdout)["queryDrift"]
+    assert drift["queries"] == 100 and drift["calibrationSource"] == "queries"
 
 
 @pytest.mark.slow

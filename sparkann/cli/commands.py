@@ -178,6 +178,9 @@ def run_search(args: argparse.Namespace) -> int:
         model = ANNIndexModel.load(args.index)
         apply_search_options(model, given_params(args))
         queries = read_parquet(spark, args.queries)
+        if getattr(args, "calibrate_on_queries", None):
+            log.info("calibrating %s on a sample of %s", args.index, args.queries)
+            model = model.calibrate(args.calibrate_on_queries, queries=queries)
         log.info("searching %s with %s", args.index, args.queries)
         started = time.perf_counter()
         with spark_path_errors(), job_label(spark, "sparkann: search"):
@@ -185,7 +188,8 @@ def run_search(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         num_queries = spark.read.parquet(args.output).count()
         print(json.dumps({"output": args.output, "queries": num_queries, "k": model.getK(),
-                          "settings": model.searchSettings(), "seconds": round(seconds, 3)}))
+                          "settings": model.searchSettings(), "queryDrift": model.searchReport(),
+                          "seconds": round(seconds, 3)}))
     return 0
 
 

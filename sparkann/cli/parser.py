@@ -207,6 +207,11 @@ def _add_search(commands, common) -> None:
                    help="where to write the queries with their neighbours")
     p.add_argument("--mode", default="errorifexists", choices=WRITE_MODES,
                    help="what to do if --output exists (default: errorifexists)")
+    p.add_argument("--calibrate-on-queries", type=recall_value, metavar="RECALL",
+                   dest="calibrate_on_queries",
+                   help="before searching, re-tune the index's search defaults to this "
+                        "recall@k on a sample of up to 1,000 of these queries, and publish "
+                        "them as a new version of the index")
     param = _ParamOptions(p)
     param.add("--k", "k", type=positive_int,
               help="neighbours per query (default: the index's setting)")
