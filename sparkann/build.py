@@ -46,6 +46,8 @@ from .vectors import id_type, list_array, to_matrix, vector_column
 
 log = logging.getLogger(__name__)
 LOCATION_BUCKET_ROWS = 1 << 20  # ids per bucket of the id-location table
+# Test-only: a fixed number of id-location buckets, so small indexes have several.
+LOCATION_BUCKETS_CONF = "spark.sparkann.test.locationBuckets"
 
 
 @dataclass(frozen=True)
@@ -452,7 +454,10 @@ def written_partitions(spark, root: str, run: str, num_partitions: int,
                       sq_errors=list(columns[4]), deletes=[[] for _ in range(num_partitions)])
 
 
-def location_buckets(num_rows: int) -> int:
+def location_buckets(spark, num_rows: int) -> int:
+    forced = spark.conf.get(LOCATION_BUCKETS_CONF, None)
+    if forced:
+        return max(1, int(forced))
     return max(1, math.ceil(num_rows / LOCATION_BUCKET_ROWS))
 
 
@@ -460,7 +465,7 @@ def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
                     kind: str) -> tuple[Locations, str]:
     """The id-location table (bucket, id, partition_id) from the written partitions'
     id columns (payloads are not read), and the directory it was written to."""
-    buckets = location_buckets(num_rows)
+    buckets = location_buckets(spark, num_rows)
     files = [join(root, f) for f in partitions.files if f]
     ids = spark.read.parquet(*files).select(F.explode("ids").alias("id"),
                                             F.col("pid").alias("partition_id"))

@@ -231,7 +231,8 @@ def located(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.Reco
     columns = {
         PID: pa.array(pids, pa.int32()), COVER: pa.array(covered + [lost], pa.int64()),
         NEED: batch.column(NEED).take(take), K1: batch.column(K1).take(take),
-        K2: batch.column(K2).take(take), QVEC: batch.column(QVEC).take(take),
+        K2: batch.column(K2).take(take), BUCKET: batch.column(BUCKET).take(take),
+        QVEC: batch.column(QVEC).take(take),
         SELF: batch.column(SELF).take(take),
         ALLOWED: pa.ListArray.from_arrays(
             pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)),
@@ -277,7 +278,8 @@ def searched(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.Rec
         cids, cdist = candidate_lists(part, plan, group, knobs)
         yield assemble(batch.schema, own, plan, {
             K1: group.column(K1), K2: group.column(K2), PID: group.column(PID),
-            NEED: group.column(NEED), COVER: group.column(COVER), CIDS: cids, CDIST: cdist,
+            BUCKET: group.column(BUCKET), NEED: group.column(NEED), COVER: group.column(COVER),
+            CIDS: cids, CDIST: cdist,
         }, group.num_rows)
 
 
@@ -331,7 +333,9 @@ class _Query:
     def __init__(self):
         self.need, self.cover = 0, 0
         self.rows: list = []  # (batch, row) of each row record
-        self.found: dict = {}  # partition -> (ids, distances), once per partition
+        # (partition, id-location bucket) -> (ids, distances): rows with the same key
+        # send the same records, each kept once; a subset's buckets are all kept
+        self.found: dict = {}
 
 
 def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
@@ -348,6 +352,7 @@ def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
             pids = batch.column(PID).to_numpy(zero_copy_only=False)
             need = batch.column(NEED).fill_null(0).to_numpy(zero_copy_only=False)
             cover = batch.column(COVER).fill_null(0).to_numpy(zero_copy_only=False)
+            buckets = batch.column(BUCKET).fill_null(-1).to_numpy(zero_copy_only=False)
             cids, cdist = batch.column(CIDS), batch.column(CDIST)
             for i in range(batch.num_rows):
                 key = (int(k1[i]), int(k2[i]))
@@ -361,8 +366,9 @@ def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
                 if pids[i] == ROW:
                     query.rows.append((batch, i))
                     query.need += int(need[i])
-                elif pids[i] >= 0 and int(pids[i]) not in query.found:
-                    query.found[int(pids[i])] = (cids[i].values, cdist[i].values)
+                elif pids[i] >= 0 and (int(pids[i]), int(buckets[i])) not in query.found:
+                    query.found[int(pids[i]), int(buckets[i])] = (cids[i].values,
+                                                                  cdist[i].values)
             if len(done) >= 1024:
                 yield _output(done, own, plan.neighbors_col, kind, plan.k)
                 done = []
