@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import vectors_frame
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sparkann import ANNIndex
 from sparkann.build import LOCATION_BUCKETS_CONF
@@ -66,3 +68,34 @@ def test_subset_search_reads_every_location_bucket(spark, model, base):
     truth = expected(base, rows)
     assert answers(model, spark, rows, "local") == truth
     assert answers(model, spark, rows, "partition") == truth
+
+
+def test_rows_differing_only_in_allowed_ids_or_own_id_get_their_own_answers(spark, model, base):
+    vector = base[0].tolist()
+    rows = [(0, None, vector, []), (1, None, vector, None), (2, 7, vector, [3, 4]),
+            (3, None, vector, [3, 4, 7]), (4, None, vector, [None]), (5, None, vector, [3])]
+    for exclude_self in (False, True):
+        truth = expected(base, rows, exclude_self)
+        assert truth[0] == [] and len(truth[1]) == K
+        for strategy in ("local", "partition"):
+            assert answers(model, spark, rows, strategy, exclude_self) == truth, strategy
+
+
+ids = st.one_of(st.none(), st.integers(0, ROWS + 10))  # nulls and ids the index lacks
+query_rows = st.lists(st.tuples(
+    st.integers(0, 7),  # few distinct vectors: rows share them
+    st.one_of(st.none(), st.integers(0, 9)),  # own id (for excludeSelf)
+    st.one_of(st.none(), st.lists(ids, max_size=3), st.lists(ids, min_size=10, max_size=40)),
+), min_size=30, max_size=60)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(drawn=query_rows, exclude_self=st.booleans())
+def test_both_strategies_match_exact_search_on_random_subsets(spark, model, base, drawn,
+                                                              exclude_self):
+    rows = [(qid, own, base[v].tolist(), allowed)
+            for qid, (v, own, allowed) in enumerate(drawn)]
+    truth = expected(base, rows, exclude_self)
+    for strategy in ("local", "partition"):
+        assert answers(model, spark, rows, strategy, exclude_self) == truth, strategy

@@ -14,8 +14,9 @@ repartition, so the plan also runs on streaming DataFrames:
 4. *merge*: records meet again by query key (and, in batch jobs, sorted by it,
    so a task holds one query at a time); each row gets its top ``k``.
 
-The key is two 64-bit hashes of the query's own content (vector, allowed ids,
-own id), computed inside this single chain of stages: whatever order Spark
+The key is 128 bits of the SHA-256 of an exact encoding of the query's own
+content (vector, allowed ids, own id; see :func:`query_key`), computed inside
+this single chain of stages: whatever order Spark
 computes or recomputes the query DataFrame in, a record's key names its row's
 content, and rows with the same content have the same answer. Every record
 carries how many ids or probes its query expects; a query whose records do
@@ -31,7 +32,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -48,7 +49,6 @@ K1, K2, PID, BUCKET = "__sparkann_k1", "__sparkann_k2", "__sparkann_pid", "__spa
 NEED, COVER, QVEC = "__sparkann_need", "__sparkann_cover", "__sparkann_qvec"
 CIDS, CDIST = "__sparkann_cids", "__sparkann_cdist"
 ROW, LOCATE, COVERAGE = -1, -2, -3  # record kinds that are not partition ids
-KEY_SALT = "sparkann-query-key"
 
 
 def record_schema(queries: DataFrame, id_type: str) -> T.StructType:
@@ -74,9 +74,8 @@ def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: i
         raise ValueError("with spark.sparkann.payloadReads='join' (Spark reads the index), "
                          "searches support neither allowedIdsCol nor streaming queries; use "
                          "an index location the executors can read with pyarrow")
-    key_of = [F.col(VEC), F.col(ALLOWED), F.col(SELF)]
-    keyed = queries.select("*", *helpers).select(
-        "*", F.xxhash64(*key_of).alias(K1), F.xxhash64(F.lit(KEY_SALT), *key_of).alias(K2))
+    key = query_key(F.col(VEC), F.col(ALLOWED), F.col(SELF))
+    keyed = queries.select("*", *helpers).select("*", *key)
     schema = record_schema(queries, plan.id_type)
     own = list(queries.columns)
     records = keyed.mapInArrow(route_fn(plan, own), schema)
@@ -99,6 +98,16 @@ def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: i
         met = met.sortWithinPartitions(K1, K2)  # one query at a time in each merge task
     return met.mapInArrow(merge_fn(plan, own, sorted_keys=not queries.isStreaming),
                           output_schema(queries, plan))
+
+
+def query_key(*columns: Column) -> list[Column]:
+    """K1 and K2: the two halves of 128 bits of the SHA-256 of ``columns`` as JSON.
+    JSON is an exact encoding (nulls kept, an empty array, null and [null] apart,
+    strings escaped), so rows with different content have different keys."""
+    content = F.struct(*[c.alias(f"c{i}") for i, c in enumerate(columns)])
+    digest = F.sha2(F.to_json(content, {"ignoreNullFields": "false"}), 256)
+    return [F.conv(F.substring(digest, start, 16), 16, -10).cast("long").alias(name)
+            for start, name in ((1, K1), (17, K2))]
 
 
 def search_tasks(num_partitions: int, index_bytes: int, cache: int, cores: int) -> int:
