@@ -7,7 +7,10 @@ with two id-location buckets, as an index of more than 2^20 rows would be.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import vectors_frame
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +18,12 @@ from hypothesis import strategies as st
 
 from sparkann import ANNIndex
 from sparkann.build import LOCATION_BUCKETS_CONF
+from sparkann.index import REGISTRY, PartitionContext, SearchKnobs
+from sparkann.loader import IndexHandle, LoadedPartition
+from sparkann.metrics import get_metric
+from sparkann.search.partition import ALLOWED, QVEC, SELF, candidate_lists
+from sparkann.search.plan import SearchPlan
+from sparkann.vectors import list_array
 
 ROWS, DIM, K = 1500, 8, 5
 SCHEMA = "qid long, id long, vector array<float>, allowed array<long>"
@@ -99,3 +108,46 @@ def test_both_strategies_match_exact_search_on_random_subsets(spark, model, base
     truth = expected(base, rows, exclude_self)
     for strategy in ("local", "partition"):
         assert answers(model, spark, rows, strategy, exclude_self) == truth, strategy
+
+
+def ten_row_partition() -> tuple[LoadedPartition, np.ndarray]:
+    context = PartitionContext(get_metric("l2"), DIM, {"hnswM": 16, "efConstruction": 100})
+    vectors = np.random.default_rng(0).normal(size=(10, DIM)).astype(np.float32)
+    index = REGISTRY["hnsw"].build(vectors, context, 0, 1)
+    return LoadedPartition(index, pa.array(np.arange(100, 110))), vectors
+
+
+def search_plan(k: int) -> SearchPlan:
+    return SearchPlan(IndexHandle("unused", 1, ""), "long", DIM, "vector", "neighbors", k, 1,
+                      0.0, SearchKnobs(), False, "allowed", False, "id", "partition", "task", 1)
+
+
+def test_a_large_k_allocates_no_more_than_the_partition_holds():
+    part, vectors = ten_row_partition()
+    queries, knobs = np.repeat(vectors, 20, axis=0), SearchKnobs(ef_search=64)
+    labels, dists = part.search(queries, 50_000, knobs)
+    assert labels.shape == dists.shape == (200, 10)
+    assert sorted(labels[0]) == list(range(10))
+    assert part.search_subset(queries[0], np.array([1, 2, 3]), 50_000, knobs)[0].shape == (1, 3)
+    allowed = pa.array([None, [100, 103, 109]] * 100, pa.list_(pa.int64()))
+    group = pa.RecordBatch.from_arrays(
+        [list_array(queries), allowed, pa.nulls(200, pa.int64())], [QVEC, ALLOWED, SELF])
+    tracemalloc.start()
+    try:
+        cids, _ = candidate_lists(part, search_plan(50_000), group, knobs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [len(ids) for ids in cids.to_pylist()] == [10, 3] * 100
+    assert peak < 8 << 20, f"{peak / 1e6:.0f} MB for 200 queries of a 10-row partition"
+
+
+def test_k_above_the_index_size_gives_every_vector_in_both_strategies(spark, model, base):
+    rows = [(q, None, base[q].tolist(), None) for q in range(3)] + [(3, None, base[3].tolist(),
+                                                                      [5, 900, 1400, 9999])]
+    large = model.copy().setK(2000).setEfSearch(2000)
+    truth = {qid: exact_answer(base, vector, allowed, own, False, k=2000)
+             for qid, own, vector, allowed in rows}
+    assert [len(truth[q]) for q in range(4)] == [ROWS, ROWS, ROWS, 3]
+    for strategy in ("local", "partition"):
+        assert answers(large, spark, rows, strategy) == truth, strategy

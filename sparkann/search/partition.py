@@ -302,11 +302,11 @@ def candidate_lists(part, plan: SearchPlan, group: pa.RecordBatch, knobs):
         subset = np.asarray(allowed.is_valid())
         plain = np.flatnonzero(~subset)
         if len(plain):
-            labels, dists = part.index.search(vectors[plain], plan.fetch_k, knobs)
+            labels, dists = part.search(vectors[plain], plan.fetch_k, knobs)
             candidates.add(plain, labels, dists, part.ids)
         for row in np.flatnonzero(subset):
             labels = _labels_of(part, allowed[int(row)].values)
-            found, dists = part.index.search_subset(vectors[row], labels, plan.fetch_k, knobs)
+            found, dists = part.search_subset(vectors[row], labels, plan.fetch_k, knobs)
             candidates.add(np.array([row]), found, dists, part.ids)
     lists = candidates.best(plan.fetch_k, group.column(SELF) if plan.exclude_self else None)
     values = lists.values
