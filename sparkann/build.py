@@ -42,10 +42,19 @@ from .storage.format import IndexFormatError, Locations, Manifest, Meta, Partiti
 from .storage.fs import join, read_file, store_for
 from .storage.versions import new_run
 from .tasks import resolve_threads, threads_per_task
-from .vectors import id_type, list_array, to_matrix, vector_column
+from .vectors import (
+    MAX_SQUARED_NORM,
+    TOO_LARGE,
+    id_type,
+    list_array,
+    to_matrix,
+    vector_column,
+)
 
 log = logging.getLogger(__name__)
 LOCATION_BUCKET_ROWS = 1 << 20  # ids per bucket of the id-location table
+# Test-only: a fixed number of id-location buckets, so small indexes have several.
+LOCATION_BUCKETS_CONF = "spark.sparkann.test.locationBuckets"
 
 
 @dataclass(frozen=True)
@@ -188,7 +197,12 @@ def write_plan(spark, root: str, data: bytes, inline: bool) -> tuple[str, PlanHa
 def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
     """One pass of checks before any expensive work; returns (count, dim)."""
     vec = F.col("vector")
-    bad_value = F.exists(vec, lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
+    squared = F.aggregate(vec, F.lit(0.0), lambda acc, x: acc + x.cast("double") ** 2)
+    bad_value = (F.exists(vec, lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
+                 | (squared > MAX_SQUARED_NORM))
+    # the row's value of largest magnitude (NaN sorts above every number)
+    worst = F.array_max(F.transform(vec, lambda x: F.struct(F.abs(x).alias("size"),
+                                                             x.alias("value"))))["value"]
     zero = F.forall(vec, lambda x: x == 0) if params["metric"] == "cosine" else F.lit(False)
     distinct = F.lit(None) if params["allowDuplicateIds"] else F.count_distinct("id")
     stats = rows.agg(
@@ -200,7 +214,8 @@ def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
         F.max(F.size(vec)).alias("max_dim"),
         F.sum(vec.isNull().cast("long")).alias("null_vectors"),
         F.sum(F.col("id").isNull().cast("long")).alias("null_ids"),
-        F.min(F.when(bad_value, F.col("id"))).alias("bad_id"),
+        F.min(F.when(bad_value, F.struct(F.col("id").alias("id"), worst.alias("value"))))
+        .alias("bad"),
         F.sum(bad_value.cast("long")).alias("bad_values"),
     ).collect()[0]
     col, idc = params["vectorCol"], params["idCol"]
@@ -212,8 +227,9 @@ def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
         raise ValueError(f"column {idc!r} holds {stats.null_ids} null id(s)")
     if stats.bad_values:
         raise ValueError(
-            f"column {col!r} holds NaN or infinite values in {stats.bad_values} row(s), "
-            f"for example {idc}={stats.bad_id!r}")
+            f"column {col!r} holds NaN or infinite values, or values too large, in "
+            f"{stats.bad_values} row(s), for example {idc}={stats.bad.id!r} with the value "
+            f"{stats.bad.value:.6g} ({TOO_LARGE})")
     if stats.min_dim != stats.max_dim:
         raise ValueError(f"column {col!r} holds vectors of differing lengths "
                          f"({stats.min_dim} to {stats.max_dim})")
@@ -452,7 +468,10 @@ def written_partitions(spark, root: str, run: str, num_partitions: int,
                       sq_errors=list(columns[4]), deletes=[[] for _ in range(num_partitions)])
 
 
-def location_buckets(num_rows: int) -> int:
+def location_buckets(spark, num_rows: int) -> int:
+    forced = spark.conf.get(LOCATION_BUCKETS_CONF, None)
+    if forced:
+        return max(1, int(forced))
     return max(1, math.ceil(num_rows / LOCATION_BUCKET_ROWS))
 
 
@@ -460,7 +479,7 @@ def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
                     kind: str) -> tuple[Locations, str]:
     """The id-location table (bucket, id, partition_id) from the written partitions'
     id columns (payloads are not read), and the directory it was written to."""
-    buckets = location_buckets(num_rows)
+    buckets = location_buckets(spark, num_rows)
     files = [join(root, f) for f in partitions.files if f]
     ids = spark.read.parquet(*files).select(F.explode("ids").alias("id"),
                                             F.col("pid").alias("partition_id"))

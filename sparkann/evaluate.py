@@ -25,7 +25,7 @@ from .exact import knn
 from .metrics import get_metric
 from .observe import job_label
 from .sampling import collect_sample
-from .search.partition import K1, K2, KEY_SALT
+from .search.partition import K1, K2, query_key
 from .vectors import id_type, to_matrix, vector_column
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ def exact_neighbors(
     get_metric(metric)
     rows = base.select(F.col(id_col).alias("id"), vector_column(base, vector_col).alias("vector"))
     vec = vector_column(queries, vector_col)
-    keyed = queries.select("*", F.xxhash64(vec).alias(K1), F.xxhash64(F.lit(KEY_SALT), vec)
-                           .alias(K2))
+    keyed = queries.select("*", *query_key(vec))
     distinct = keyed.select(K1, K2, vec.alias("vector")).dropDuplicates([K1, K2])
     with job_label(base.sparkSession, "sparkann: exact neighbours"):
         num_blocks = max(1, math.ceil(base.count() / block_rows))

@@ -101,6 +101,15 @@ class LoadedPartition:
     index: PartitionIndex
     ids: pa.Array
 
+    def search(self, queries: np.ndarray, k: int, knobs) -> tuple[np.ndarray, np.ndarray]:
+        """The index's search, at most as wide as the partition: (nq, min(k, rows))."""
+        return self.index.search(queries, min(k, self.index.count), knobs)
+
+    def search_subset(self, query: np.ndarray, labels: np.ndarray, k: int,
+                      knobs) -> tuple[np.ndarray, np.ndarray]:
+        """The index's subset search: (1, min(k, len(labels)))."""
+        return self.index.search_subset(query, labels, min(k, len(labels)), knobs)
+
 
 class LRUCache:
     """Loaded objects kept in the Python worker, bounded by their bytes."""

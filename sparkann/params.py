@@ -21,6 +21,7 @@ from .metrics import METRICS
 PQ_CODEBOOKS = ("partition", "global")
 PQ_BITS = (4, 8)
 STRATEGIES = ("auto", "local", "partition")
+MAX_K = 100_000  # neighbours per query: bounds what a search task holds per query
 
 
 def _choice(name: str, choices) -> Callable[[Any], Any]:
@@ -273,7 +274,7 @@ class PQParams(Params):
 class SearchParams(Params):
     """How ``transform`` searches."""
 
-    k = _param("k", "neighbours returned per query", _int("k", 1))
+    k = _param("k", f"neighbours returned per query (at most {MAX_K})", _int("k", 1, MAX_K))
     numProbes = _param("numProbes", "clusters searched per query (clamped to the number of "
                        "clusters); unset: the index's calibrated default", _int("numProbes", 1))
     probeEpsilon = _param("probeEpsilon", "probe a cluster past the nearest only if its centroid "

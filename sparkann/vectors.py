@@ -8,6 +8,11 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+# A vector's largest squared norm: distances and inner products between two such
+# vectors stay finite in float32 (||a - b||^2 <= 4 * max(||a||, ||b||)^2).
+MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
+TOO_LARGE = (f"a vector's squared norm must stay below {MAX_SQUARED_NORM:.3g} for its "
+             "distances to fit in float32")
 _NUMERIC = (T.FloatType, T.DoubleType, T.IntegerType, T.LongType, T.ShortType, T.ByteType)
 _ID_TYPES = {T.LongType: "long", T.IntegerType: "long", T.ShortType: "long", T.StringType: "string"}
 
@@ -73,7 +78,8 @@ def list_array(matrix: np.ndarray) -> pa.Array:
 def checked_queries(arrays: pa.Array, dim: int, column: str, ids: pa.Array | None = None,
                     id_col: str = "") -> np.ndarray:
     """Query vectors as a (n, dim) matrix, checked inside a task: nulls, dimension,
-    NaN and infinity fail with the column (and, when known, the row's id) named."""
+    NaN, infinity and values too large for float32 distances (squared norm above
+    ``MAX_SQUARED_NORM``) fail with the column (and, when known, the row's id) named."""
     if isinstance(arrays, pa.ChunkedArray):
         arrays = arrays.combine_chunks()
     where = lambda row: (f" (row with {id_col}={ids[row].as_py()!r})"  # noqa: E731
@@ -87,9 +93,15 @@ def checked_queries(arrays: pa.Array, dim: int, column: str, ids: pa.Array | Non
         raise ValueError(f"query vectors in column {column!r} have dimension "
                          f"{int(lengths[row])}{where(row)}, but the index has dimension {dim}")
     vectors = to_matrix(arrays, dim, f"query column {column!r}")
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
-        bad = vectors[row][~np.isfinite(vectors[row])][0]
+    squared = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+    fits = squared <= MAX_SQUARED_NORM  # False for NaN and infinity too
+    if not fits.all():
+        row = int(np.flatnonzero(~fits)[0])
+        values = vectors[row]
+        if np.isfinite(values).all():
+            bad = float(values[np.argmax(np.abs(values))])
+            raise ValueError(f"query column {column!r} holds a value too large ({bad:.6g})"
+                             f"{where(row)}: {TOO_LARGE}")
+        bad = float(values[~np.isfinite(values)][0])
         raise ValueError(f"query column {column!r} holds a non-finite value ({bad}){where(row)}")
     return vectors

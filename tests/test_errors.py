@@ -39,6 +39,8 @@ def _frame(spark, rows, schema="id long, vector array<float>"):
     [
         ([(1, [1.0, float("nan")]), (2, [1.0, 2.0])], r"'vector' holds NaN or infinite .* id=1"),
         ([(1, [1.0, 2.0]), (2, [float("inf"), 2.0])], r"NaN or infinite .* id=2"),
+        ([(1, [1.0, 2.0]), (3, [2.0, -1e20])],
+         r"'vector' holds .*too large.* id=3 with the value -1e\+20 \(.*squared norm"),
         ([(1, [1.0, 2.0]), (2, None)], r"'vector' holds 1 null vector"),
         ([(1, [1.0, 2.0]), (None, [1.0, 2.0])], r"'id' holds 1 null id"),
         ([(1, [1.0, 2.0]), (2, [1.0, 2.0, 3.0])], r"differing lengths \(2 to 3\)"),
@@ -85,6 +87,7 @@ def test_missing_column_lists_the_existing_ones(base):
         ({"metric": "hamming"}, r"metric='hamming' is not supported"),
         ({"indexType": "ivf"}, r"indexType='ivf' is not supported"),
         ({"k": 0}, r"k=0 is out of range"),
+        ({"k": 100_001}, r"k=100001 is out of range: must be in 1\.\.100000"),
         ({"numProbes": -1}, r"numProbes=-1 is out of range"),
         ({"targetRecall": 1.0}, r"targetRecall=1.0 is out of range"),
         ({"searchStrategy": "broadcast"}, r"searchStrategy='broadcast' is not supported"),
@@ -138,6 +141,8 @@ def test_all_zero_vectors_with_cosine(spark):
         ([(1, [1.0] * 8), (5, None)], r"query column 'vector' holds a null vector"),
         ([(1, [1.0] * 8), (6, [float("nan")] * 8)],
          r"query column 'vector' holds a non-finite value \(nan\)"),
+        ([(1, [1.0] * 8), (7, [0.0] * 7 + [1e20])],
+         r"query column 'vector' holds a value too large \(1e\+20\): .*squared norm"),
     ],
 )
 def test_bad_queries_fail_inside_the_search_tasks(spark, model, rows, message, strategy):

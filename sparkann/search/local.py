@@ -75,7 +75,7 @@ def search_routed(index: LoadedIndex, plan: SearchPlan, vectors: np.ndarray, row
             continue  # a partition without rows
         part = partition(index, pid, plan.with_vectors)
         queries = rows[start:stop]
-        labels, dists = part.index.search(vectors[queries], plan.fetch_k, knobs)
+        labels, dists = part.search(vectors[queries], plan.fetch_k, knobs)
         candidates.add(queries, labels, dists, part.ids)
 
 
@@ -85,5 +85,5 @@ def search_subset(index: LoadedIndex, plan: SearchPlan, vector: np.ndarray, row:
     pids, labels = id_map(index).locate(allowed.cast(plan.arrow_id_type))
     for pid in np.unique(pids):
         part = partition(index, int(pid), plan.with_vectors)
-        found, dists = part.index.search_subset(vector, labels[pids == pid], plan.fetch_k, knobs)
+        found, dists = part.search_subset(vector, labels[pids == pid], plan.fetch_k, knobs)
         candidates.add(np.array([row]), found, dists, part.ids)

@@ -14,8 +14,9 @@ repartition, so the plan also runs on streaming DataFrames:
 4. *merge*: records meet again by query key (and, in batch jobs, sorted by it,
    so a task holds one query at a time); each row gets its top ``k``.
 
-The key is two 64-bit hashes of the query's own content (vector, allowed ids,
-own id), computed inside this single chain of stages: whatever order Spark
+The key is 128 bits of the SHA-256 of an exact encoding of the query's own
+content (vector, allowed ids, own id; see :func:`query_key`), computed inside
+this single chain of stages: whatever order Spark
 computes or recomputes the query DataFrame in, a record's key names its row's
 content, and rows with the same content have the same answer. Every record
 carries how many ids or probes its query expects; a query whose records do
@@ -31,7 +32,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -48,7 +49,6 @@ K1, K2, PID, BUCKET = "__sparkann_k1", "__sparkann_k2", "__sparkann_pid", "__spa
 NEED, COVER, QVEC = "__sparkann_need", "__sparkann_cover", "__sparkann_qvec"
 CIDS, CDIST = "__sparkann_cids", "__sparkann_cdist"
 ROW, LOCATE, COVERAGE = -1, -2, -3  # record kinds that are not partition ids
-KEY_SALT = "sparkann-query-key"
 
 
 def record_schema(queries: DataFrame, id_type: str) -> T.StructType:
@@ -74,9 +74,8 @@ def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: i
         raise ValueError("with spark.sparkann.payloadReads='join' (Spark reads the index), "
                          "searches support neither allowedIdsCol nor streaming queries; use "
                          "an index location the executors can read with pyarrow")
-    key_of = [F.col(VEC), F.col(ALLOWED), F.col(SELF)]
-    keyed = queries.select("*", *helpers).select(
-        "*", F.xxhash64(*key_of).alias(K1), F.xxhash64(F.lit(KEY_SALT), *key_of).alias(K2))
+    key = query_key(F.col(VEC), F.col(ALLOWED), F.col(SELF))
+    keyed = queries.select("*", *helpers).select("*", *key)
     schema = record_schema(queries, plan.id_type)
     own = list(queries.columns)
     records = keyed.mapInArrow(route_fn(plan, own), schema)
@@ -99,6 +98,16 @@ def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: i
         met = met.sortWithinPartitions(K1, K2)  # one query at a time in each merge task
     return met.mapInArrow(merge_fn(plan, own, sorted_keys=not queries.isStreaming),
                           output_schema(queries, plan))
+
+
+def query_key(*columns: Column) -> list[Column]:
+    """K1 and K2: the two halves of 128 bits of the SHA-256 of ``columns`` as JSON.
+    JSON is an exact encoding (nulls kept, an empty array, null and [null] apart,
+    strings escaped), so rows with different content have different keys."""
+    content = F.struct(*[c.alias(f"c{i}") for i, c in enumerate(columns)])
+    digest = F.sha2(F.to_json(content, {"ignoreNullFields": "false"}), 256)
+    return [F.conv(F.substring(digest, start, 16), 16, -10).cast("long").alias(name)
+            for start, name in ((1, K1), (17, K2))]
 
 
 def search_tasks(num_partitions: int, index_bytes: int, cache: int, cores: int) -> int:
@@ -231,7 +240,8 @@ def located(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.Reco
     columns = {
         PID: pa.array(pids, pa.int32()), COVER: pa.array(covered + [lost], pa.int64()),
         NEED: batch.column(NEED).take(take), K1: batch.column(K1).take(take),
-        K2: batch.column(K2).take(take), QVEC: batch.column(QVEC).take(take),
+        K2: batch.column(K2).take(take), BUCKET: batch.column(BUCKET).take(take),
+        QVEC: batch.column(QVEC).take(take),
         SELF: batch.column(SELF).take(take),
         ALLOWED: pa.ListArray.from_arrays(
             pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)),
@@ -277,7 +287,8 @@ def searched(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.Rec
         cids, cdist = candidate_lists(part, plan, group, knobs)
         yield assemble(batch.schema, own, plan, {
             K1: group.column(K1), K2: group.column(K2), PID: group.column(PID),
-            NEED: group.column(NEED), COVER: group.column(COVER), CIDS: cids, CDIST: cdist,
+            BUCKET: group.column(BUCKET), NEED: group.column(NEED), COVER: group.column(COVER),
+            CIDS: cids, CDIST: cdist,
         }, group.num_rows)
 
 
@@ -291,11 +302,11 @@ def candidate_lists(part, plan: SearchPlan, group: pa.RecordBatch, knobs):
         subset = np.asarray(allowed.is_valid())
         plain = np.flatnonzero(~subset)
         if len(plain):
-            labels, dists = part.index.search(vectors[plain], plan.fetch_k, knobs)
+            labels, dists = part.search(vectors[plain], plan.fetch_k, knobs)
             candidates.add(plain, labels, dists, part.ids)
         for row in np.flatnonzero(subset):
             labels = _labels_of(part, allowed[int(row)].values)
-            found, dists = part.index.search_subset(vectors[row], labels, plan.fetch_k, knobs)
+            found, dists = part.search_subset(vectors[row], labels, plan.fetch_k, knobs)
             candidates.add(np.array([row]), found, dists, part.ids)
     lists = candidates.best(plan.fetch_k, group.column(SELF) if plan.exclude_self else None)
     values = lists.values
@@ -331,7 +342,9 @@ class _Query:
     def __init__(self):
         self.need, self.cover = 0, 0
         self.rows: list = []  # (batch, row) of each row record
-        self.found: dict = {}  # partition -> (ids, distances), once per partition
+        # (partition, id-location bucket) -> (ids, distances): rows with the same key
+        # send the same records, each kept once; a subset's buckets are all kept
+        self.found: dict = {}
 
 
 def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
@@ -348,6 +361,7 @@ def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
             pids = batch.column(PID).to_numpy(zero_copy_only=False)
             need = batch.column(NEED).fill_null(0).to_numpy(zero_copy_only=False)
             cover = batch.column(COVER).fill_null(0).to_numpy(zero_copy_only=False)
+            buckets = batch.column(BUCKET).fill_null(-1).to_numpy(zero_copy_only=False)
             cids, cdist = batch.column(CIDS), batch.column(CDIST)
             for i in range(batch.num_rows):
                 key = (int(k1[i]), int(k2[i]))
@@ -361,8 +375,9 @@ def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
                 if pids[i] == ROW:
                     query.rows.append((batch, i))
                     query.need += int(need[i])
-                elif pids[i] >= 0 and int(pids[i]) not in query.found:
-                    query.found[int(pids[i])] = (cids[i].values, cdist[i].values)
+                elif pids[i] >= 0 and (int(pids[i]), int(buckets[i])) not in query.found:
+                    query.found[int(pids[i]), int(buckets[i])] = (cids[i].values,
+                                                                  cdist[i].values)
             if len(done) >= 1024:
                 yield _output(done, own, plan.neighbors_col, kind, plan.k)
                 done = []
