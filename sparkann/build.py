@@ -40,7 +40,7 @@ from .sampling import collect_sample, sampled
 from .storage import tables
 from .storage.format import IndexFormatError, Locations, Manifest, Meta, Partitions, sha256
 from .storage.fs import join, read_file, store_for
-from .storage.versions import new_run
+from .storage.versions import check_index_root, new_run
 from .tasks import resolve_threads, threads_per_task
 from .vectors import id_type, list_array, to_matrix, vector_column
 
@@ -95,6 +95,7 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
     sample of rows is held out of each partition index while its task searches it
     (see :mod:`sparkann.calibrate`)."""
     spark = rows.sparkSession
+    check_index_root(spark, root)
     metric = get_metric(params["metric"])
     with stage("validate input"):
         num_rows, dim = check_rows(rows, params)

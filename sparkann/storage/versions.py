@@ -30,8 +30,11 @@ from .fs import Store, join, store_for
 MANIFESTS = "manifests"
 LATEST = "_latest"
 RUN_DIRS = ("data", "deletes", "locations")
+LAYOUT = (MANIFESTS, "meta", *RUN_DIRS, "metadata", "staging")  # what a root may hold
 _VERSION_FILE = re.compile(r"^v(\d{8})\.json$")
 _OLD_FORMAT_DIR = re.compile(r"^v\d{8}$")
+_RUN_NAME = re.compile(r"^[0-9a-f]{32}$")  # a run directory made by new_run
+_META_NAME = re.compile(r"^[0-9a-f]{32}\.bin(\.[0-9a-f]{32}\.tmp)?$")  # and its temporaries
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,37 @@ def manifest_path(root: str, version: int) -> str:
 def new_run(kind: str) -> str:
     """A fresh directory (or meta file stem) under the root for one write."""
     return f"{kind}/{uuid.uuid4().hex}"
+
+
+def is_run_name(kind: str, name: str) -> bool:
+    """Whether ``name`` under ``kind/`` is one a writer of an index creates."""
+    return bool((_META_NAME if kind == "meta" else _RUN_NAME).match(name))
+
+
+def foreign_entries(store: Store, root: str) -> list[str]:
+    """Entries under ``root`` (relative paths) that no sparkann writer creates."""
+    found = []
+    for entry in store.list(root):
+        if entry.name not in LAYOUT:
+            found.append(entry.name)
+        elif entry.name in (*RUN_DIRS, "meta"):
+            found += [f"{entry.name}/{e.name}" for e in store.list(join(root, entry.name))
+                      if not is_run_name(entry.name, e.name)]
+    return sorted(found)
+
+
+def check_index_root(spark, root: str) -> None:
+    """Refuse to build into a directory that holds anything but a sparkann index (or the
+    leftovers of an interrupted write of one): vacuum must never meet a user's files."""
+    store = store_for(spark, root)
+    if not store.list(root):
+        return
+    foreign = foreign_entries(store, root)
+    if foreign and latest_version(store, root) == 0:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(f"indexPath={root!r} is a non-empty directory that is not a sparkann "
+                         f"index (it holds {shown}); choose a new or empty directory, or an "
+                         "existing index")
 
 
 def listed_versions(store: Store, root: str) -> list[int]:
@@ -152,11 +186,11 @@ def referenced_files(manifest: Manifest) -> set[str]:
 
 
 def vacuum(spark, root: str, retain_versions: int) -> dict:
-    """Delete versions older than the newest ``retain_versions`` and every file under
-    ``data/``, ``deletes/``, ``locations/`` and ``meta/`` that no retained version
-    needs. Files younger than the newest manifest are left: they may belong to a
-    writer that started from it and is still running (a writer that started from
-    an older version can no longer publish)."""
+    """Delete versions older than the newest ``retain_versions`` and every run that a
+    writer of the index made under ``data/``, ``deletes/``, ``locations/`` and
+    ``meta/`` (named by :func:`new_run`) that no retained version needs; anything
+    else there is never touched. Files younger than the newest manifest are left:
+    they may belong to a writer that started from it and is still running."""
     if retain_versions < 1:
         raise ValueError(f"retainVersions={retain_versions} is out of range: must be >= 1")
     store = store_for(spark, root)
@@ -175,7 +209,7 @@ def vacuum(spark, root: str, retain_versions: int) -> dict:
         removed += _vacuum_runs(store, root, kind, needed, cutoff)
     for entry in store.list(join(root, "meta")):
         path = f"meta/{entry.name}"
-        if path not in needed and entry.mtime < cutoff:
+        if is_run_name("meta", entry.name) and path not in needed and entry.mtime < cutoff:
             store.delete(join(root, path))
             removed.append(path)
     for version in dropped:
@@ -190,6 +224,8 @@ def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
     """Unreferenced run directories of one kind, and unreferenced partitions in the rest."""
     removed = []
     for run in store.list(join(root, kind)):
+        if not is_run_name(kind, run.name):  # not written by sparkann: never touched
+            continue
         prefix = f"{kind}/{run.name}/"
         wanted = {f for f in needed if f.startswith(prefix)}
         if not wanted:
