@@ -40,7 +40,7 @@ from .sampling import collect_sample, sampled
 from .storage import tables
 from .storage.format import IndexFormatError, Locations, Manifest, Meta, Partitions, sha256
 from .storage.fs import join, read_file, store_for
-from .storage.versions import check_index_root, new_run
+from .storage.versions import CommitStateUnknownError, check_index_root, new_run
 from .tasks import resolve_threads, threads_per_task
 from .vectors import id_type, list_array, to_matrix, vector_column
 
@@ -489,7 +489,8 @@ def bucket_fn(buckets: int):
 
 
 class removed_on_failure:
-    """Delete what a failed write left under the root (best effort)."""
+    """Delete what a failed write left under the root (best effort); nothing when the
+    write may have been committed (:class:`CommitStateUnknownError`)."""
 
     def __init__(self, spark, root: str, paths: list[str]):
         self.spark, self.root, self.paths = spark, root, paths
@@ -498,7 +499,7 @@ class removed_on_failure:
         return self
 
     def __exit__(self, kind, error, trace):
-        if kind is None:
+        if kind is None or issubclass(kind, CommitStateUnknownError):
             return False
         store = store_for(self.spark, self.root)
         for path in self.paths:

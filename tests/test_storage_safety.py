@@ -80,3 +80,64 @@ def test_vacuum_removes_only_what_the_index_wrote(items, tmp_path):
     assert not (tmp_path / stale).exists()
     assert ANNIndexModel.load(str(tmp_path)).transform(
         items.limit(3)).count() == 3
+
+
+# ------------------------------------------------------ a commit that raised
+
+
+@pytest.fixture
+def commit_fault(spark):
+    from sparkann.testing import COMMIT_FAULT_CONF
+
+    def inject(points: str) -> None:
+        spark.conf.set(COMMIT_FAULT_CONF, points)
+
+    yield inject
+    spark.conf.unset(COMMIT_FAULT_CONF)
+
+
+def version_files_exist(model: ANNIndexModel) -> bool:
+    from sparkann.storage.versions import referenced_files
+
+    root = model.manifest.root
+    return all(os.path.isfile(os.path.join(root, f)) for f in referenced_files(model.manifest))
+
+
+def test_a_commit_that_raised_after_it_succeeded_keeps_the_version(items, tmp_path,
+                                                                     commit_fault, spark):
+    """create_new raises after the manifest was created (a lost response): the update
+    returns the committed version, whose files are all still there."""
+    model = build(items, tmp_path)
+    extra = vectors_frame(spark, datasets.clustered(20, DIM, seed=9).astype(np.float32),
+                          np.arange(1000, 1020, dtype=np.int64))
+    commit_fault("after")
+    added = model.add(extra)
+    assert added.manifest.version == 2
+    newest = ANNIndexModel.load(str(tmp_path))
+    assert newest.manifest.version == 2 and newest.summary()["numVectors"] == 420
+    assert version_files_exist(newest)
+    assert newest.transform(extra.limit(2)).count() == 2
+
+
+def test_a_commit_of_unknown_state_deletes_nothing(items, tmp_path, commit_fault):
+    """The commit raised and its outcome cannot be read back: a clear error, and no
+    file of the (committed) version is removed."""
+    from sparkann.storage import CommitStateUnknownError
+
+    model = build(items, tmp_path)
+    commit_fault("after,check")
+    with pytest.raises(CommitStateUnknownError, match="version 2 .* cannot be told"):
+        model.delete([1, 2])
+    newest = ANNIndexModel.load(str(tmp_path))
+    assert newest.manifest.version == 2 and newest.summary()["numVectors"] == 398
+    assert version_files_exist(newest)
+
+
+def test_a_commit_that_certainly_failed_removes_what_it_wrote(items, tmp_path, commit_fault):
+    model = build(items, tmp_path)
+    before = sorted(p.name for p in (tmp_path / "deletes").glob("*"))
+    commit_fault("before")
+    with pytest.raises(OSError, match="injected failure before"):
+        model.delete([1, 2])
+    assert ANNIndexModel.load(str(tmp_path)).manifest.version == 1
+    assert sorted(p.name for p in (tmp_path / "deletes").glob("*")) == before

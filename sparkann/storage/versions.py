@@ -24,6 +24,7 @@ import re
 import time
 import uuid
 
+from .. import testing
 from .format import MAX_MANIFEST_BYTES, IndexFormatError, Manifest, sha256
 from .fs import Store, join, store_for
 
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 
 class ConcurrentUpdateError(RuntimeError):
     """Another writer published a version since this one's base version."""
+
+
+class CommitStateUnknownError(RuntimeError):
+    """Creating a version's manifest raised, and whether it was created cannot be told.
+    Nothing the write made is removed: the version may exist."""
 
 
 def manifest_path(root: str, version: int) -> str:
@@ -163,7 +169,7 @@ def publish(spark, manifest: Manifest, base_version: int | None) -> tuple[Manife
     version = latest + 1
     committed = manifest.with_(version=version, base_version=latest)
     text = committed.to_json().encode()
-    if not store.create_new(manifest_path(manifest.root, version), text):
+    if not _commit(spark, store, manifest.root, version, text):
         raise ConcurrentUpdateError(
             f"another writer published version {version} of {manifest.root} first, on top of "
             f"version {latest} this change was made from; version {version} is kept. Load the "
@@ -174,6 +180,42 @@ def publish(spark, manifest: Manifest, base_version: int | None) -> tuple[Manife
         log.warning("could not update the latest-version hint of %s: %s", manifest.root, err)
     log.info("sparkann: published %s version %d", manifest.root, version)
     return committed, sha256(text)
+
+
+def _commit(spark, store: Store, root: str, version: int, text: bytes) -> bool:
+    """Create the manifest file; False if another writer holds the name. When creating
+    it raises, its outcome is read back: our bytes there mean it was committed."""
+    path = manifest_path(root, version)
+    try:
+        testing.commit_fault(spark, "before")
+        created = store.create_new(path, text)
+        testing.commit_fault(spark, "after")
+        return created
+    except Exception as err:
+        state = _commit_state(spark, store, path, text)
+        if state == "unknown":
+            raise CommitStateUnknownError(
+                f"publishing version {version} of {root} raised ({err}), and whether it was "
+                "committed cannot be told; nothing was removed: load the index to see if "
+                f"version {version} exists") from err
+        if state == "absent":
+            raise
+        log.warning("sparkann: publishing %s raised (%s), but the file holds %s", path, err,
+                    "this version: it was committed" if state == "ours" else "another writer's")
+        return state == "ours"
+
+
+def _commit_state(spark, store: Store, path: str, text: bytes) -> str:
+    """"ours", "theirs" (another writer's manifest), "absent" or "unknown"."""
+    try:
+        testing.commit_fault(spark, "check")
+        if not store.exists(path):
+            return "absent"
+        return "ours" if sha256(store.read(path, MAX_MANIFEST_BYTES)) == sha256(text) \
+            else "theirs"
+    except Exception as err:
+        log.warning("sparkann: could not read back %s: %s", path, err)
+        return "unknown"
 
 
 def referenced_files(manifest: Manifest) -> set[str]:
