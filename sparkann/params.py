@@ -11,6 +11,7 @@ user sets always wins.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Callable
 
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -354,3 +355,11 @@ class ANNParams(CommonParams, BuildParams, HNSWParams, PQParams, SearchParams):
         """A param's value, or None when it is not defined."""
         param = self.getParam(name)
         return self.getOrDefault(param) if self.isDefined(param) else None
+
+
+@cache
+def stored_param_converters() -> dict[str, Callable[[Any], Any]]:
+    """Each param's converter by name: what a value read from an index must pass too."""
+    return {p.name: p.typeConverter for base in ANNParams.__mro__
+            for p in vars(base).values() if isinstance(p, Param)}
+

@@ -215,6 +215,40 @@ def test_more_deleted_rows_than_rows_names_the_partition():
     refused(parse, doc, match="partition 1: more deleted rows than rows", error=IndexFormatError)
 
 
+STORED_PARAMS = [
+    ("pqBits", 0, "must be one of|not supported"), ("hnswM", -1, "out of range"),
+    ("hnswM", 1 << 40, "out of range"), ("pqSubvectors", 0, "out of range"),
+    ("efSearch", 0, "out of range"), ("efConstruction", -5, "out of range"),
+    ("k", "10", "integer|convert"), ("numProbes", 2.5, "convert"), ("rerankK", -1, "out of range"),
+    ("pqCodebook", "shared", "not supported"), ("metric", "manhattan", "not supported"),
+    ("probeEpsilon", -0.5, "out of range"), ("deterministic", "yes", "requires .* bool"),
+]
+
+
+@pytest.mark.parametrize("name, value, reason", STORED_PARAMS,
+                         ids=[f"{n}={v!r}" for n, v, _ in STORED_PARAMS])
+def test_manifest_params_are_checked_like_the_params_that_set_them(name, value, reason):
+    import re
+
+    message = refused(parse, edit(**{f"params.{name}": value})(good_doc()),
+                      match=f"params.{name}={value!r}", error=IndexFormatError)
+    assert re.search(reason, message), message
+
+
+def test_manifest_params_are_converted_and_unknown_names_kept():
+    doc = edit(**{"params.hnswM": 16.0, "params.balanceAtBuild": 1.25,
+                  "params.efSearch": None})(good_doc())
+    params = parse(doc).params
+    assert params["hnswM"] == 16 and type(params["hnswM"]) is int
+    assert params["balanceAtBuild"] == 1.25 and params["efSearch"] is None
+
+
+@pytest.mark.parametrize("field, value", [("indexType", "ivf"), ("metric", "manhattan")])
+def test_manifest_index_type_and_metric_must_be_known(field, value):
+    refused(parse, edit(**{field: value})(good_doc()), match=f"{field}={value!r}",
+            error=IndexFormatError)
+
+
 TYPES = [
     ("params not an object", edit(params=["hnswM"])),
     ("userSet holds a number", edit(userSet=[1])),
@@ -393,6 +427,18 @@ def test_meta_with_non_finite_centroids(value):
     centroids[2, 5] = value
     data = Meta(centroids, meta.shard_counts).to_bytes()
     refused(Meta.from_bytes, data, DIM, match="non-finite", error=IndexFormatError)
+
+
+@pytest.mark.parametrize("counts", [
+    [1 << 62, 1 << 62, 1 << 62, (1 << 62) + 1],  # sums to 1 in int64
+    [(1 << 63) - 1, 1, 0, 0],  # sums to -2**63
+    [1 << 31, 0, 0, 0],  # more partitions than int32 partition ids
+    [(1 << 30)] * 4,  # each fits, the sum does not
+], ids=["wraps-to-one", "wraps-negative", "one-too-many", "sum-too-many"])
+def test_meta_with_shard_counts_that_overflow(counts):
+    meta = good_meta()
+    data = Meta(meta.centroids, np.array(counts, dtype=np.int64)).to_bytes()
+    refused(Meta.from_bytes, data, DIM, match="shard counts", error=IndexFormatError)
 
 
 def test_meta_with_negative_shard_counts():

@@ -21,6 +21,7 @@ FORMAT_NAME = "sparkann-index"
 FORMAT_VERSION = 2
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_META_BYTES = 8 << 30
+MAX_PARTITIONS = (1 << 31) - 1  # partition ids are int32
 _META_MAGIC = b"SANNMETA"
 _META_HEADER = struct.Struct("<8sIQ")  # magic, version, json length
 _META_DTYPES = {"<f4": np.float32, "<i8": np.int64, "|u1": np.uint8}
@@ -95,8 +96,10 @@ class Meta:
         if centroids.ndim != 2 or centroids.shape[1] != dim or len(centroids) == 0:
             raise IndexFormatError(f"the meta file's centroids have shape {centroids.shape}, "
                                    f"not (clusters, {dim})")
-        if counts.shape != (len(centroids),) or (counts < 0).any():
-            raise IndexFormatError("the meta file's shard counts do not match its centroids")
+        if counts.shape != (len(centroids),) or (counts < 0).any() \
+                or (counts > MAX_PARTITIONS).any() or int(counts.sum()) > MAX_PARTITIONS:
+            raise IndexFormatError("the meta file's shard counts do not match its centroids "
+                                   f"(each and their sum must be in 0..{MAX_PARTITIONS})")
         if not np.isfinite(centroids).all():
             raise IndexFormatError("the meta file's centroids hold non-finite values")
         return cls(centroids.astype(np.float32), counts.astype(np.int64),
@@ -261,11 +264,11 @@ class Manifest:
                 root=root,
                 version=_int(doc["version"], "version", 0),
                 base_version=_int(doc.get("baseVersion", 0), "baseVersion", 0),
-                index_type=_text(doc["indexType"], "indexType"),
-                metric=_text(doc["metric"], "metric"),
+                index_type=_param("indexType", _text(doc["indexType"], "indexType")),
+                metric=_param("metric", _text(doc["metric"], "metric")),
                 dim=_int(doc["dim"], "dim", 1, 1 << 16),
                 id_type=_text(doc["idType"], "idType"),
-                params=_dict(doc["params"], "params"),
+                params=_params(_dict(doc["params"], "params")),
                 user_set=[_text(x, "userSet") for x in doc["userSet"]],
                 meta_file=safe_relative(doc["meta"]["file"], "meta"),
                 meta_sha256=_text(doc["meta"]["sha256"], "meta"),
@@ -302,6 +305,25 @@ def _int(value, what: str, low: int = 0, high: int = 1 << 62) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise IndexFormatError(f"manifest field {what}={value!r} is out of range")
     return value
+
+
+def _params(params: dict) -> dict:
+    """Stored params, each checked (and converted) by the converter its param has when
+    it is set; values of other names (build statistics) are kept as they are."""
+    return {name: _param(name, value) for name, value in params.items()}
+
+
+def _param(name: str, value):
+    from ..params import stored_param_converters
+
+    converter = stored_param_converters().get(name)
+    if value is None or converter is None:
+        return value
+    try:
+        return converter(value)
+    except (TypeError, ValueError) as err:
+        raise IndexFormatError(f"manifest field params.{name}={value!r} is invalid "
+                               f"({err})") from None
 
 
 def _text(value, what: str) -> str:
