@@ -82,7 +82,11 @@ class LoadedIndex:
         cluster_of = plan.cluster_of
         live = np.bincount(cluster_of, weights=manifest.partitions.live,
                            minlength=len(meta.centroids)).astype(np.int64)
-        ranker = CentroidRanker(meta.centroids, metric, meta.centroid_graph)
+        try:
+            ranker = CentroidRanker(meta.centroids, metric, meta.centroid_graph)
+        except ValueError as err:
+            raise IndexFormatError(f"{manifest.root}: the meta file's centroid graph is "
+                                   f"damaged ({err})") from None
         return cls(manifest, meta, metric, index_type(manifest.index_type),
                    Router(ranker, live, plan), cluster_of)
 
@@ -154,9 +158,17 @@ def _load_index(handle: IndexHandle) -> tuple[LoadedIndex, int]:
                                "after the search was planned")
     manifest = Manifest.from_json(handle.root, text, handle.version)
     if handle.inline is None:
-        meta_bytes = read_file(join(handle.root, manifest.meta_file), MAX_META_BYTES)
+        meta_bytes = read_index_file(join(handle.root, manifest.meta_file), MAX_META_BYTES)
     loaded = LoadedIndex.create(manifest, checked_meta(manifest, meta_bytes))
     return loaded, len(text) + len(meta_bytes)
+
+
+def read_index_file(uri: str, max_bytes: int) -> bytes:
+    """A file the manifest names; missing or too big, the index is damaged."""
+    try:
+        return read_file(uri, max_bytes)
+    except (OSError, ValueError) as err:
+        raise IndexFormatError(f"the index file {uri} is unreadable ({err})") from None
 
 
 def checked_meta(manifest: Manifest, data: bytes) -> Meta:

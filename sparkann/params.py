@@ -20,6 +20,7 @@ from .index import REGISTRY
 from .metrics import METRICS
 
 PQ_CODEBOOKS = ("partition", "global")
+INT32_MAX = (1 << 31) - 1  # the bound of values handed to hnswlib and faiss as C ints
 PQ_BITS = (4, 8)
 STRATEGIES = ("auto", "local", "partition")
 
@@ -84,7 +85,7 @@ class CommonParams(Params):
     indexType = _param("indexType", "per-partition index type: " + ", ".join(sorted(REGISTRY)),
                        _choice("indexType", tuple(REGISTRY)))
     numThreads = _param("numThreads", "threads per build or search task (0 = automatic)",
-                        _int("numThreads", 0))
+                        _int("numThreads", 0, INT32_MAX))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -203,9 +204,9 @@ class HNSWParams(Params):
 
     hnswM = _param("hnswM", "HNSW graph degree M", _int("hnswM", 2, 2048))
     efConstruction = _param("efConstruction", "HNSW build beam width",
-                            _int("efConstruction", 1))
+                            _int("efConstruction", 1, INT32_MAX))
     efSearch = _param("efSearch", "HNSW search beam width (at least k); unset: the index's "
-                      "calibrated default", _int("efSearch", 1))
+                      "calibrated default", _int("efSearch", 1, INT32_MAX))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -234,13 +235,13 @@ class PQParams(Params):
     """Code settings of ``indexType="pq"`` partitions."""
 
     pqSubvectors = _param("pqSubvectors", "PQ sub-quantizers m (the dimension is zero-padded "
-                          "to a multiple of m)", _int("pqSubvectors", 1))
+                          "to a multiple of m)", _int("pqSubvectors", 1, INT32_MAX))
     pqBits = _param("pqBits", "bits per PQ code: 8, or 4 (SIMD fast-scan)",
                     _choice("pqBits", PQ_BITS))
     pqCodebook = _param("pqCodebook", "'partition' (one codebook per partition) or 'global'",
                         _choice("pqCodebook", PQ_CODEBOOKS))
     rerankK = _param("rerankK", "PQ: re-rank this many ADC candidates by exact distance; at "
-                     "fit, > 0 also stores the exact vectors", _int("rerankK", 0))
+                     "fit, > 0 also stores the exact vectors", _int("rerankK", 0, INT32_MAX))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -274,9 +275,10 @@ class PQParams(Params):
 class SearchParams(Params):
     """How ``transform`` searches."""
 
-    k = _param("k", "neighbours returned per query", _int("k", 1))
+    k = _param("k", "neighbours returned per query", _int("k", 1, INT32_MAX))
     numProbes = _param("numProbes", "clusters searched per query (clamped to the number of "
-                       "clusters); unset: the index's calibrated default", _int("numProbes", 1))
+                       "clusters); unset: the index's calibrated default",
+                       _int("numProbes", 1, INT32_MAX))
     probeEpsilon = _param("probeEpsilon", "probe a cluster past the nearest only if its centroid "
                           "is within (1 + probeEpsilon) x the nearest one's distance "
                           "(0 = always probe numProbes clusters); unset: the index's "

@@ -78,7 +78,8 @@ ROOT = "s3://bucket/indexes/demo"
 def good_manifest() -> Manifest:
     return Manifest(
         root=ROOT, version=3, base_version=2, index_type="hnsw", metric="l2", dim=DIM,
-        id_type="long", params={"hnswM": 16, "efConstruction": 200}, user_set=["metric"],
+        id_type="long", params={"hnswM": 16, "efConstruction": 200, "numPartitions": 2},
+        user_set=["metric"],
         meta_file="meta/v3.bin", meta_sha256="ab" * 32,
         partitions=Partitions(
             files=["index/run=1/partition_id=0/part-0.parquet",
@@ -246,6 +247,16 @@ def test_manifest_params_are_converted_and_unknown_names_kept():
 @pytest.mark.parametrize("field, value", [("indexType", "ivf"), ("metric", "manhattan")])
 def test_manifest_index_type_and_metric_must_be_known(field, value):
     refused(parse, edit(**{field: value})(good_doc()), match=f"{field}={value!r}",
+            error=IndexFormatError)
+
+
+@pytest.mark.parametrize("index_type, dropped", [("hnsw", "hnswM"), ("hnsw", "numPartitions"),
+                                                 ("pq", None)])
+def test_manifest_without_a_param_its_index_type_needs(index_type, dropped):
+    doc = edit(indexType=index_type)(good_doc())  # a pq index with hnsw params lacks its own
+    if dropped:
+        del doc["params"][dropped]
+    refused(parse, doc, match=f"lacks the params ['{dropped or 'pqSubvectors'}'",
             error=IndexFormatError)
 
 
@@ -1154,3 +1165,43 @@ def test_pq_formats_with_flipped_bytes_load_or_are_refused(data, part):
             codebook_from_bytes(bytes(raw), M, BITS, DIM)
     except ValueError as err:
         assert str(err)
+
+
+# ============================================================ files on disk
+
+
+def test_a_damaged_centroid_graph_is_an_index_format_error():
+    from sparkann.loader import LoadedIndex
+
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((2, DIM)).astype(np.float32)
+    for graph in (graph_payload(), graph_payload()[:100]):  # other centroids; truncated
+        meta = Meta(centroids, np.array([1, 1]), graph)
+        refused(LoadedIndex.create, good_manifest(), meta, match="centroid graph is damaged",
+                error=IndexFormatError)
+
+
+def test_a_missing_meta_file_is_an_index_format_error(tmp_path):
+    from sparkann.loader import read_index_file
+
+    refused(read_index_file, str(tmp_path / "meta" / "gone.bin"), 1 << 20, match="unreadable",
+            error=IndexFormatError)
+    (tmp_path / "big.bin").write_bytes(b"x" * 100)
+    refused(read_index_file, str(tmp_path / "big.bin"), 10, error=IndexFormatError)
+
+
+def test_parquet_strings_that_are_not_utf8_are_refused_on_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparkann.storage import tables
+
+    bad = pa.array([b"\xd7\xff"], pa.binary()).view(pa.string())
+    path = str(tmp_path / "part.parquet")
+    pq.write_table(pa.table({"ids": [[1, 2]], "checksum": bad}), path)
+    refused(tables.read_partition_file, path, ["ids", "checksum"], 0, match="damaged",
+            error=IndexFormatError)
+    pq.write_table(pa.table({"labels": [[1]], "count": [1], "checksum": bad}), path)
+    refused(tables.read_delete_file, path, match="unreadable", error=IndexFormatError)
+    pq.write_table(pa.table({"id": bad, "partition_id": [0]}), path)
+    refused(tables.read_locations_file, path, match="unreadable", error=IndexFormatError)

@@ -288,6 +288,11 @@ class Manifest:
                                    f"version {manifest.version}")
         if manifest.id_type not in ID_TYPES:
             raise IndexFormatError(f"{root}: unknown id type {manifest.id_type!r}")
+        missing = [name for name in _required_params(manifest.index_type)
+                   if manifest.params.get(name) is None]
+        if missing:
+            raise IndexFormatError(f"{root}: the manifest of version {version} lacks the params "
+                                   f"{missing} of its index type {manifest.index_type!r}")
         return manifest
 
     def with_(self, **changes) -> "Manifest":
@@ -324,6 +329,12 @@ def _param(name: str, value):
     except (TypeError, ValueError) as err:
         raise IndexFormatError(f"manifest field params.{name}={value!r} is invalid "
                                f"({err})") from None
+
+
+def _required_params(kind: str) -> tuple[str, ...]:
+    from ..index import index_type
+
+    return ("numPartitions", *index_type(kind).build_params)
 
 
 def _text(value, what: str) -> str:

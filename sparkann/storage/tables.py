@@ -140,6 +140,13 @@ def _uri_path(uri: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}{re.sub('/+', '/', parsed.path)}"
 
 
+def checked(table: pa.Table) -> pa.Table:
+    """A table read from an untrusted file, fully validated by Arrow (offsets in range,
+    strings valid UTF-8) before any value of it is used."""
+    table.validate(full=True)
+    return table
+
+
 def read_partition_file(uri: str, columns: list[str], pid: int) -> pa.Table:
     """A partition's one row of the index table, read in a task with pyarrow."""
     filesystem, path = arrow_fs(uri)
@@ -150,7 +157,7 @@ def read_partition_file(uri: str, columns: list[str], pid: int) -> pa.Table:
         raise IndexFormatError(f"index partition {pid}: its file holds {size} bytes, "
                                f"more than {MAX_PARTITION_FILE_BYTES}")
     try:
-        table = pq.read_table(path, columns=columns, filesystem=filesystem)
+        table = checked(pq.read_table(path, columns=columns, filesystem=filesystem))
     except (OSError, pa.ArrowException) as err:
         raise IndexFormatError(f"index partition {pid}: its file {uri} is damaged ({err})") \
             from None
@@ -164,8 +171,8 @@ def read_delete_file(uri: str) -> pa.Table:
     """A delete file: one row per partition it covers (labels, count, checksum)."""
     filesystem, path = arrow_fs(uri)
     try:
-        return pq.read_table(path, columns=["labels", "count", "checksum"],
-                             filesystem=filesystem)
+        return checked(pq.read_table(path, columns=["labels", "count", "checksum"],
+                                     filesystem=filesystem))
     except (OSError, pa.ArrowException) as err:
         raise IndexFormatError(f"delete file {uri} is unreadable ({err})") from None
 
@@ -177,7 +184,8 @@ def labels_checksum(labels: np.ndarray) -> str:
 def read_locations_file(uri: str) -> pa.Table:
     filesystem, path = arrow_fs(uri)
     try:
-        return pq.read_table(path, columns=["id", "partition_id"], filesystem=filesystem)
+        return checked(pq.read_table(path, columns=["id", "partition_id"],
+                                     filesystem=filesystem))
     except (OSError, pa.ArrowException) as err:
         raise IndexFormatError(f"id-location file {uri} is unreadable ({err})") from None
 
