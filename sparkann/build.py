@@ -472,7 +472,18 @@ def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
     for row, file in tables.written(spark, root, run, ["bucket"], distinct=True):
         if file not in by_bucket[row["bucket"]]:
             by_bucket[row["bucket"]].append(file)
-    return Locations(buckets, by_bucket), run
+    return located_files(spark, root, buckets, by_bucket), run
+
+
+def located_files(spark, root: str, buckets: int, by_bucket: list[list[str]],
+            known: Locations | None = None) -> Locations:
+    """The id-location table of these files, with each file's checksum (computed by
+    Spark for the files ``known`` does not list)."""
+    sums = {} if known is None else {f: c for fs, cs in zip(known.files, known.checksums)
+                                     for f, c in zip(fs, cs)}
+    sums.update(tables.file_checksums(spark, root, [f for fs in by_bucket for f in fs
+                                                    if f not in sums]))
+    return Locations(buckets, by_bucket, [[sums[f] for f in fs] for fs in by_bucket])
 
 
 def bucket_fn(buckets: int):

@@ -508,6 +508,6 @@ def copy_index(spark, manifest: Manifest, root: str) -> Manifest:
         by_bucket: list[list[str]] = [[] for _ in range(buckets)]
         for row, file in tables.written(spark, root, run, ["bucket"], distinct=True):
             by_bucket[row["bucket"]].append(file)
-        locations = type(locations)(buckets, by_bucket)
+        locations = build.located_files(spark, root, buckets, by_bucket)
     return replace(manifest, root=root, meta_file=meta, partitions=partitions,
                    locations=locations, version=0)

@@ -320,15 +320,15 @@ def location_map(loaded: LoadedIndex, bucket: int):
                                "table")
     if not 0 <= bucket < manifest.locations.buckets:
         raise IndexFormatError(f"{manifest.root}: id-location bucket {bucket} out of range")
-    files = tuple(manifest.locations.files[bucket])
+    files = tuple(zip(manifest.locations.files[bucket], manifest.locations.checksums[bucket]))
     key = ("locations", manifest.root, files)
     return CACHE.get(key, lambda: _load_locations(loaded, files), cache_budget())
 
 
-def _load_locations(loaded: LoadedIndex, files: tuple[str, ...]):
+def _load_locations(loaded: LoadedIndex, files: tuple[tuple[str, str], ...]):
     import pandas as pd
 
-    parts = [tables.read_locations_file(loaded.uri(f)) for f in files]
+    parts = [tables.read_locations_file(loaded.uri(f), checksum) for f, checksum in files]
     if not parts:
         return pd.DataFrame({"id": [], "partition_id": []}), 0
     frame = pa.concat_tables(parts).to_pandas()

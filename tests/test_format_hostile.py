@@ -86,7 +86,8 @@ def good_manifest() -> Manifest:
                    "index/run=1/partition_id=1/part-0.parquet"],
             rows=[10, 5], payload_bytes=[100, 50], checksums=["c0", "c1"], sq_errors=[0.5, 0.0],
             deletes=[[DeleteFile("deletes/run=2/part-0.parquet", 2, "cd" * 32)], []]),
-        locations=Locations(2, [["locations/b=0.parquet"], ["locations/b=1.parquet"]]),
+        locations=Locations(2, [["locations/b=0.parquet"], ["locations/b=1.parquet"]],
+                            [["ef" * 32], ["01" * 32]]),
         calibration={"numProbes": 2}, build_seconds={"train": 1.5})
 
 
@@ -295,13 +296,13 @@ def test_manifest_with_the_wrong_format_name(name):
             error=IndexFormatError)
 
 
-@pytest.mark.parametrize("version", [3, 99, "3"])
+@pytest.mark.parametrize("version", [4, 99, "4"])
 def test_manifest_in_a_newer_format_says_to_upgrade(version):
     message = refused(parse, edit(formatVersion=version)(good_doc()), error=IndexFormatError)
     assert "upgrade sparkann" in message and ROOT in message
 
 
-@pytest.mark.parametrize("version", [1, 0, -5])
+@pytest.mark.parametrize("version", [2, 1, 0, -5])
 def test_manifest_in_an_older_format_says_to_rebuild(version):
     refused(parse, edit(formatVersion=version)(good_doc()), match="rebuild the index",
             error=IndexFormatError)
@@ -1204,4 +1205,49 @@ def test_parquet_strings_that_are_not_utf8_are_refused_on_read(tmp_path):
     pq.write_table(pa.table({"labels": [[1]], "count": [1], "checksum": bad}), path)
     refused(tables.read_delete_file, path, match="unreadable", error=IndexFormatError)
     pq.write_table(pa.table({"id": bad, "partition_id": [0]}), path)
-    refused(tables.read_locations_file, path, match="unreadable", error=IndexFormatError)
+    refused(tables.read_locations_file, path, file_sha(path), match="unreadable",
+            error=IndexFormatError)
+
+
+def file_sha(path) -> str:
+    from sparkann.storage.format import sha256
+
+    with open(path, "rb") as handle:
+        return sha256(handle.read())
+
+
+def test_an_id_location_file_must_match_its_checksum(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparkann.storage import tables
+
+    path = str(tmp_path / "part.parquet")
+    pq.write_table(pa.table({"id": [1, 2], "partition_id": pa.array([0, 1], pa.int32())}), path)
+    assert tables.read_locations_file(path, file_sha(path)).num_rows == 2
+    pq.write_table(pa.table({"id": [1, 2], "partition_id": pa.array([0, 2], pa.int32())}), path)
+    refused(tables.read_locations_file, path, "00" * 32, match="checksum does not match",
+            error=IndexFormatError)
+    refused(tables.read_locations_file, str(tmp_path / "gone.parquet"), "00" * 32,
+            match="unreadable", error=IndexFormatError)
+
+
+@pytest.mark.parametrize("mutate", [
+    edit(**{"locations.sha256": [["ef" * 32], []]}),
+    edit(**{"locations.sha256": [["ef" * 32]]}),
+    edit(**{"locations.sha256.0.0": 5}),
+    edit(**{"locations.sha256": _DELETE}),
+    edit(**{"locations.files.1.0": "locations/b=0.parquet", "locations.files.0": [
+        "locations/b=0.parquet", "locations/b=0.parquet"], "locations.sha256.0": ["a", "b"]}),
+], ids=["shorter", "fewer buckets", "not text", "missing", "a file twice"])
+def test_id_location_checksums_must_match_the_files(mutate):
+    refused(parse, mutate(good_doc()), error=IndexFormatError)
+
+
+def test_payload_digests_frame_each_part():
+    from sparkann.storage.tables import digests
+
+    ids = __import__("pyarrow").array([1, 2])
+    moved = [digests(StoredPartition(p, c), ids)["payload_sha256"]
+             for p, c in ((b"abc", b"def"), (b"abcd", b"ef"), (b"", b"abcdef"))]
+    assert len(set(moved)) == 3

@@ -67,7 +67,7 @@ def build_corpus(base: str) -> Corpus:
     from sparkann.index import PartitionContext, index_type
     from sparkann.metrics import get_metric
     from sparkann.partitioning.router import build_centroid_graph, rank_brute_force
-    from sparkann.storage.format import Meta
+    from sparkann.storage.format import FORMAT_VERSION, Meta
     from sparkann.storage.tables import id_buckets
 
     kind = {"hnsw": "hnsw", "hnsw_sq8": "hnsw_sq8"}.get(base, "pq")
@@ -99,12 +99,13 @@ def build_corpus(base: str) -> Corpus:
     for pid, part in enumerate(parts):
         pid_of[part["ids"]] = pid
     locations = [(ids[buckets == b], pid_of[buckets == b]) for b in range(2)]
-    doc = {"format": "sparkann-index", "formatVersion": 2, "version": 1, "baseVersion": 0,
+    doc = {"format": "sparkann-index", "formatVersion": FORMAT_VERSION, "version": 1,
+           "baseVersion": 0,
            "indexType": kind, "metric": "l2", "dim": DIM, "idType": "long", "params": params,
            "userSet": [], "meta": {"file": "", "sha256": ""},
            "partitions": {"files": [], "rows": [], "payloadBytes": [], "checksums": [],
                           "sqErrors": [], "deletes": [[] for _ in parts]},
-           "locations": {"buckets": 2, "files": [[], []]}, "calibration": {},
+           "locations": {"buckets": 2, "files": [[], []], "sha256": [[], []]}, "calibration": {},
            "buildSeconds": {}}
     return Corpus(doc, meta, parts, {0: np.array([0, 3], np.int64)}, locations)
 
@@ -165,6 +166,9 @@ def write_index(corpus: Corpus, root: str) -> dict:
         relative = f"locations/{run}/bucket={bucket}/part-0.parquet"
         write_parquet(pa.table({"id": ids, "partition_id": pids}), root, relative)
         doc["locations"]["files"][bucket].append(relative)
+        with open(os.path.join(root, relative), "rb") as handle:
+            data = handle.read() if sign.get("locations", True) else b"original"
+        doc["locations"]["sha256"][bucket].append(sha256(data))
     return doc
 
 
@@ -250,6 +254,7 @@ def mutate_case(corpora: dict, case: int, seed: int) -> tuple[str, Corpus, objec
     elif target != "parquet-bytes":  # that one damages a written file
         MUTATORS[target](corpus, rng)
         corpus.sign = {"meta": rng.random() < 0.95, "deletes": rng.random() < 0.9,
+                       "locations": rng.random() < 0.9,
                        **{f"part{p}": rng.random() < 0.95 for p in range(3)}}
     return base, corpus, manifest_change, target
 

@@ -141,3 +141,25 @@ def test_a_commit_that_certainly_failed_removes_what_it_wrote(items, tmp_path, c
         model.delete([1, 2])
     assert ANNIndexModel.load(str(tmp_path)).manifest.version == 1
     assert sorted(p.name for p in (tmp_path / "deletes").glob("*")) == before
+
+
+# ------------------------------------------------------------- id locations
+
+
+def test_a_damaged_id_location_file_is_refused(items, tmp_path):
+    """Every id-location file has a checksum in the manifest: one rewritten with other
+    (well-formed) partition ids fails the delete that reads it, naming the file."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    model = build(items, tmp_path)
+    for files in model.manifest.locations.files:
+        for name in files:
+            path = str(tmp_path / name)
+            table = pq.read_table(path)
+            moved = pc.subtract(pc.subtract(1, table.column("partition_id")), 0)
+            pq.write_table(table.set_column(table.schema.get_field_index("partition_id"),
+                                            "partition_id", pc.abs(moved)), path)
+    with pytest.raises(Exception, match="id-location file .* checksum does not match"):
+        model.delete(list(range(40)))
+    assert ANNIndexModel.load(str(tmp_path)).manifest.version == 1

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "sparkann-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: length-framed payload digests, id-location file checksums
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_META_BYTES = 8 << 30
 MAX_PARTITIONS = (1 << 31) - 1  # partition ids are int32
@@ -37,6 +37,16 @@ def sha256(*parts) -> str:
     """Hex SHA-256 of the concatenated byte strings."""
     digest = hashlib.sha256()
     for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def framed_sha256(*parts) -> str:
+    """Hex SHA-256 of byte strings, each preceded by its length (8 bytes, little-endian),
+    so no byte can move from one part to the next unnoticed."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()
 
@@ -180,6 +190,10 @@ class Locations:
 
     buckets: int
     files: list[list[str]]  # per bucket
+    checksums: list[list[str]]  # SHA-256 of each file's bytes, as ``files``
+
+    def checksum(self, bucket: int, file: str) -> str:
+        return self.checksums[bucket][self.files[bucket].index(file)]
 
 
 @dataclass(frozen=True)
@@ -240,7 +254,8 @@ class Manifest:
                              for d in ds] for ds in p.deletes],
             },
             "locations": None if self.locations is None else {
-                "buckets": self.locations.buckets, "files": self.locations.files},
+                "buckets": self.locations.buckets, "files": self.locations.files,
+                "sha256": self.locations.checksums},
             "calibration": self.calibration,
             "buildSeconds": self.build_seconds,
         }
@@ -376,6 +391,8 @@ def _locations(doc) -> Locations | None:
         return None
     buckets = _int(doc["buckets"], "locations.buckets", 1, 1 << 20)
     files = [[safe_relative(f, "location file") for f in fs] for fs in doc["files"]]
-    if len(files) != buckets:
+    checksums = [[_text(c, "location checksum") for c in cs] for cs in doc["sha256"]]
+    if len(files) != buckets or [len(f) for f in files] != [len(c) for c in checksums] \
+            or any(len(set(fs)) != len(fs) for fs in files):
         raise IndexFormatError("the manifest's id-location buckets are inconsistent")
-    return Locations(buckets, files)
+    return Locations(buckets, files, checksums)

@@ -19,8 +19,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..index import StoredPartition
-from .format import IndexFormatError, sha256
-from .fs import arrow_fs, is_local, join, local_path
+from .format import IndexFormatError, framed_sha256, sha256
+from .fs import arrow_fs, is_local, join, local_path, read_file
 
 INDEX_COLUMNS = ["partition_id", "pid", "num_rows", "ids", "payload", "codebook", "vectors",
                  "payload_sha256", "ids_sha256", "vectors_sha256", "payload_bytes", "checksum",
@@ -55,7 +55,7 @@ def ids_digest(ids: pa.Array) -> bytes:
 
 def digests(stored: StoredPartition, ids: pa.Array) -> dict[str, str]:
     """SHA-256 of each part of a partition: payload (with codebook), ids, exact vectors."""
-    return {"payload_sha256": sha256(stored.payload, stored.codebook),
+    return {"payload_sha256": framed_sha256(stored.payload, stored.codebook),
             "ids_sha256": sha256(ids_digest(ids)),
             "vectors_sha256": "" if stored.vectors is None else sha256(stored.vectors)}
 
@@ -181,13 +181,29 @@ def labels_checksum(labels: np.ndarray) -> str:
     return sha256(np.sort(np.asarray(labels, dtype="<i4")).tobytes())
 
 
-def read_locations_file(uri: str) -> pa.Table:
-    filesystem, path = arrow_fs(uri)
+def read_locations_file(uri: str, checksum: str) -> pa.Table:
+    """An id-location file, whose bytes must have the manifest's ``checksum``."""
     try:
-        return checked(pq.read_table(path, columns=["id", "partition_id"],
-                                     filesystem=filesystem))
+        data = read_file(uri, MAX_PARTITION_FILE_BYTES)
+    except (OSError, ValueError) as err:
+        raise IndexFormatError(f"id-location file {uri} is unreadable ({err})") from None
+    if sha256(data) != checksum:
+        raise IndexFormatError(f"id-location file {uri} is damaged: its checksum does not "
+                               "match the manifest")
+    try:
+        return checked(pq.read_table(pa.BufferReader(data), columns=["id", "partition_id"]))
     except (OSError, pa.ArrowException) as err:
         raise IndexFormatError(f"id-location file {uri} is unreadable ({err})") from None
+
+
+def file_checksums(spark, root: str, files: list[str]) -> dict[str, str]:
+    """SHA-256 of the bytes of each file (relative to ``root``), computed by Spark tasks:
+    only the digests reach the driver."""
+    if not files:
+        return {}
+    frame = spark.read.format("binaryFile").load([join(root, f) for f in files])
+    rows = frame.select("path", F.sha2("content", 256).alias("sha256")).collect()
+    return {relative_file(root, row["path"]): row["sha256"] for row in rows}
 
 
 def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
