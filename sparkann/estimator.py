@@ -38,7 +38,7 @@ from .search.plan import memory_needed
 from .storage import tables
 from .storage.format import DeleteFile, IndexFormatError, Manifest
 from .storage.fs import is_local, join, store_for
-from .storage.versions import check_current, new_run, publish, vacuum
+from .storage.versions import DEFAULT_RETENTION_HOURS, check_current, new_run, publish, vacuum
 from .storage.versions import load as load_version
 
 log = logging.getLogger(__name__)
@@ -368,10 +368,12 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
                 model._setDefault(**{name: report[name]})
         return model
 
-    def vacuum(self, retainVersions: int = 1) -> dict:
+    def vacuum(self, retainVersions: int = 1,
+               retentionHours: float = DEFAULT_RETENTION_HOURS) -> dict:
         """Delete versions older than the newest ``retainVersions`` and every file no
-        retained version needs; returns what was kept and removed."""
-        return vacuum(active_session(), self.manifest.root, retainVersions)
+        retained version needs, but nothing younger than ``retentionHours`` (a version
+        newest within them, files written within them); returns what was kept and removed."""
+        return vacuum(active_session(), self.manifest.root, retainVersions, retentionHours)
 
     def _with(self, manifest: Manifest, digest: str) -> "ANNIndexModel":
         model = self.copy()

@@ -163,3 +163,53 @@ def test_a_damaged_id_location_file_is_refused(items, tmp_path):
     with pytest.raises(Exception, match="id-location file .* checksum does not match"):
         model.delete(list(range(40)))
     assert ANNIndexModel.load(str(tmp_path)).manifest.version == 1
+
+
+# ------------------------------------------------------------- retention
+
+
+def test_vacuum_keeps_versions_that_were_newest_within_the_retention_period(items, tmp_path):
+    """By default (168 hours) a version replaced a moment ago stays loadable, with its
+    files: a job or a stream may still read it. retentionHours=0 removes it."""
+    v1 = build(items, tmp_path)
+    v2 = v1.delete([1, 2])
+    report = v2.vacuum()
+    assert report["keptVersions"] == [1, 2] and report["removedVersions"] == []
+    assert report["removedPaths"] == []
+    old = ANNIndexModel.load(str(tmp_path), version=1)
+    assert version_files_exist(old) and old.transform(items.limit(2)).count() == 2
+    report = v2.vacuum(retentionHours=0)
+    assert report["keptVersions"] == [2] and report["removedVersions"] == [1]
+    assert version_files_exist(ANNIndexModel.load(str(tmp_path)))
+
+
+def test_vacuum_leaves_runs_younger_than_the_retention_period(items, tmp_path):
+    """A run written an hour ago that no version names (a fit still running, started
+    before the newest version was published) survives the default vacuum; with a
+    retention period shorter than its age it is removed."""
+    model = build(items, tmp_path)
+    running = f"data/{uuid.uuid4().hex}"
+    write_file(tmp_path / running / "partition_id=0" / "part-0.parquet",
+               mtime=time.time() - 3600)
+    newer = model.delete([5])  # the newest manifest is younger than the run
+    assert newer.vacuum()["removedPaths"] == []
+    assert (tmp_path / running).is_dir()
+    assert newer.vacuum(retentionHours=0.5)["removedPaths"] == [running]
+
+
+@pytest.mark.parametrize("hours", [-1, float("nan"), float("inf"), "1", True])
+def test_vacuum_refuses_a_bad_retention_period(items, tmp_path_factory, hours):
+    model = ANNIndexModel.load(str(_retention_index(items, tmp_path_factory)))
+    with pytest.raises(ValueError, match=f"retentionHours={hours!r} is out of range"):
+        model.vacuum(retentionHours=hours)
+
+
+_INDEXES: dict = {}
+
+
+def _retention_index(items, tmp_path_factory):
+    if "retention" not in _INDEXES:
+        path = tmp_path_factory.mktemp("retention")
+        build(items, path)
+        _INDEXES["retention"] = path
+    return _INDEXES["retention"]

@@ -20,6 +20,7 @@ other gets :class:`ConcurrentUpdateError`.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -37,6 +38,7 @@ _OLD_FORMAT_DIR = re.compile(r"^v\d{8}$")
 _RUN_NAME = re.compile(r"^[0-9a-f]{32}$")  # a run directory made by new_run
 _META_NAME = re.compile(r"^[0-9a-f]{32}\.bin(\.[0-9a-f]{32}\.tmp)?$")  # and its temporaries
 
+DEFAULT_RETENTION_HOURS = 168.0  # what vacuum leaves for readers and running writers
 log = logging.getLogger(__name__)
 
 
@@ -227,25 +229,40 @@ def referenced_files(manifest: Manifest) -> set[str]:
     return files
 
 
-def vacuum(spark, root: str, retain_versions: int) -> dict:
+def vacuum(spark, root: str, retain_versions: int,
+           retention_hours: float = DEFAULT_RETENTION_HOURS) -> dict:
     """Delete versions older than the newest ``retain_versions`` and every run that a
     writer of the index made under ``data/``, ``deletes/``, ``locations/`` and
     ``meta/`` (named by :func:`new_run`) that no retained version needs; anything
-    else there is never touched. Files younger than the newest manifest are left:
-    they may belong to a writer that started from it and is still running."""
+    else there is never touched.
+
+    Like Delta's ``VACUUM RETAIN n HOURS``, nothing younger than ``retention_hours``
+    goes: a version stays while it was the newest within that period (a job or a
+    stream may still read it), and a run stays while its newest file is younger
+    (a write may still be running; ``fit`` publishes without a base version) or
+    younger than the newest manifest."""
     if retain_versions < 1:
         raise ValueError(f"retainVersions={retain_versions} is out of range: must be >= 1")
+    if isinstance(retention_hours, bool) or not isinstance(retention_hours, (int, float)) \
+            or not 0 <= retention_hours < math.inf:
+        raise ValueError(f"retentionHours={retention_hours!r} is out of range: must be a "
+                         "number >= 0")
     store = store_for(spark, root)
     root = store.qualify(root)
     versions = listed_versions(store, root)
     if not versions:
         raise IndexFormatError(f"no sparkann index at {root}")
-    kept, dropped = versions[-retain_versions:], versions[:-retain_versions]
+    now = time.time()
+    horizon = now - retention_hours * 3600
+    published = {int(m.group(1)): e.mtime for e in store.list(join(root, MANIFESTS))
+                 if (m := _VERSION_FILE.match(e.name))}
+    kept = [v for i, v in enumerate(versions) if i >= len(versions) - retain_versions
+            or published.get(versions[i + 1], now) > horizon]
+    dropped = [v for v in versions if v not in kept]
     needed: set[str] = set()
     for version in kept:
         needed |= referenced_files(read_manifest(store, root, version)[0])
-    newest = {e.name: e.mtime for e in store.list(join(root, MANIFESTS))}
-    cutoff = newest.get(f"v{kept[-1]:08d}.json", time.time())
+    cutoff = min(published.get(kept[-1], now), horizon)
     removed: list[str] = []
     for kind in RUN_DIRS:
         removed += _vacuum_runs(store, root, kind, needed, cutoff)
@@ -258,7 +275,8 @@ def vacuum(spark, root: str, retain_versions: int) -> dict:
         store.delete(manifest_path(root, version))
     log.info("sparkann: vacuumed %s: kept versions %s, removed %d versions and %d paths",
              root, kept, len(dropped), len(removed))
-    return {"keptVersions": kept, "removedVersions": dropped, "removedPaths": sorted(removed)}
+    return {"keptVersions": kept, "removedVersions": dropped, "removedPaths": sorted(removed),
+            "retentionHours": retention_hours}
 
 
 def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
