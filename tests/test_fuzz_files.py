@@ -10,8 +10,9 @@ id-location bucket and every partition as an update does. Every case must end in
 success or :class:`IndexFormatError`: never another exception, a signal or a hang.
 
 The readers run in a worker process, so a crash fails the test instead of killing
-pytest; a crashed or hung worker is replaced and the run goes on. The number of
-cases is ``SPARKANN_FUZZ_CASES`` (default 300); ``SPARKANN_FUZZ_SEED`` picks others.
+pytest; a crashed or hung worker is replaced and the run goes on (checked by a
+worker told to crash and to hang). The number of cases is ``SPARKANN_FUZZ_CASES``
+(default 300); ``SPARKANN_FUZZ_SEED`` picks others.
 
     python tests/test_fuzz_files.py worker DIR FIRST COUNT SEED   (what the test runs)
 """
@@ -23,6 +24,7 @@ import json
 import os
 import selectors
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -35,6 +37,7 @@ import numpy as np
 CASES = int(os.environ.get("SPARKANN_FUZZ_CASES", "300"))
 SEED = int(os.environ.get("SPARKANN_FUZZ_SEED", "1"))
 CASE_TIMEOUT = 30.0  # seconds one case may take before it counts as a hang
+INJECT = "SPARKANN_FUZZ_INJECT"  # "5=crash,9=hang": the worker fails so on those cases
 MEMORY_LIMIT = 3 << 30  # the worker's address space: a huge allocation fails, not the host
 DIM = 8
 ROWS = 240
@@ -478,8 +481,13 @@ def worker(directory: str, first: int, count: int, seed: int) -> None:
 
     faiss.omp_set_num_threads(1)
     corpora = {base: build_corpus(base) for base in BASES}
+    injected = dict(part.split("=") for part in os.environ.get(INJECT, "").split(",") if part)
     for case in range(first, first + count):
         print(f"CASE {case}", flush=True)
+        if injected.get(str(case)) == "crash":  # the harness's own check: see below
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if injected.get(str(case)) == "hang":
+            time.sleep(3600)
         base, target = BASES[case % len(BASES)], "?"
         rng = np.random.default_rng([seed, case, 1])
         root = os.path.join(directory, f"case-{case}")
@@ -524,11 +532,11 @@ def _run_worker(run: Run, first: int, total: int, seed: int, directory: str) -> 
     errors = open(os.path.join(directory, f"worker-{first}.err"), "w+")
     process = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "worker", directory, str(first),
-         str(total - first), str(seed)], stdout=subprocess.PIPE, stderr=errors, env=env,
-        text=True)
+         str(total - first), str(seed)], stdout=subprocess.PIPE, stderr=errors, env=env)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
-    current, deadline = None, time.monotonic() + CASE_TIMEOUT + 60  # start-up: imports
+    current, pending = None, b""
+    deadline = time.monotonic() + CASE_TIMEOUT + 60  # start-up: imports and corpora
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -537,17 +545,19 @@ def _run_worker(run: Run, first: int, total: int, seed: int, directory: str) -> 
                 return total if current is None else current + 1
             if not selector.select(timeout=remaining):
                 continue
-            line = process.stdout.readline()
-            if not line:
+            chunk = os.read(process.stdout.fileno(), 1 << 16)  # unbuffered: select stays true
+            if not chunk:
                 return _worker_ended(run, process, errors, current, total)
-            kind, case, *rest = line.split(" ", 2)
-            deadline = time.monotonic() + CASE_TIMEOUT
-            if kind == "CASE":
-                current = int(case)
-            elif kind == "DONE":
-                run.outcomes[int(case)] = rest[0].strip()
-                if rest[0].split(" ")[2:3] == ["error"]:
-                    run.findings.append(f"case {case}: {rest[0].strip()}")
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                kind, case, *rest = line.decode().split(" ", 2)
+                deadline = time.monotonic() + CASE_TIMEOUT
+                if kind == "CASE":
+                    current = int(case)
+                elif kind == "DONE":
+                    run.outcomes[int(case)] = rest[0].strip()
+                    if rest[0].split(" ")[2:3] == ["error"]:
+                        run.findings.append(f"case {case}: {rest[0].strip()}")
     finally:
         if process.poll() is None:
             process.kill()
@@ -581,6 +591,15 @@ def test_mutated_index_files_load_or_are_refused(tmp_path):
     assert run.findings == [], "\n".join(run.findings)
     assert len(run.outcomes) == CASES
     assert counts["refused"] > CASES // 4 and counts["ok"] >= len(BASES)
+
+
+def test_a_crash_or_a_hang_is_a_finding_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv(INJECT, "2=crash,4=hang")
+    monkeypatch.setattr(sys.modules[__name__], "CASE_TIMEOUT", 5.0)
+    run = run_cases(7, SEED, str(tmp_path))
+    assert sorted(run.outcomes) == [0, 1, 3, 5, 6]
+    assert [f.split(":")[0] for f in run.findings] == ["case 2", "case 4"]
+    assert "signal 11" in run.findings[0] and "a hang" in run.findings[1]
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:

@@ -208,7 +208,8 @@ def _commit(spark, store: Store, root: str, version: int, text: bytes) -> bool:
 
 
 def _commit_state(spark, store: Store, path: str, text: bytes) -> str:
-    """"ours", "theirs" (another writer's manifest), "absent" or "unknown"."""
+    """What the manifest file holds: "ours", "theirs" (another writer's), "absent" or
+    "unknown" (it could not be read)."""
     try:
         testing.commit_fault(spark, "check")
         if not store.exists(path):
