@@ -5,7 +5,7 @@ Example::
     spark-submit jobs/vacuum.py --index s3://bucket/indexes/items --retain-versions 2
 
 Prints the JSON report of ``ANNIndexModel.vacuum``. Options: --index INDEX
-[--retain-versions N] [--conf FILE] [--remote URL] [--log-level LEVEL].
+[--retain-versions N] [--retention-hours H] [--conf FILE] [--remote URL] [--log-level LEVEL].
 """
 
 import sys

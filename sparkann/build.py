@@ -40,7 +40,7 @@ from .sampling import collect_sample, sampled
 from .storage import tables
 from .storage.format import IndexFormatError, Locations, Manifest, Meta, Partitions, sha256
 from .storage.fs import join, read_file, store_for
-from .storage.versions import new_run
+from .storage.versions import CommitStateUnknownError, check_index_root, new_run
 from .tasks import resolve_threads, threads_per_task
 from .vectors import (
     MAX_SQUARED_NORM,
@@ -104,6 +104,7 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
     sample of rows is held out of each partition index while its task searches it
     (see :mod:`sparkann.calibrate`)."""
     spark = rows.sparkSession
+    check_index_root(spark, root)
     metric = get_metric(params["metric"])
     with stage("validate input"):
         num_rows, dim = check_rows(rows, params)
@@ -490,7 +491,18 @@ def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
     for row, file in tables.written(spark, root, run, ["bucket"], distinct=True):
         if file not in by_bucket[row["bucket"]]:
             by_bucket[row["bucket"]].append(file)
-    return Locations(buckets, by_bucket), run
+    return located_files(spark, root, buckets, by_bucket), run
+
+
+def located_files(spark, root: str, buckets: int, by_bucket: list[list[str]],
+            known: Locations | None = None) -> Locations:
+    """The id-location table of these files, with each file's checksum (computed by
+    Spark for the files ``known`` does not list)."""
+    sums = {} if known is None else {f: c for fs, cs in zip(known.files, known.checksums)
+                                     for f, c in zip(fs, cs)}
+    sums.update(tables.file_checksums(spark, root, [f for fs in by_bucket for f in fs
+                                                    if f not in sums]))
+    return Locations(buckets, by_bucket, [[sums[f] for f in fs] for fs in by_bucket])
 
 
 def bucket_fn(buckets: int):
@@ -507,7 +519,8 @@ def bucket_fn(buckets: int):
 
 
 class removed_on_failure:
-    """Delete what a failed write left under the root (best effort)."""
+    """Delete what a failed write left under the root (best effort); nothing when the
+    write may have been committed (:class:`CommitStateUnknownError`)."""
 
     def __init__(self, spark, root: str, paths: list[str]):
         self.spark, self.root, self.paths = spark, root, paths
@@ -516,7 +529,7 @@ class removed_on_failure:
         return self
 
     def __exit__(self, kind, error, trace):
-        if kind is None:
+        if kind is None or issubclass(kind, CommitStateUnknownError):
             return False
         store = store_for(self.spark, self.root)
         for path in self.paths:

@@ -39,7 +39,7 @@ from .search.plan import memory_needed
 from .storage import tables
 from .storage.format import DeleteFile, IndexFormatError, Manifest
 from .storage.fs import is_local, join, store_for
-from .storage.versions import check_current, new_run, publish, vacuum
+from .storage.versions import DEFAULT_RETENTION_HOURS, check_current, new_run, publish, vacuum
 from .storage.versions import load as load_version
 from .vectors import vector_column
 
@@ -431,10 +431,12 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
                 model._setDefault(**{name: report[name]})
         return model
 
-    def vacuum(self, retainVersions: int = 1) -> dict:
+    def vacuum(self, retainVersions: int = 1,
+               retentionHours: float = DEFAULT_RETENTION_HOURS) -> dict:
         """Delete versions older than the newest ``retainVersions`` and every file no
-        retained version needs; returns what was kept and removed."""
-        return vacuum(active_session(), self.manifest.root, retainVersions)
+        retained version needs, but nothing younger than ``retentionHours`` (a version
+        newest within them, files written within them); returns what was kept and removed."""
+        return vacuum(active_session(), self.manifest.root, retainVersions, retentionHours)
 
     def _with(self, manifest: Manifest, digest: str) -> "ANNIndexModel":
         model = self.copy()
@@ -577,6 +579,6 @@ def copy_index(spark, manifest: Manifest, root: str) -> Manifest:
         by_bucket: list[list[str]] = [[] for _ in range(buckets)]
         for row, file in tables.written(spark, root, run, ["bucket"], distinct=True):
             by_bucket[row["bucket"]].append(file)
-        locations = type(locations)(buckets, by_bucket)
+        locations = build.located_files(spark, root, buckets, by_bucket)
     return replace(manifest, root=root, meta_file=meta, partitions=partitions,
                    locations=locations, version=0)

@@ -82,7 +82,11 @@ class LoadedIndex:
         cluster_of = plan.cluster_of
         live = np.bincount(cluster_of, weights=manifest.partitions.live,
                            minlength=len(meta.centroids)).astype(np.int64)
-        ranker = CentroidRanker(meta.centroids, metric, meta.centroid_graph)
+        try:
+            ranker = CentroidRanker(meta.centroids, metric, meta.centroid_graph)
+        except ValueError as err:
+            raise IndexFormatError(f"{manifest.root}: the meta file's centroid graph is "
+                                   f"damaged ({err})") from None
         return cls(manifest, meta, metric, index_type(manifest.index_type),
                    Router(ranker, live, plan), cluster_of)
 
@@ -163,9 +167,17 @@ def _load_index(handle: IndexHandle) -> tuple[LoadedIndex, int]:
                                "after the search was planned")
     manifest = Manifest.from_json(handle.root, text, handle.version)
     if handle.inline is None:
-        meta_bytes = read_file(join(handle.root, manifest.meta_file), MAX_META_BYTES)
+        meta_bytes = read_index_file(join(handle.root, manifest.meta_file), MAX_META_BYTES)
     loaded = LoadedIndex.create(manifest, checked_meta(manifest, meta_bytes))
     return loaded, len(text) + len(meta_bytes)
+
+
+def read_index_file(uri: str, max_bytes: int) -> bytes:
+    """A file the manifest names; missing or too big, the index is damaged."""
+    try:
+        return read_file(uri, max_bytes)
+    except (OSError, ValueError) as err:
+        raise IndexFormatError(f"the index file {uri} is unreadable ({err})") from None
 
 
 def checked_meta(manifest: Manifest, data: bytes) -> Meta:
@@ -317,15 +329,15 @@ def location_map(loaded: LoadedIndex, bucket: int):
                                "table")
     if not 0 <= bucket < manifest.locations.buckets:
         raise IndexFormatError(f"{manifest.root}: id-location bucket {bucket} out of range")
-    files = tuple(manifest.locations.files[bucket])
+    files = tuple(zip(manifest.locations.files[bucket], manifest.locations.checksums[bucket]))
     key = ("locations", manifest.root, files)
     return CACHE.get(key, lambda: _load_locations(loaded, files), cache_budget())
 
 
-def _load_locations(loaded: LoadedIndex, files: tuple[str, ...]):
+def _load_locations(loaded: LoadedIndex, files: tuple[tuple[str, str], ...]):
     import pandas as pd
 
-    parts = [tables.read_locations_file(loaded.uri(f)) for f in files]
+    parts = [tables.read_locations_file(loaded.uri(f), checksum) for f, checksum in files]
     if not parts:
         return pd.DataFrame({"id": [], "partition_id": []}), 0
     frame = pa.concat_tables(parts).to_pandas()

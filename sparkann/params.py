@@ -11,6 +11,7 @@ user sets always wins.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Callable
 
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -19,6 +20,7 @@ from .index import REGISTRY
 from .metrics import METRICS
 
 PQ_CODEBOOKS = ("partition", "global")
+INT32_MAX = (1 << 31) - 1  # the bound of values handed to hnswlib and faiss as C ints
 PQ_BITS = (4, 8)
 STRATEGIES = ("auto", "local", "partition")
 MAX_K = 100_000  # neighbours per query: bounds what a search task holds per query
@@ -84,7 +86,7 @@ class CommonParams(Params):
     indexType = _param("indexType", "per-partition index type: " + ", ".join(sorted(REGISTRY)),
                        _choice("indexType", tuple(REGISTRY)))
     numThreads = _param("numThreads", "threads per build or search task (0 = automatic)",
-                        _int("numThreads", 0))
+                        _int("numThreads", 0, INT32_MAX))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -203,9 +205,9 @@ class HNSWParams(Params):
 
     hnswM = _param("hnswM", "HNSW graph degree M", _int("hnswM", 2, 2048))
     efConstruction = _param("efConstruction", "HNSW build beam width",
-                            _int("efConstruction", 1))
+                            _int("efConstruction", 1, INT32_MAX))
     efSearch = _param("efSearch", "HNSW search beam width (at least k); unset: the index's "
-                      "calibrated default", _int("efSearch", 1))
+                      "calibrated default", _int("efSearch", 1, INT32_MAX))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -234,13 +236,13 @@ class PQParams(Params):
     """Code settings of ``indexType="pq"`` partitions."""
 
     pqSubvectors = _param("pqSubvectors", "PQ sub-quantizers m (the dimension is zero-padded "
-                          "to a multiple of m)", _int("pqSubvectors", 1))
+                          "to a multiple of m)", _int("pqSubvectors", 1, INT32_MAX))
     pqBits = _param("pqBits", "bits per PQ code: 8, or 4 (SIMD fast-scan)",
                     _choice("pqBits", PQ_BITS))
     pqCodebook = _param("pqCodebook", "'partition' (one codebook per partition) or 'global'",
                         _choice("pqCodebook", PQ_CODEBOOKS))
     rerankK = _param("rerankK", "PQ: re-rank this many ADC candidates by exact distance; at "
-                     "fit, > 0 also stores the exact vectors", _int("rerankK", 0))
+                     "fit, > 0 also stores the exact vectors", _int("rerankK", 0, INT32_MAX))
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -276,7 +278,8 @@ class SearchParams(Params):
 
     k = _param("k", f"neighbours returned per query (at most {MAX_K})", _int("k", 1, MAX_K))
     numProbes = _param("numProbes", "clusters searched per query (clamped to the number of "
-                       "clusters); unset: the index's calibrated default", _int("numProbes", 1))
+                       "clusters); unset: the index's calibrated default",
+                       _int("numProbes", 1, INT32_MAX))
     probeEpsilon = _param("probeEpsilon", "probe a cluster past the nearest only if its centroid "
                           "is within (1 + probeEpsilon) x the nearest one's distance "
                           "(0 = always probe numProbes clusters); unset: the index's "
@@ -355,3 +358,11 @@ class ANNParams(CommonParams, BuildParams, HNSWParams, PQParams, SearchParams):
         """A param's value, or None when it is not defined."""
         param = self.getParam(name)
         return self.getOrDefault(param) if self.isDefined(param) else None
+
+
+@cache
+def stored_param_converters() -> dict[str, Callable[[Any], Any]]:
+    """Each param's converter by name: what a value read from an index must pass too."""
+    return {p.name: p.typeConverter for base in ANNParams.__mro__
+            for p in vars(base).values() if isinstance(p, Param)}
+

@@ -27,6 +27,7 @@ from .build import (
     bucket_fn,
     check_rows,
     input_rows,
+    located_files,
     partition_seed,
     per_partition,
     removed_on_failure,
@@ -212,7 +213,8 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
             row["partition_id"], files=file, rows=int(row["num_rows"]),
             payload_bytes=int(row["payload_bytes"]), checksums=row["checksum"],
             sq_errors=float(row["sq_error"] or 0.0))
-    locations = _with_location_files(manifest.locations, new_locations, buckets)
+    locations = _with_location_files(spark, manifest.root, manifest.locations, new_locations,
+                                     buckets)
     updated = replace(manifest, partitions=partitions, locations=locations)
     return _publish(spark, manifest, updated, [run, locations_run])
 
@@ -247,12 +249,13 @@ def _keeps_vectors(index: LoadedIndex) -> bool:
         index.manifest.index_type == "pq"
 
 
-def _with_location_files(locations: Locations | None, written: list, buckets: int) -> Locations:
+def _with_location_files(spark, root: str, locations: Locations | None, written: list,
+                         buckets: int) -> Locations:
     files = [list(f) for f in locations.files] if locations else [[] for _ in range(buckets)]
     for row, file in written:
         if file not in files[row["bucket"]]:
             files[row["bucket"]].append(file)
-    return Locations(buckets, files)
+    return located_files(spark, root, buckets, files, locations)
 
 
 # ----------------------------------------------------------------- compact

@@ -269,7 +269,7 @@ def living_index_through_connect(ctx: Context):
     rows = added.setK(1).transform(vectors_frame(ctx.spark, ctx.base[:4])).collect()
     assert sorted(r.neighbors[0].id for r in rows if r.id != 3) == [0, 1, 2]
     _raises(ConcurrentUpdateError, lambda: model.delete([5]), "another writer")
-    assert added.compact(0.0).vacuum(1)["keptVersions"] == [4]
+    assert added.compact(0.0).vacuum(1, 0)["keptVersions"] == [4]
 
 
 @check

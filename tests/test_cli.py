@@ -351,8 +351,9 @@ class FakeModel:
         return {"removedVersions": [1, 2], "removedBytes": np.int64(123)}
 
 
-@pytest.mark.parametrize("argv, options", [([], {}), (["--retain-versions", "3"],
-                                                      {"retainVersions": 3})])
+@pytest.mark.parametrize("argv, options", [
+    ([], {}), (["--retain-versions", "3"], {"retainVersions": 3}),
+    (["--retention-hours", "0.5"], {"retentionHours": 0.5})])
 def test_vacuum_calls_the_model_and_prints_its_report(monkeypatch, capsys, argv, options):
     from contextlib import nullcontext
 

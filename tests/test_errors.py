@@ -17,6 +17,7 @@ from pyspark.ml.linalg import Vectors
 from sparkann import ANNIndex, ANNIndexModel, datasets
 from sparkann.metrics import get_metric
 from sparkann.storage import IndexFormatError
+from sparkann.storage.format import FORMAT_VERSION
 from sparkann.vectors import list_array, to_matrix
 
 
@@ -173,7 +174,7 @@ def test_load_of_a_newer_format_version(model, tmp_path, spark):
     version = ANNIndexModel.load(path).manifest.version
     newer = os.path.join(path, "manifests", f"v{version + 1:08d}.json")
     with open(os.path.join(path, "manifests", f"v{version:08d}.json")) as source:
-        text = source.read().replace('"formatVersion": 2', '"formatVersion": 99')
+        text = source.read().replace(f'"formatVersion": {FORMAT_VERSION}', '"formatVersion": 99')
     with open(newer, "w") as out:
         out.write(text.replace(f'"version": {version}', f'"version": {version + 1}'))
     with pytest.raises(IndexFormatError, match="format 99.*upgrade sparkann"):

@@ -78,14 +78,16 @@ ROOT = "s3://bucket/indexes/demo"
 def good_manifest() -> Manifest:
     return Manifest(
         root=ROOT, version=3, base_version=2, index_type="hnsw", metric="l2", dim=DIM,
-        id_type="long", params={"hnswM": 16, "efConstruction": 200}, user_set=["metric"],
+        id_type="long", params={"hnswM": 16, "efConstruction": 200, "numPartitions": 2},
+        user_set=["metric"],
         meta_file="meta/v3.bin", meta_sha256="ab" * 32,
         partitions=Partitions(
             files=["index/run=1/partition_id=0/part-0.parquet",
                    "index/run=1/partition_id=1/part-0.parquet"],
             rows=[10, 5], payload_bytes=[100, 50], checksums=["c0", "c1"], sq_errors=[0.5, 0.0],
             deletes=[[DeleteFile("deletes/run=2/part-0.parquet", 2, "cd" * 32)], []]),
-        locations=Locations(2, [["locations/b=0.parquet"], ["locations/b=1.parquet"]]),
+        locations=Locations(2, [["locations/b=0.parquet"], ["locations/b=1.parquet"]],
+                            [["ef" * 32], ["01" * 32]]),
         calibration={"numProbes": 2}, build_seconds={"train": 1.5})
 
 
@@ -215,6 +217,50 @@ def test_more_deleted_rows_than_rows_names_the_partition():
     refused(parse, doc, match="partition 1: more deleted rows than rows", error=IndexFormatError)
 
 
+STORED_PARAMS = [
+    ("pqBits", 0, "must be one of|not supported"), ("hnswM", -1, "out of range"),
+    ("hnswM", 1 << 40, "out of range"), ("pqSubvectors", 0, "out of range"),
+    ("efSearch", 0, "out of range"), ("efConstruction", -5, "out of range"),
+    ("k", "10", "integer|convert"), ("numProbes", 2.5, "convert"), ("rerankK", -1, "out of range"),
+    ("pqCodebook", "shared", "not supported"), ("metric", "manhattan", "not supported"),
+    ("probeEpsilon", -0.5, "out of range"), ("deterministic", "yes", "requires .* bool"),
+]
+
+
+@pytest.mark.parametrize("name, value, reason", STORED_PARAMS,
+                         ids=[f"{n}={v!r}" for n, v, _ in STORED_PARAMS])
+def test_manifest_params_are_checked_like_the_params_that_set_them(name, value, reason):
+    import re
+
+    message = refused(parse, edit(**{f"params.{name}": value})(good_doc()),
+                      match=f"params.{name}={value!r}", error=IndexFormatError)
+    assert re.search(reason, message), message
+
+
+def test_manifest_params_are_converted_and_unknown_names_kept():
+    doc = edit(**{"params.hnswM": 16.0, "params.balanceAtBuild": 1.25,
+                  "params.efSearch": None})(good_doc())
+    params = parse(doc).params
+    assert params["hnswM"] == 16 and type(params["hnswM"]) is int
+    assert params["balanceAtBuild"] == 1.25 and params["efSearch"] is None
+
+
+@pytest.mark.parametrize("field, value", [("indexType", "ivf"), ("metric", "manhattan")])
+def test_manifest_index_type_and_metric_must_be_known(field, value):
+    refused(parse, edit(**{field: value})(good_doc()), match=f"{field}={value!r}",
+            error=IndexFormatError)
+
+
+@pytest.mark.parametrize("index_type, dropped", [("hnsw", "hnswM"), ("hnsw", "numPartitions"),
+                                                 ("pq", None)])
+def test_manifest_without_a_param_its_index_type_needs(index_type, dropped):
+    doc = edit(indexType=index_type)(good_doc())  # a pq index with hnsw params lacks its own
+    if dropped:
+        del doc["params"][dropped]
+    refused(parse, doc, match=f"lacks the params ['{dropped or 'pqSubvectors'}'",
+            error=IndexFormatError)
+
+
 TYPES = [
     ("params not an object", edit(params=["hnswM"])),
     ("userSet holds a number", edit(userSet=[1])),
@@ -250,13 +296,13 @@ def test_manifest_with_the_wrong_format_name(name):
             error=IndexFormatError)
 
 
-@pytest.mark.parametrize("version", [3, 99, "3"])
+@pytest.mark.parametrize("version", [4, 99, "4"])
 def test_manifest_in_a_newer_format_says_to_upgrade(version):
     message = refused(parse, edit(formatVersion=version)(good_doc()), error=IndexFormatError)
     assert "upgrade sparkann" in message and ROOT in message
 
 
-@pytest.mark.parametrize("version", [1, 0, -5])
+@pytest.mark.parametrize("version", [2, 1, 0, -5])
 def test_manifest_in_an_older_format_says_to_rebuild(version):
     refused(parse, edit(formatVersion=version)(good_doc()), match="rebuild the index",
             error=IndexFormatError)
@@ -393,6 +439,18 @@ def test_meta_with_non_finite_centroids(value):
     centroids[2, 5] = value
     data = Meta(centroids, meta.shard_counts).to_bytes()
     refused(Meta.from_bytes, data, DIM, match="non-finite", error=IndexFormatError)
+
+
+@pytest.mark.parametrize("counts", [
+    [1 << 62, 1 << 62, 1 << 62, (1 << 62) + 1],  # sums to 1 in int64
+    [(1 << 63) - 1, 1, 0, 0],  # sums to -2**63
+    [1 << 31, 0, 0, 0],  # more partitions than int32 partition ids
+    [(1 << 30)] * 4,  # each fits, the sum does not
+], ids=["wraps-to-one", "wraps-negative", "one-too-many", "sum-too-many"])
+def test_meta_with_shard_counts_that_overflow(counts):
+    meta = good_meta()
+    data = Meta(meta.centroids, np.array(counts, dtype=np.int64)).to_bytes()
+    refused(Meta.from_bytes, data, DIM, match="shard counts", error=IndexFormatError)
 
 
 def test_meta_with_negative_shard_counts():
@@ -1108,3 +1166,88 @@ def test_pq_formats_with_flipped_bytes_load_or_are_refused(data, part):
             codebook_from_bytes(bytes(raw), M, BITS, DIM)
     except ValueError as err:
         assert str(err)
+
+
+# ============================================================ files on disk
+
+
+def test_a_damaged_centroid_graph_is_an_index_format_error():
+    from sparkann.loader import LoadedIndex
+
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((2, DIM)).astype(np.float32)
+    for graph in (graph_payload(), graph_payload()[:100]):  # other centroids; truncated
+        meta = Meta(centroids, np.array([1, 1]), graph)
+        refused(LoadedIndex.create, good_manifest(), meta, match="centroid graph is damaged",
+                error=IndexFormatError)
+
+
+def test_a_missing_meta_file_is_an_index_format_error(tmp_path):
+    from sparkann.loader import read_index_file
+
+    refused(read_index_file, str(tmp_path / "meta" / "gone.bin"), 1 << 20, match="unreadable",
+            error=IndexFormatError)
+    (tmp_path / "big.bin").write_bytes(b"x" * 100)
+    refused(read_index_file, str(tmp_path / "big.bin"), 10, error=IndexFormatError)
+
+
+def test_parquet_strings_that_are_not_utf8_are_refused_on_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparkann.storage import tables
+
+    bad = pa.array([b"\xd7\xff"], pa.binary()).view(pa.string())
+    path = str(tmp_path / "part.parquet")
+    pq.write_table(pa.table({"ids": [[1, 2]], "checksum": bad}), path)
+    refused(tables.read_partition_file, path, ["ids", "checksum"], 0, match="damaged",
+            error=IndexFormatError)
+    pq.write_table(pa.table({"labels": [[1]], "count": [1], "checksum": bad}), path)
+    refused(tables.read_delete_file, path, match="unreadable", error=IndexFormatError)
+    pq.write_table(pa.table({"id": bad, "partition_id": [0]}), path)
+    refused(tables.read_locations_file, path, file_sha(path), match="unreadable",
+            error=IndexFormatError)
+
+
+def file_sha(path) -> str:
+    from sparkann.storage.format import sha256
+
+    with open(path, "rb") as handle:
+        return sha256(handle.read())
+
+
+def test_an_id_location_file_must_match_its_checksum(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparkann.storage import tables
+
+    path = str(tmp_path / "part.parquet")
+    pq.write_table(pa.table({"id": [1, 2], "partition_id": pa.array([0, 1], pa.int32())}), path)
+    assert tables.read_locations_file(path, file_sha(path)).num_rows == 2
+    pq.write_table(pa.table({"id": [1, 2], "partition_id": pa.array([0, 2], pa.int32())}), path)
+    refused(tables.read_locations_file, path, "00" * 32, match="checksum does not match",
+            error=IndexFormatError)
+    refused(tables.read_locations_file, str(tmp_path / "gone.parquet"), "00" * 32,
+            match="unreadable", error=IndexFormatError)
+
+
+@pytest.mark.parametrize("mutate", [
+    edit(**{"locations.sha256": [["ef" * 32], []]}),
+    edit(**{"locations.sha256": [["ef" * 32]]}),
+    edit(**{"locations.sha256.0.0": 5}),
+    edit(**{"locations.sha256": _DELETE}),
+    edit(**{"locations.files.1.0": "locations/b=0.parquet", "locations.files.0": [
+        "locations/b=0.parquet", "locations/b=0.parquet"], "locations.sha256.0": ["a", "b"]}),
+], ids=["shorter", "fewer buckets", "not text", "missing", "a file twice"])
+def test_id_location_checksums_must_match_the_files(mutate):
+    refused(parse, mutate(good_doc()), error=IndexFormatError)
+
+
+def test_payload_digests_frame_each_part():
+    from sparkann.storage.tables import digests
+
+    ids = __import__("pyarrow").array([1, 2])
+    moved = [digests(StoredPartition(p, c), ids)["payload_sha256"]
+             for p, c in ((b"abc", b"def"), (b"abcd", b"ef"), (b"", b"abcdef"))]
+    assert len(set(moved)) == 3

@@ -71,6 +71,8 @@ def test_a_quarter_of_the_vector_memory_and_a_round_trip(built):
     (lambda h, a: h.__setitem__("n", 10 ** 12), "lengths"),
     (lambda h, a: h.__setitem__("dim", 8), "dim=8"),
     (lambda h, a: a["trained"].__setitem__(0, np.nan), "non-finite"),
+    (lambda h, a: h.__setitem__("efConstruction", 1 << 31), "unreadable header"),
+    (lambda h, a: h.__setitem__("efConstruction", -1), "unreadable header"),
 ])
 def test_damaged_payloads_are_refused_before_faiss_sees_them(built, damage, message):
     context, _, index = built

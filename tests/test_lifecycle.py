@@ -729,7 +729,7 @@ def versions5(spark, pool, tmp_path_factory):
 @pytest.fixture(scope="module")
 def vacuumed(spark, versions5):
     path, _, _, _ = versions5
-    return ANNIndexModel.load(path).vacuum(retainVersions=2), data_bytes(path)
+    return ANNIndexModel.load(path).vacuum(retainVersions=2, retentionHours=0), data_bytes(path)
 
 
 def test_vacuum_keeps_every_file_retained_versions_need(spark, versions5, vacuumed):
@@ -756,7 +756,8 @@ def test_vacuum_keeps_every_file_retained_versions_need(spark, versions5, vacuum
 def vacuumed_by_cli(versions5, vacuumed):
     path, _, _, _ = versions5
     done = subprocess.run([sys.executable, "-m", "sparkann.cli", "vacuum", "--index", path,
-                           "--retain-versions", "1", "--master", "local[1]",
+                           "--retain-versions", "1", "--retention-hours", "0",
+                           "--master", "local[1]",
                            "--log-level", "WARNING"],
                           capture_output=True, text=True, env=child_env(), cwd=str(REPO),
                           timeout=300, check=False)

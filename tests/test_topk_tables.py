@@ -107,7 +107,9 @@ def stored(vectors: bytes | None = b"\x00" * 16) -> StoredPartition:
 def test_digests_and_combined_checksum():
     ids = pa.array([5, 6])
     parts = tables.digests(stored(), ids)
-    assert parts == {"payload_sha256": sha256(b"payload", b"codebook"),
+    framed = sha256(len(b"payload").to_bytes(8, "little"), b"payload",
+                    len(b"codebook").to_bytes(8, "little"), b"codebook")
+    assert parts == {"payload_sha256": framed,
                      "ids_sha256": sha256(tables.ids_digest(ids)),
                      "vectors_sha256": sha256(b"\x00" * 16)}
     assert tables.digests(stored(None), ids)["vectors_sha256"] == ""
@@ -116,8 +118,8 @@ def test_digests_and_combined_checksum():
         "payload_sha256", "ids_sha256", "vectors_sha256")).encode())
     assert tables.combined_checksum(tables.digests(stored(), pa.array([5, 7]))) != combined
     other = StoredPartition(b"payloa", b"dcodebook", b"\x00" * 16)
-    assert tables.digests(other, ids)["payload_sha256"] == parts["payload_sha256"]  # documented:
-    # the payload digest covers payload and codebook as one stream
+    assert tables.digests(other, ids)["payload_sha256"] != parts["payload_sha256"]  # each
+    # part is framed by its length: no byte can move from the payload to the codebook
 
 
 @pytest.mark.parametrize("ids", [pa.array([3, 1, 2], pa.int64()), pa.array(["c", "a", "b"]),

@@ -312,4 +312,7 @@ def _add_vacuum(commands, common) -> None:
     param = _ParamOptions(p)
     param.add("--retain-versions", "retainVersions", type=non_negative_int, metavar="N",
               help="versions to keep (default: the library's)")
+    param.add("--retention-hours", "retentionHours", type=float, metavar="H",
+              help="keep versions that were the newest, and files written, within the last "
+                   "H hours (default: the library's, 168)")
     param.done(func=run_vacuum)

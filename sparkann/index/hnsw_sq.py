@@ -221,6 +221,9 @@ def _from_payload(data, context: PartitionContext, index):
         n, dim, m = (_count(head[key]) for key in ("n", "dim", "M"))
         entry, max_level = _signed(head["entry"]), _signed(head["maxLevel"])
         lengths = {name: _count(head["lengths"][name]) for name, _ in _ARRAYS}
+        ef_construction = _count(head.get("efConstruction", 40))
+        if ef_construction >= 1 << 31:  # faiss keeps it in an int
+            raise ValueError(f"bad efConstruction {ef_construction}")
     except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
         raise ValueError("HNSW-SQ payload is damaged: unreadable header") from None
     if dim != context.dim or m != int(context.params["hnswM"]):
@@ -247,7 +250,7 @@ def _from_payload(data, context: PartitionContext, index):
     faiss.copy_array_to_vector(arrays["offsets"].astype(np.uint64), hnsw.offsets)
     faiss.copy_array_to_vector(arrays["neighbors"].copy(), hnsw.neighbors)
     hnsw.entry_point, hnsw.max_level = entry, max_level
-    hnsw.efConstruction = max(1, int(head.get("efConstruction", 40)))
+    hnsw.efConstruction = max(1, ef_construction)
     _set_trained(index, arrays["trained"])
     storage = _storage(index)
     faiss.copy_array_to_vector(arrays["codes"].copy(), storage.codes)

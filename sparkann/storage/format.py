@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "sparkann-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: length-framed payload digests, id-location file checksums
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_META_BYTES = 8 << 30
+MAX_PARTITIONS = (1 << 31) - 1  # partition ids are int32
 _META_MAGIC = b"SANNMETA"
 _META_HEADER = struct.Struct("<8sIQ")  # magic, version, json length
 _META_DTYPES = {"<f4": np.float32, "<i8": np.int64, "|u1": np.uint8}
@@ -36,6 +37,16 @@ def sha256(*parts) -> str:
     """Hex SHA-256 of the concatenated byte strings."""
     digest = hashlib.sha256()
     for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def framed_sha256(*parts) -> str:
+    """Hex SHA-256 of byte strings, each preceded by its length (8 bytes, little-endian),
+    so no byte can move from one part to the next unnoticed."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()
 
@@ -95,8 +106,10 @@ class Meta:
         if centroids.ndim != 2 or centroids.shape[1] != dim or len(centroids) == 0:
             raise IndexFormatError(f"the meta file's centroids have shape {centroids.shape}, "
                                    f"not (clusters, {dim})")
-        if counts.shape != (len(centroids),) or (counts < 0).any():
-            raise IndexFormatError("the meta file's shard counts do not match its centroids")
+        if counts.shape != (len(centroids),) or (counts < 0).any() \
+                or (counts > MAX_PARTITIONS).any() or int(counts.sum()) > MAX_PARTITIONS:
+            raise IndexFormatError("the meta file's shard counts do not match its centroids "
+                                   f"(each and their sum must be in 0..{MAX_PARTITIONS})")
         if not np.isfinite(centroids).all():
             raise IndexFormatError("the meta file's centroids hold non-finite values")
         return cls(centroids.astype(np.float32), counts.astype(np.int64),
@@ -177,6 +190,10 @@ class Locations:
 
     buckets: int
     files: list[list[str]]  # per bucket
+    checksums: list[list[str]]  # SHA-256 of each file's bytes, as ``files``
+
+    def checksum(self, bucket: int, file: str) -> str:
+        return self.checksums[bucket][self.files[bucket].index(file)]
 
 
 @dataclass(frozen=True)
@@ -237,7 +254,8 @@ class Manifest:
                              for d in ds] for ds in p.deletes],
             },
             "locations": None if self.locations is None else {
-                "buckets": self.locations.buckets, "files": self.locations.files},
+                "buckets": self.locations.buckets, "files": self.locations.files,
+                "sha256": self.locations.checksums},
             "calibration": self.calibration,
             "buildSeconds": self.build_seconds,
         }
@@ -261,11 +279,11 @@ class Manifest:
                 root=root,
                 version=_int(doc["version"], "version", 0),
                 base_version=_int(doc.get("baseVersion", 0), "baseVersion", 0),
-                index_type=_text(doc["indexType"], "indexType"),
-                metric=_text(doc["metric"], "metric"),
+                index_type=_param("indexType", _text(doc["indexType"], "indexType")),
+                metric=_param("metric", _text(doc["metric"], "metric")),
                 dim=_int(doc["dim"], "dim", 1, 1 << 16),
                 id_type=_text(doc["idType"], "idType"),
-                params=_dict(doc["params"], "params"),
+                params=_params(_dict(doc["params"], "params")),
                 user_set=[_text(x, "userSet") for x in doc["userSet"]],
                 meta_file=safe_relative(doc["meta"]["file"], "meta"),
                 meta_sha256=_text(doc["meta"]["sha256"], "meta"),
@@ -285,6 +303,11 @@ class Manifest:
                                    f"version {manifest.version}")
         if manifest.id_type not in ID_TYPES:
             raise IndexFormatError(f"{root}: unknown id type {manifest.id_type!r}")
+        missing = [name for name in _required_params(manifest.index_type)
+                   if manifest.params.get(name) is None]
+        if missing:
+            raise IndexFormatError(f"{root}: the manifest of version {version} lacks the params "
+                                   f"{missing} of its index type {manifest.index_type!r}")
         return manifest
 
     def with_(self, **changes) -> "Manifest":
@@ -302,6 +325,31 @@ def _int(value, what: str, low: int = 0, high: int = 1 << 62) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise IndexFormatError(f"manifest field {what}={value!r} is out of range")
     return value
+
+
+def _params(params: dict) -> dict:
+    """Stored params, each checked (and converted) by the converter its param has when
+    it is set; values of other names (build statistics) are kept as they are."""
+    return {name: _param(name, value) for name, value in params.items()}
+
+
+def _param(name: str, value):
+    from ..params import stored_param_converters
+
+    converter = stored_param_converters().get(name)
+    if value is None or converter is None:
+        return value
+    try:
+        return converter(value)
+    except (TypeError, ValueError) as err:
+        raise IndexFormatError(f"manifest field params.{name}={value!r} is invalid "
+                               f"({err})") from None
+
+
+def _required_params(kind: str) -> tuple[str, ...]:
+    from ..index import index_type
+
+    return ("numPartitions", *index_type(kind).build_params)
 
 
 def _text(value, what: str) -> str:
@@ -343,6 +391,8 @@ def _locations(doc) -> Locations | None:
         return None
     buckets = _int(doc["buckets"], "locations.buckets", 1, 1 << 20)
     files = [[safe_relative(f, "location file") for f in fs] for fs in doc["files"]]
-    if len(files) != buckets:
+    checksums = [[_text(c, "location checksum") for c in cs] for cs in doc["sha256"]]
+    if len(files) != buckets or [len(f) for f in files] != [len(c) for c in checksums] \
+            or any(len(set(fs)) != len(fs) for fs in files):
         raise IndexFormatError("the manifest's id-location buckets are inconsistent")
-    return Locations(buckets, files)
+    return Locations(buckets, files, checksums)

@@ -19,8 +19,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..index import StoredPartition
-from .format import IndexFormatError, sha256
-from .fs import arrow_fs, is_local, join, local_path
+from .format import IndexFormatError, framed_sha256, sha256
+from .fs import arrow_fs, is_local, join, local_path, read_file
 
 INDEX_COLUMNS = ["partition_id", "pid", "num_rows", "ids", "payload", "codebook", "vectors",
                  "payload_sha256", "ids_sha256", "vectors_sha256", "payload_bytes", "checksum",
@@ -55,7 +55,7 @@ def ids_digest(ids: pa.Array) -> bytes:
 
 def digests(stored: StoredPartition, ids: pa.Array) -> dict[str, str]:
     """SHA-256 of each part of a partition: payload (with codebook), ids, exact vectors."""
-    return {"payload_sha256": sha256(stored.payload, stored.codebook),
+    return {"payload_sha256": framed_sha256(stored.payload, stored.codebook),
             "ids_sha256": sha256(ids_digest(ids)),
             "vectors_sha256": "" if stored.vectors is None else sha256(stored.vectors)}
 
@@ -140,6 +140,13 @@ def _uri_path(uri: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}{re.sub('/+', '/', parsed.path)}"
 
 
+def checked(table: pa.Table) -> pa.Table:
+    """A table read from an untrusted file, fully validated by Arrow (offsets in range,
+    strings valid UTF-8) before any value of it is used."""
+    table.validate(full=True)
+    return table
+
+
 def read_partition_file(uri: str, columns: list[str], pid: int) -> pa.Table:
     """A partition's one row of the index table, read in a task with pyarrow."""
     filesystem, path = arrow_fs(uri)
@@ -150,7 +157,7 @@ def read_partition_file(uri: str, columns: list[str], pid: int) -> pa.Table:
         raise IndexFormatError(f"index partition {pid}: its file holds {size} bytes, "
                                f"more than {MAX_PARTITION_FILE_BYTES}")
     try:
-        table = pq.read_table(path, columns=columns, filesystem=filesystem)
+        table = checked(pq.read_table(path, columns=columns, filesystem=filesystem))
     except (OSError, pa.ArrowException) as err:
         raise IndexFormatError(f"index partition {pid}: its file {uri} is damaged ({err})") \
             from None
@@ -164,8 +171,8 @@ def read_delete_file(uri: str) -> pa.Table:
     """A delete file: one row per partition it covers (labels, count, checksum)."""
     filesystem, path = arrow_fs(uri)
     try:
-        return pq.read_table(path, columns=["labels", "count", "checksum"],
-                             filesystem=filesystem)
+        return checked(pq.read_table(path, columns=["labels", "count", "checksum"],
+                                     filesystem=filesystem))
     except (OSError, pa.ArrowException) as err:
         raise IndexFormatError(f"delete file {uri} is unreadable ({err})") from None
 
@@ -174,12 +181,29 @@ def labels_checksum(labels: np.ndarray) -> str:
     return sha256(np.sort(np.asarray(labels, dtype="<i4")).tobytes())
 
 
-def read_locations_file(uri: str) -> pa.Table:
-    filesystem, path = arrow_fs(uri)
+def read_locations_file(uri: str, checksum: str) -> pa.Table:
+    """An id-location file, whose bytes must have the manifest's ``checksum``."""
     try:
-        return pq.read_table(path, columns=["id", "partition_id"], filesystem=filesystem)
+        data = read_file(uri, MAX_PARTITION_FILE_BYTES)
+    except (OSError, ValueError) as err:
+        raise IndexFormatError(f"id-location file {uri} is unreadable ({err})") from None
+    if sha256(data) != checksum:
+        raise IndexFormatError(f"id-location file {uri} is damaged: its checksum does not "
+                               "match the manifest")
+    try:
+        return checked(pq.read_table(pa.BufferReader(data), columns=["id", "partition_id"]))
     except (OSError, pa.ArrowException) as err:
         raise IndexFormatError(f"id-location file {uri} is unreadable ({err})") from None
+
+
+def file_checksums(spark, root: str, files: list[str]) -> dict[str, str]:
+    """SHA-256 of the bytes of each file (relative to ``root``), computed by Spark tasks:
+    only the digests reach the driver."""
+    if not files:
+        return {}
+    frame = spark.read.format("binaryFile").load([join(root, f) for f in files])
+    rows = frame.select("path", F.sha2("content", 256).alias("sha256")).collect()
+    return {relative_file(root, row["path"]): row["sha256"] for row in rows}
 
 
 def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:

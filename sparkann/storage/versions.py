@@ -20,24 +20,35 @@ other gets :class:`ConcurrentUpdateError`.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
 
+from .. import testing
 from .format import MAX_MANIFEST_BYTES, IndexFormatError, Manifest, sha256
 from .fs import Store, join, store_for
 
 MANIFESTS = "manifests"
 LATEST = "_latest"
 RUN_DIRS = ("data", "deletes", "locations")
+LAYOUT = (MANIFESTS, "meta", *RUN_DIRS, "metadata", "staging")  # what a root may hold
 _VERSION_FILE = re.compile(r"^v(\d{8})\.json$")
 _OLD_FORMAT_DIR = re.compile(r"^v\d{8}$")
+_RUN_NAME = re.compile(r"^[0-9a-f]{32}$")  # a run directory made by new_run
+_META_NAME = re.compile(r"^[0-9a-f]{32}\.bin(\.[0-9a-f]{32}\.tmp)?$")  # and its temporaries
 
+DEFAULT_RETENTION_HOURS = 168.0  # what vacuum leaves for readers and running writers
 log = logging.getLogger(__name__)
 
 
 class ConcurrentUpdateError(RuntimeError):
     """Another writer published a version since this one's base version."""
+
+
+class CommitStateUnknownError(RuntimeError):
+    """Creating a version's manifest raised, and whether it was created cannot be told.
+    Nothing the write made is removed: the version may exist."""
 
 
 def manifest_path(root: str, version: int) -> str:
@@ -47,6 +58,37 @@ def manifest_path(root: str, version: int) -> str:
 def new_run(kind: str) -> str:
     """A fresh directory (or meta file stem) under the root for one write."""
     return f"{kind}/{uuid.uuid4().hex}"
+
+
+def is_run_name(kind: str, name: str) -> bool:
+    """Whether ``name`` under ``kind/`` is one a writer of an index creates."""
+    return bool((_META_NAME if kind == "meta" else _RUN_NAME).match(name))
+
+
+def foreign_entries(store: Store, root: str) -> list[str]:
+    """Entries under ``root`` (relative paths) that no sparkann writer creates."""
+    found = []
+    for entry in store.list(root):
+        if entry.name not in LAYOUT:
+            found.append(entry.name)
+        elif entry.name in (*RUN_DIRS, "meta"):
+            found += [f"{entry.name}/{e.name}" for e in store.list(join(root, entry.name))
+                      if not is_run_name(entry.name, e.name)]
+    return sorted(found)
+
+
+def check_index_root(spark, root: str) -> None:
+    """Refuse to build into a directory that holds anything but a sparkann index (or the
+    leftovers of an interrupted write of one): vacuum must never meet a user's files."""
+    store = store_for(spark, root)
+    if not store.list(root):
+        return
+    foreign = foreign_entries(store, root)
+    if foreign and latest_version(store, root) == 0:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(f"indexPath={root!r} is a non-empty directory that is not a sparkann "
+                         f"index (it holds {shown}); choose a new or empty directory, or an "
+                         "existing index")
 
 
 def listed_versions(store: Store, root: str) -> list[int]:
@@ -129,7 +171,7 @@ def publish(spark, manifest: Manifest, base_version: int | None) -> tuple[Manife
     version = latest + 1
     committed = manifest.with_(version=version, base_version=latest)
     text = committed.to_json().encode()
-    if not store.create_new(manifest_path(manifest.root, version), text):
+    if not _commit(spark, store, manifest.root, version, text):
         raise ConcurrentUpdateError(
             f"another writer published version {version} of {manifest.root} first, on top of "
             f"version {latest} this change was made from; version {version} is kept. Load the "
@@ -142,6 +184,43 @@ def publish(spark, manifest: Manifest, base_version: int | None) -> tuple[Manife
     return committed, sha256(text)
 
 
+def _commit(spark, store: Store, root: str, version: int, text: bytes) -> bool:
+    """Create the manifest file; False if another writer holds the name. When creating
+    it raises, its outcome is read back: our bytes there mean it was committed."""
+    path = manifest_path(root, version)
+    try:
+        testing.commit_fault(spark, "before")
+        created = store.create_new(path, text)
+        testing.commit_fault(spark, "after")
+        return created
+    except Exception as err:
+        state = _commit_state(spark, store, path, text)
+        if state == "unknown":
+            raise CommitStateUnknownError(
+                f"publishing version {version} of {root} raised ({err}), and whether it was "
+                "committed cannot be told; nothing was removed: load the index to see if "
+                f"version {version} exists") from err
+        if state == "absent":
+            raise
+        log.warning("sparkann: publishing %s raised (%s), but the file holds %s", path, err,
+                    "this version: it was committed" if state == "ours" else "another writer's")
+        return state == "ours"
+
+
+def _commit_state(spark, store: Store, path: str, text: bytes) -> str:
+    """What the manifest file holds: "ours", "theirs" (another writer's), "absent" or
+    "unknown" (it could not be read)."""
+    try:
+        testing.commit_fault(spark, "check")
+        if not store.exists(path):
+            return "absent"
+        return "ours" if sha256(store.read(path, MAX_MANIFEST_BYTES)) == sha256(text) \
+            else "theirs"
+    except Exception as err:
+        log.warning("sparkann: could not read back %s: %s", path, err)
+        return "unknown"
+
+
 def referenced_files(manifest: Manifest) -> set[str]:
     """Every file (relative to the root) a version needs."""
     files = {manifest.meta_file, *manifest.partitions.files}
@@ -151,38 +230,54 @@ def referenced_files(manifest: Manifest) -> set[str]:
     return files
 
 
-def vacuum(spark, root: str, retain_versions: int) -> dict:
-    """Delete versions older than the newest ``retain_versions`` and every file under
-    ``data/``, ``deletes/``, ``locations/`` and ``meta/`` that no retained version
-    needs. Files younger than the newest manifest are left: they may belong to a
-    writer that started from it and is still running (a writer that started from
-    an older version can no longer publish)."""
+def vacuum(spark, root: str, retain_versions: int,
+           retention_hours: float = DEFAULT_RETENTION_HOURS) -> dict:
+    """Delete versions older than the newest ``retain_versions`` and every run that a
+    writer of the index made under ``data/``, ``deletes/``, ``locations/`` and
+    ``meta/`` (named by :func:`new_run`) that no retained version needs; anything
+    else there is never touched.
+
+    Like Delta's ``VACUUM RETAIN n HOURS``, nothing younger than ``retention_hours``
+    goes: a version stays while it was the newest within that period (a job or a
+    stream may still read it), and a run stays while its newest file is younger
+    (a write may still be running; ``fit`` publishes without a base version) or
+    younger than the newest manifest."""
     if retain_versions < 1:
         raise ValueError(f"retainVersions={retain_versions} is out of range: must be >= 1")
+    if isinstance(retention_hours, bool) or not isinstance(retention_hours, (int, float)) \
+            or not 0 <= retention_hours < math.inf:
+        raise ValueError(f"retentionHours={retention_hours!r} is out of range: must be a "
+                         "number >= 0")
     store = store_for(spark, root)
     root = store.qualify(root)
     versions = listed_versions(store, root)
     if not versions:
         raise IndexFormatError(f"no sparkann index at {root}")
-    kept, dropped = versions[-retain_versions:], versions[:-retain_versions]
+    now = time.time()
+    horizon = now - retention_hours * 3600
+    published = {int(m.group(1)): e.mtime for e in store.list(join(root, MANIFESTS))
+                 if (m := _VERSION_FILE.match(e.name))}
+    kept = [v for i, v in enumerate(versions) if i >= len(versions) - retain_versions
+            or published.get(versions[i + 1], now) > horizon]
+    dropped = [v for v in versions if v not in kept]
     needed: set[str] = set()
     for version in kept:
         needed |= referenced_files(read_manifest(store, root, version)[0])
-    newest = {e.name: e.mtime for e in store.list(join(root, MANIFESTS))}
-    cutoff = newest.get(f"v{kept[-1]:08d}.json", time.time())
+    cutoff = min(published.get(kept[-1], now), horizon)
     removed: list[str] = []
     for kind in RUN_DIRS:
         removed += _vacuum_runs(store, root, kind, needed, cutoff)
     for entry in store.list(join(root, "meta")):
         path = f"meta/{entry.name}"
-        if path not in needed and entry.mtime < cutoff:
+        if is_run_name("meta", entry.name) and path not in needed and entry.mtime < cutoff:
             store.delete(join(root, path))
             removed.append(path)
     for version in dropped:
         store.delete(manifest_path(root, version))
     log.info("sparkann: vacuumed %s: kept versions %s, removed %d versions and %d paths",
              root, kept, len(dropped), len(removed))
-    return {"keptVersions": kept, "removedVersions": dropped, "removedPaths": sorted(removed)}
+    return {"keptVersions": kept, "removedVersions": dropped, "removedPaths": sorted(removed),
+            "retentionHours": retention_hours}
 
 
 def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
@@ -190,6 +285,8 @@ def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
     """Unreferenced run directories of one kind, and unreferenced partitions in the rest."""
     removed = []
     for run in store.list(join(root, kind)):
+        if not is_run_name(kind, run.name):  # not written by sparkann: never touched
+            continue
         prefix = f"{kind}/{run.name}/"
         wanted = {f for f in needed if f.startswith(prefix)}
         if not wanted:

@@ -7,6 +7,9 @@
   search) for that long: a straggler, or a window in which to kill an executor.
 * ``spark.sparkann.test.loadLog=<dir>`` makes every load of an index partition
   into a worker cache append a line to a file in ``<dir>`` (local paths only).
+* ``spark.sparkann.test.commitFault=after,check`` (on the driver) makes publishing a
+  version raise at those points: ``before`` creating the manifest, right ``after``
+  creating it, and while ``check``-ing whether a commit that raised succeeded.
 
 Settings are read inside the task (Spark passes session settings to tasks), so
 nothing is threaded through the library's own settings objects.
@@ -24,6 +27,7 @@ from ..tasks import task_context, task_setting
 FAIL_FIRST_ATTEMPT_CONF = "spark.sparkann.test.failFirstAttempt"
 SLOW_TASK_CONF = "spark.sparkann.test.slowTaskSeconds"
 LOAD_LOG_CONF = "spark.sparkann.test.loadLog"
+COMMIT_FAULT_CONF = "spark.sparkann.test.commitFault"
 
 log = logging.getLogger(__name__)
 _stalled: set = set()  # (stage id, partition) whose task already slept in this worker
@@ -41,6 +45,13 @@ def inject(stage: str) -> None:
             _stall(stage, context, seconds)
     if stage in {part.strip() for part in fail.split(",")}:
         raise RuntimeError(f"sparkann: injected failure in the first attempt of {stage}")
+
+
+def commit_fault(spark, point: str) -> None:
+    """On the driver: raise at ``point`` of publishing if the session's settings ask."""
+    wanted = spark.conf.get(COMMIT_FAULT_CONF, None) if spark is not None else None
+    if wanted and point in {part.strip() for part in wanted.split(",")}:
+        raise OSError(f"sparkann: injected failure {point} the manifest commit")
 
 
 def slow_spec(text: str) -> tuple:
