@@ -33,8 +33,14 @@ from .index import SearchKnobs, index_type
 from .loader import IndexHandle
 from .observe import StageTimer, job_label
 from .params import ANNParams
-from .search import SearchPlan, check_query_schema, choose_strategy, payload_reads, run_search
-from .search import drift
+from .search import (
+    SearchPlan,
+    check_query_schema,
+    choose_strategy,
+    drift,
+    payload_reads,
+    run_search,
+)
 from .search.plan import memory_needed
 from .storage import tables
 from .storage.format import DeleteFile, IndexFormatError, Manifest
