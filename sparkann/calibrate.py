@@ -498,6 +498,7 @@ def report_of(best: Choice, trials: list, target: float, k: int, dists: np.ndarr
         "sampleSource": source, "seconds": round(seconds, 3),
         **({"hardRecall": best.hard_recall, "hardTarget": hard_target(target)} if tail else {}),
         "hardGap": hard_gap(dists),
+        "farDistance": float(np.quantile(dists[:, 0], 1 - HARD_SHARE)) if len(dists) else None,
         "hardShare": HARD_SHARE,
         "trials": [{"numProbes": t.num_probes, "probeEpsilon": t.epsilon, **t.setting,
                     "recall": t.recall, "cost": t.cost,

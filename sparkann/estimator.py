@@ -279,13 +279,13 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
 
     def _watched(self, dataset: DataFrame, plan: SearchPlan) -> DataFrame:
         """The queries with their drift against the calibration sample observed."""
-        threshold = self.manifest.calibration.get("hardGap")
-        if threshold is None:
+        calibration = self.manifest.calibration
+        if calibration.get("hardGap") is None:
             return dataset
         observation = None if dataset.isStreaming else Observation()
         self._last_search = observation
         return drift.observed(dataset, vector_column(dataset, plan.vector_col), plan.handle,
-                              plan.dim, plan.vector_col, float(threshold), observation)
+                              plan.dim, plan.vector_col, calibration, observation)
 
     def searchReport(self) -> dict | None:
         """How the queries of this model's last batch search sit against the calibration

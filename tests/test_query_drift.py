@@ -55,10 +55,12 @@ def test_shifted_queries_keep_the_target_or_are_reported(spark, metric, caplog):
         report = model.searchReport()
         model.searchReport()  # asked again: no second warning for the same search
     warnings = [r for r in caplog.records if "calibrate(targetRecall, queries=...)" in r.message]
-    assert report["queries"] == 1000 and report["hardShare"] > typical_report["hardShare"]
+    assert report["queries"] == 1000
+    assert report["hardShare"] + report["farShare"] > \
+        typical_report["hardShare"] + typical_report["farShare"]
     assert len(warnings) == (1 if report["harder"] else 0)
     print(f"{metric}: calibration estimate {calibration['recall']:.3f}, typical {typical:.3f}, "
-          f"shifted with defaults {defaults:.3f}, hard share {report['hardShare']}")
+          f"shifted with defaults {defaults:.3f}, drift {report}")
     if defaults >= 0.95:
         return
     assert report["harder"], (defaults, report)
@@ -68,7 +70,9 @@ def test_shifted_queries_keep_the_target_or_are_reported(spark, metric, caplog):
 
 def test_drift_report_needs_a_clear_excess():
     sample = {"hardShare": 0.25, "sampleSource": "held-out indexed rows"}
-    assert not drift_report({"queries": 1000, "hardQueries": 270}, sample)["harder"]
-    assert drift_report({"queries": 1000, "hardQueries": 400}, sample)["harder"]
-    assert not drift_report({"queries": 20, "hardQueries": 8}, sample)["harder"]  # too few
-    assert not drift_report({"queries": 0, "hardQueries": None}, sample)["harder"]
+    counts = lambda n, hard, far: {"queries": n, "hardQueries": hard, "farQueries": far}  # noqa: E731
+    assert not drift_report(counts(1000, 270, 260), sample)["harder"]
+    assert drift_report(counts(1000, 400, 200), sample)["harder"]
+    assert drift_report(counts(1000, 240, 600), sample)["harder"]
+    assert not drift_report(counts(20, 8, 8), sample)["harder"]  # too few to tell
+    assert not drift_report(counts(0, None, None), sample)["harder"]

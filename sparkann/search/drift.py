@@ -2,10 +2,11 @@
 
 Calibration stores ``hardGap``, the centroid gap (see
 :func:`sparkann.partitioning.router.centroid_gaps`) below which a quarter of its
-sample lies. Queries unlike that sample (far from every centroid, or between
-several) have small gaps more often, and need more probes for the same recall.
+sample lies, and ``farDistance``, the distance to the nearest centroid above which a
+quarter of it lies. Queries unlike that sample (far from every centroid, or between
+several) are more often past one of these, and need more probes for the same recall.
 Each search counts, inside its tasks and on the way to the search itself, its
-queries and those with a gap that small: a Spark observed metric, readable after
+queries and those past each mark: a Spark observed metric, readable after
 the search's first action (``model.searchReport()``) or, on a stream, in each
 progress report's ``observedMetrics`` under :data:`DRIFT_METRIC`.
 """
@@ -35,31 +36,37 @@ WARN_SHARE = 0.30
 WARN_SIGMAS = 3.0
 
 
-def hard_flags_fn(handle: IndexHandle, dim: int, vector_col: str, threshold: float):
-    """The function of the UDF that flags queries with a centroid gap <= ``threshold``."""
+def hard_flags_fn(handle: IndexHandle, dim: int, vector_col: str, gap: float, far: float):
+    """The function of the UDF that flags each query: 1 for a centroid gap <= ``gap``,
+    plus 2 for a nearest-centroid distance >= ``far``."""
 
     def run(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         index = open_index(handle)
         for column in batches:
             if len(column) == 0:
-                yield pa.array([], pa.bool_())
+                yield pa.array([], pa.int8())
                 continue
             vectors = index.metric.prepare(checked_queries(column, dim, vector_col),
                                            f"query column {vector_col!r}")
             _, dists = index.router.ranker.rank(vectors, 2)
-            yield pa.array(centroid_gaps(dists) <= threshold, pa.bool_())
+            flags = (centroid_gaps(dists) <= gap) + 2 * (dists[:, 0] >= far)
+            yield pa.array(flags.astype(np.int8), pa.int8())
 
     return run
 
 
 def observed(queries: DataFrame, vector: Column, handle: IndexHandle, dim: int,
-             vector_col: str, threshold: float,
+             vector_col: str, calibration: dict,
              observation: Observation | None) -> DataFrame:
     """``queries`` unchanged, with the drift counts observed as they pass (by
     ``observation`` in a batch, by the name :data:`DRIFT_METRIC` on a stream)."""
-    flag = arrow_udf(hard_flags_fn(handle, dim, vector_col, threshold), "boolean")  # type: ignore[call-overload]
+    far = calibration.get("farDistance")
+    flags = hard_flags_fn(handle, dim, vector_col, float(calibration["hardGap"]),
+                          np.inf if far is None else float(far))
+    flag = arrow_udf(flags, "tinyint")  # type: ignore[call-overload]
     counts = [F.count(F.lit(1)).alias("queries"),
-              F.sum(F.col(HARD_COL).cast("long")).alias("hardQueries")]
+              F.sum(F.col(HARD_COL).bitwiseAND(1).cast("long")).alias("hardQueries"),
+              F.sum(F.shiftright(F.col(HARD_COL), 1).cast("long")).alias("farQueries")]
     flagged = queries.withColumn(HARD_COL, flag(vector))
     watched = (flagged.observe(DRIFT_METRIC, *counts) if observation is None
                else flagged.observe(observation, *counts))
@@ -70,22 +77,24 @@ def drift_report(counts: dict, calibration: dict) -> dict:
     """The share of hard queries against the calibration sample's, and whether the
     queries are clearly harder (then search recall may fall short of the target)."""
     total = int(counts.get("queries") or 0)
-    hard = int(counts.get("hardQueries") or 0)
     expected = float(calibration.get("hardShare", 0.25))
-    share = hard / total if total else 0.0
+    shares = {name: int(counts.get(f"{name}Queries") or 0) / total if total else 0.0
+              for name in ("hard", "far")}
     error = float(np.sqrt(expected * (1 - expected) / max(total, 1)))
-    harder = bool(total and share >= WARN_SHARE and share - expected >= WARN_SIGMAS * error)
-    return {"queries": total, "hardQueries": hard, "hardShare": round(share, 4),
-            "sampleHardShare": expected, "harder": harder,
+    harder = bool(total) and any(share >= WARN_SHARE and share - expected >= WARN_SIGMAS * error
+                                 for share in shares.values())
+    return {"queries": total, "hardShare": round(shares["hard"], 4),
+            "farShare": round(shares["far"], 4), "sampleShare": expected, "harder": harder,
             "calibrationSource": calibration.get("sampleSource")}
 
 
 def warn_if_harder(report: dict) -> None:
     if report["harder"]:
         log.warning(
-            "sparkann: %.0f%% of the %d searched queries lie as near a partition border as "
-            "the hardest %.0f%% of the calibration sample (%s): these queries are unlike the "
-            "sample and recall may be below the calibrated target. Re-tune on a sample of "
-            "them with model.calibrate(targetRecall, queries=...)",
-            100 * report["hardShare"], report["queries"], 100 * report["sampleHardShare"],
+            "sparkann: of the %d searched queries, %.0f%% lie as near a partition border and "
+            "%.0f%% as far from every centroid as the hardest %.0f%% of the calibration "
+            "sample (%s): these queries are unlike the sample and recall may be below the "
+            "calibrated target. Re-tune on a sample of them with "
+            "model.calibrate(targetRecall, queries=...)", report["queries"],
+            100 * report["hardShare"], 100 * report["farShare"], 100 * report["sampleShare"],
             report["calibrationSource"])
