@@ -27,6 +27,8 @@ from ..metrics import Metric
 # exactly instead of walking a filtered structure.
 SUBSET_SCAN_ROWS = 4096
 SUBSET_SCAN_SHARE = 0.1
+# What every loaded row costs beside its index: its 8-byte id and its hidden-row mark.
+LOADED_ROW_BYTES = 9
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,30 @@ class PartitionIndex(ABC):
     # calibration must not take as the truth).
     exact_vectors: ClassVar[bool] = True
     count: int
+    # Memory of a loaded partition (the index, its ids and its hidden-row marks, not its
+    # exact vectors) per stored byte (payload and codebook), measured for each type in
+    # tests/test_memory_model.py. Types whose ratio depends on their params override
+    # loaded_bytes_factor; fixed costs per loaded partition go in loaded_partition_bytes
+    # (or the type overrides loaded_bytes).
+    LOADED_BYTES_FACTOR: ClassVar[float] = 1.25
+
+    @classmethod
+    def loaded_bytes_factor(cls, params: Mapping[str, Any], dim: int) -> float:
+        """Loaded bytes per stored byte of a partition with these build params."""
+        return cls.LOADED_BYTES_FACTOR
+
+    @classmethod
+    def loaded_partition_bytes(cls, params: Mapping[str, Any], dim: int) -> int:
+        """Bytes each loaded partition holds besides what grows with its stored bytes."""
+        return 0
+
+    @classmethod
+    def loaded_bytes(cls, stored_bytes: int, partitions: int, params: Mapping[str, Any],
+                     dim: int) -> int:
+        """Bytes ``partitions`` loaded partitions of ``stored_bytes`` stored bytes (payloads
+        and codebooks) hold, exact vectors aside."""
+        return int(cls.loaded_bytes_factor(params, dim) * stored_bytes
+                   + partitions * cls.loaded_partition_bytes(params, dim))
 
     @classmethod
     def train_shared(cls, sample: np.ndarray, residuals: np.ndarray,

@@ -18,6 +18,7 @@ import hnswlib
 import numpy as np
 
 from .base import (
+    LOADED_ROW_BYTES,
     SUBSET_SCAN_ROWS,
     SUBSET_SCAN_SHARE,
     PartitionContext,
@@ -49,6 +50,12 @@ _MAX_IDS = (1 << 32) - 1  # internal ids are uint32, the last one is the sentine
 _MAX_INT = (1 << 63) - 1
 _MAX_C_INT = (1 << 31) - 1
 _DELETE_MARK_BYTE = 2  # hnswlib keeps a row's deletion mark in its level-0 link header
+# hnswlib allocates 65,536 label locks (a 40-byte std::mutex each) per graph.
+_LABEL_LOCK_BYTES = 65_536 * 40
+# A loaded row's memory beyond its stored bytes: hnswlib's label map entry, its
+# per-row lock, its link-list pointer and visited-list slot, and the caller's id and
+# hidden mark (measured: about 80 bytes).
+_LOADED_ROW_EXTRA = 71 + LOADED_ROW_BYTES
 
 
 class HNSWIndex(PartitionIndex):
@@ -66,6 +73,17 @@ class HNSWIndex(PartitionIndex):
     @classmethod
     def probe_cost(cls, setting, rows, dim):
         return float(setting["efSearch"]) * (1.0 + np.log2(np.maximum(rows, 2)) / 16.0)
+
+    @classmethod
+    def loaded_bytes_factor(cls, params, dim):
+        # a stored row: its vector, 2M level-0 links and their count, its label (twice:
+        # level 0 and the label lookup), its level and about one upper-level link list
+        stored = 4 * dim + 8 * int(params["hnswM"]) + 32
+        return 1.0 + _LOADED_ROW_EXTRA / stored
+
+    @classmethod
+    def loaded_partition_bytes(cls, params, dim):
+        return _LABEL_LOCK_BYTES
 
     def __init__(self, graph: hnswlib.Index, context: PartitionContext):
         self.graph = graph
@@ -150,7 +168,7 @@ class HNSWIndex(PartitionIndex):
 
     def memory_bytes(self):
         state_per_row = self.graph.dim * 4 + 8 * (self.graph.M * 2 + 2) + 16
-        return int(self.count * state_per_row + 1024)
+        return int(self.count * state_per_row + _LABEL_LOCK_BYTES + 1024)
 
 
 def _search_one_by_one(graph, queries, k, filter=None):

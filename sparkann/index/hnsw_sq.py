@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from .base import (
+    LOADED_ROW_BYTES,
     SUBSET_SCAN_ROWS,
     SUBSET_SCAN_SHARE,
     PartitionContext,
@@ -48,6 +49,13 @@ class HNSWSQIndex(PartitionIndex):
     exact_vectors = False
     search_ladder = HNSWIndex.search_ladder
     probe_cost = HNSWIndex.probe_cost
+
+    @classmethod
+    def loaded_bytes_factor(cls, params, dim):
+        # a stored row: its 8-bit code, about 2M + 1 links, its level and its offset;
+        # loaded, faiss holds the same arrays and the caller adds the row's id and mark
+        stored = dim + 8 * int(params["hnswM"]) + 16
+        return 1.0 + LOADED_ROW_BYTES / stored
 
     def __init__(self, index, context: PartitionContext):
         self.index = index

@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from .base import (
+    LOADED_ROW_BYTES,
     PartitionContext,
     PartitionIndex,
     SearchKnobs,
@@ -123,6 +124,24 @@ class PQIndex(PartitionIndex):
     @classmethod
     def probe_cost(cls, setting, rows, dim):
         return rows / 64.0 + float(setting.get("rerankK", 0)) * dim / 64.0
+
+    @classmethod
+    def loaded_bytes_factor(cls, params, dim):
+        # a row's code is held twice (the array updates use and faiss's inverted list),
+        # with faiss's 8-byte label, the caller's id and its hidden mark
+        size = code_size(int(params["pqSubvectors"]), int(params["pqBits"]))
+        return 2.0 + (8 + LOADED_ROW_BYTES) / size
+
+    @classmethod
+    def loaded_bytes(cls, stored_bytes, partitions, params, dim):
+        # the codebook is held twice by each loaded partition (its codewords and faiss's),
+        # whether it was stored with the partition or once for the index
+        m, nbits = int(params["pqSubvectors"]), int(params["pqBits"])
+        codebook = _CODEBOOK.size + 4 * (1 << nbits) * padded_dim(dim, m)
+        codes = stored_bytes
+        if params["pqCodebook"] != "global":
+            codes = max(stored_bytes - partitions * codebook, 0)
+        return int(cls.loaded_bytes_factor(params, dim) * codes + 2 * partitions * codebook)
 
     def __init__(self, context: PartitionContext, codewords: np.ndarray, codes: np.ndarray,
                  vectors: np.ndarray | None, sq_error: float = 0.0):
@@ -309,9 +328,9 @@ class PQIndex(PartitionIndex):
     def memory_bytes(self):
         vectors = 0 if self.vectors is None else self.vectors.nbytes
         # the codes twice (this copy, which store/add/compact use, and faiss's inverted
-        # list) and faiss's 8-byte label per row
-        return int(2 * self.codes.nbytes + 8 * self.count + vectors + self.codewords.nbytes
-                   + 1024)
+        # list) and faiss's 8-byte label per row; the codewords twice (theirs and faiss's)
+        return int(2 * self.codes.nbytes + 8 * self.count + vectors
+                   + 2 * self.codewords.nbytes + 1024)
 
 
 def _centroid(context: PartitionContext) -> np.ndarray:

@@ -29,6 +29,7 @@ from .plan import (
     check_query_schema,
     choose_strategy,
     helper_columns,
+    memory_needed,
     neighbors_field,
     payload_reads,
 )
@@ -54,8 +55,8 @@ def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan) -> Data
         root = manifest.root
         files = (tuple(join(root, f) for f in manifest.partitions.files if f),
                  tuple(join(root, d.file) for ds in manifest.partitions.deletes for d in ds))
-    return partition_side(queries, helpers, plan, manifest.index_bytes, manifest.num_partitions,
-                          files)
+    return partition_side(queries, helpers, plan, memory_needed(manifest, plan.with_vectors),
+                          manifest.num_partitions, files)
 
 
 def handle_for(spark, manifest: Manifest, manifest_sha: str, reads: str) -> IndexHandle:

@@ -66,7 +66,7 @@ def record_schema(queries: DataFrame, id_type: str) -> T.StructType:
     ])
 
 
-def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: int,
+def partition_side(queries: DataFrame, helpers, plan: SearchPlan, loaded_bytes: int,
                    num_partitions: int, manifest_files: tuple = ()) -> DataFrame:
     """The partition-side plan of a search over ``queries``."""
     spark = queries.sparkSession
@@ -85,7 +85,7 @@ def partition_side(queries: DataFrame, helpers, plan: SearchPlan, index_bytes: i
         target = F.when(F.col(PID) == LOCATE, F.col(BUCKET)).otherwise(F.pmod(K1, F.lit(tasks)))
         records = records.repartitionById(tasks, target.cast("int")).mapInArrow(
             locate_fn(plan), schema)
-    tasks = search_tasks(num_partitions, index_bytes, cache_bytes(spark), cores)
+    tasks = search_tasks(num_partitions, loaded_bytes, cache_bytes(spark), cores)
     threads = threads_per_task(spark, plan.knobs.threads, min(tasks, num_partitions))
     if plan.reads == "join":
         searched = joined_search(records, plan, threads, schema, manifest_files)
@@ -110,10 +110,11 @@ def query_key(*columns: Column) -> list[Column]:
             for start, name in ((1, K1), (17, K2))]
 
 
-def search_tasks(num_partitions: int, index_bytes: int, cache: int, cores: int) -> int:
+def search_tasks(num_partitions: int, loaded_bytes: int, cache: int, cores: int) -> int:
     """Search tasks: each holds its partitions (``pid mod tasks``) for its lifetime,
-    so enough that a task's share fits the worker cache, and a few per core."""
-    by_memory = math.ceil(2 * index_bytes / max(cache, 1))
+    so enough that a task's share of the loaded index (``loaded_bytes``) fits half the
+    worker cache, and a few per core."""
+    by_memory = math.ceil(2 * loaded_bytes / max(cache, 1))
     return int(max(1, min(num_partitions, max(4 * cores, by_memory))))
 
 

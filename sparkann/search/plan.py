@@ -10,7 +10,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..index import SearchKnobs
+from ..index import SearchKnobs, index_type
 from ..loader import CACHE_CONF, DEFAULT_CACHE_BYTES, IndexHandle
 from ..storage.format import Manifest
 from ..storage.fs import is_local
@@ -22,8 +22,6 @@ STRATEGIES = ("auto", "local", "partition")
 PAYLOAD_READS = ("auto", "task", "join")
 # Stores pyarrow reads in tasks when payloadReads is "auto".
 TASK_READ_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
-# A loaded index takes about this much more memory than its stored bytes.
-MEMORY_FACTOR = 1.25
 
 VEC, ALLOWED, SELF = "__sparkann_vector", "__sparkann_allowed", "__sparkann_self"
 log = logging.getLogger(__name__)
@@ -124,9 +122,13 @@ def cache_bytes(spark) -> int:
 
 
 def memory_needed(manifest: Manifest, with_vectors: bool) -> int:
-    """Bytes a worker holds with the whole index loaded."""
+    """Bytes a worker holds with the whole index loaded: the index type's loaded bytes
+    for its stored bytes (see ``PartitionIndex.loaded_bytes``), and the exact vectors."""
     vectors = manifest.num_vectors * manifest.dim * 4 if with_vectors else 0
-    return int(MEMORY_FACTOR * (manifest.index_bytes + vectors))
+    loaded = index_type(manifest.index_type).loaded_bytes(
+        manifest.index_bytes, sum(1 for f in manifest.partitions.files if f),
+        manifest.params, manifest.dim)
+    return int(loaded + vectors)
 
 
 def choose_strategy(spark, manifest: Manifest, requested: str, reads: str,
