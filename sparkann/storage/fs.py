@@ -10,19 +10,23 @@ centroids) are written by the driver through a :class:`Store`:
 
 Publishing a version relies on :meth:`Store.create_new`: it makes a complete
 file appear under a name only if no file has that name yet. That is atomic on
-local and NFS file systems (a hard link) and on HDFS (rename); on object stores
-it is a check followed by a write, so concurrent writers there must be
-serialised by the caller (see the README's Guarantees).
+local and NFS file systems (a hard link), on HDFS (rename), and on ``s3://`` and
+``s3a://`` roots when boto3 is installed (a conditional PUT, ``If-None-Match: *``;
+:mod:`sparkann.storage.s3`). On other object stores (and S3 without boto3) it is
+a check followed by a write, so concurrent writers there must be serialised by
+the caller (see the README's Guarantees).
 
 Tasks read index files with :func:`read_file` through pyarrow.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 import pyarrow.fs as pafs
 
@@ -246,7 +250,7 @@ class ArrowStore(Store):
             out.write(data)
 
     def create_new(self, path, data):
-        if self.exists(path):  # not atomic on object stores: see the module docstring
+        if self.exists(path):  # not atomic: see the module docstring
             return False
         self.write(path, data)
         return True
@@ -273,9 +277,48 @@ class ArrowStore(Store):
 
 
 def store_for(spark, path: str) -> Store:
-    """The store for an index root: local paths locally, else Hadoop or pyarrow."""
+    """The store for an index root: local paths locally, else Hadoop or pyarrow; on
+    S3 with boto3, creates are conditional PUTs."""
     if is_local(path):
         return LocalStore()
+    store: Store
+    settings: Callable[[str], str | None]
     if getattr(spark, "_jsparkSession", None) is not None:
-        return HadoopStore(spark)
-    return ArrowStore()
+        store = hadoop = HadoopStore(spark)
+        settings = hadoop._conf.get
+    else:
+        store = ArrowStore()
+        settings = _connect_settings(spark)
+    match = _SCHEME.match(path)
+    scheme = match.group(1).lower() if match else ""
+    from .s3 import S3_SCHEMES, ConditionalS3Store, boto3_available
+
+    if scheme not in S3_SCHEMES:
+        return store
+    if not boto3_available():
+        _warn_once(f"{scheme}:// without boto3: publishing a version checks that its manifest "
+                   "does not exist and then writes it, which is not safe under concurrent "
+                   "writers; install boto3 for conditional creates")
+        return store
+    return ConditionalS3Store(store, settings)
+
+
+def _connect_settings(spark) -> Callable[[str], str | None]:
+    """Hadoop settings as a Spark Connect client sees them (``spark.hadoop.*``)."""
+    def get(name: str) -> str | None:
+        if spark is None:
+            return None
+        try:
+            return spark.conf.get(f"spark.hadoop.{name}", None)
+        except Exception:
+            return None
+    return get
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logging.getLogger(__name__).warning("sparkann: %s", message)

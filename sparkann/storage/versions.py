@@ -14,7 +14,8 @@ last, after everything it names: an interrupted write leaves no visible
 version. An update names the version it started from; it publishes only if
 that is still the newest version, by creating the next manifest file with
 :meth:`Store.create_new`, so of two racing writers exactly one wins and the
-other gets :class:`ConcurrentUpdateError`.
+other gets :class:`ConcurrentUpdateError`, on every store whose create is atomic
+(local, HDFS, S3 with boto3; see :mod:`sparkann.storage.fs`).
 """
 
 from __future__ import annotations
