@@ -282,7 +282,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         calibration = self.manifest.calibration
         if calibration.get("hardGap") is None:
             return dataset
-        observation = None if dataset.isStreaming else Observation()
+        observation = None if dataset.isStreaming else new_observation(dataset)
         self._last_search = observation
         return drift.observed(dataset, vector_column(dataset, plan.vector_col), plan.handle,
                               plan.dim, plan.vector_col, calibration, observation)
@@ -464,14 +464,23 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         return IndexReader().load(path, version)
 
 
+def new_observation(dataset: DataFrame) -> Observation:
+    """An unnamed Observation of the kind ``dataset``'s session takes (classic or Connect)."""
+    if type(dataset).__module__.startswith("pyspark.sql.connect"):
+        from pyspark.sql.connect.observation import Observation as ConnectObservation
+
+        return ConnectObservation()  # type: ignore[return-value]
+    return Observation()
+
+
 def observed_counts(observation: Observation) -> dict | None:
     """An observation's values once its action has run, else None (never blocks)."""
     java = getattr(observation, "_jo", None)
     if java is not None and not java.future().isCompleted():  # classic: get would wait
         return None
     try:
-        return observation.get
-    except Exception:  # Spark Connect before the action ran
+        return observation.get or None  # Spark Connect: empty until its action ran
+    except Exception:  # Spark Connect before the DataFrame was observed
         return None
 
 

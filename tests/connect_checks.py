@@ -238,8 +238,12 @@ def calibrated_settings_survive_save_and_load(ctx: Context):
     loaded = ANNIndexModel.load(path)
     assert loaded.searchSettings() == model.searchSettings()
     assert not loaded.isSet(loaded.numProbes)  # a default the index chose
-    found = neighbor_ids(loaded.transform(ctx.query_frame).collect(), key="qid")
+    searched = loaded.transform(ctx.query_frame)
+    assert loaded.searchReport() is None  # no action has run this search yet
+    found = neighbor_ids(searched.collect(), key="qid")
     assert exact.recall_at_k(found, ctx.truth[0], 10) >= 0.95
+    drift = loaded.searchReport()  # the drift counts, observed through Connect
+    assert drift["queries"] == len(found) and not drift["harder"], drift
     retuned = loaded.calibrate(0.99, queries=ctx.query_frame)
     assert retuned.summary()["calibration"]["sampleSource"] == "queries"
     assert retuned.summary()["version"] == loaded.summary()["version"] + 1

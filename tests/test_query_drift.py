@@ -56,8 +56,7 @@ def test_shifted_queries_keep_the_target_or_are_reported(spark, metric, caplog):
         model.searchReport()  # asked again: no second warning for the same search
     warnings = [r for r in caplog.records if "calibrate(targetRecall, queries=...)" in r.message]
     assert report["queries"] == 1000
-    assert report["hardShare"] + report["farShare"] > \
-        typical_report["hardShare"] + typical_report["farShare"]
+    assert report["hardShare"] > typical_report["hardShare"]  # nearer the borders
     assert len(warnings) == (1 if report["harder"] else 0)
     print(f"{metric}: calibration estimate {calibration['recall']:.3f}, typical {typical:.3f}, "
           f"shifted with defaults {defaults:.3f}, drift {report}")
