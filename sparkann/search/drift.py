@@ -46,8 +46,12 @@ def hard_flags_fn(handle: IndexHandle, dim: int, vector_col: str, gap: float, fa
             if len(column) == 0:
                 yield pa.array([], pa.int8())
                 continue
-            vectors = index.metric.prepare(checked_queries(column, dim, vector_col),
-                                           f"query column {vector_col!r}")
+            try:
+                vectors = index.metric.prepare(checked_queries(column, dim, vector_col),
+                                               f"query column {vector_col!r}")
+            except ValueError:  # a bad row: the search itself fails on it, naming its id
+                yield pa.array(np.zeros(len(column), np.int8), pa.int8())
+                continue
             _, dists = index.router.ranker.rank(vectors, 2)
             flags = (centroid_gaps(dists) <= gap) + 2 * (dists[:, 0] >= far)
             yield pa.array(flags.astype(np.int8), pa.int8())
