@@ -25,20 +25,15 @@ import logging
 import os
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow.fs as pafs
 
+from .store import Entry, Store
+
 _LOCAL_SCHEMES = ("file",)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    is_dir: bool
-    mtime: float  # seconds since the epoch
 
 
 def is_local(path: str) -> bool:
@@ -83,36 +78,6 @@ def read_file(uri: str, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise ValueError(f"{uri} holds {size} bytes, more than the {max_bytes} expected")
         return handle.read()
-
-
-class Store:
-    """Driver-side access to the files under an index root."""
-
-    def read(self, path: str, max_bytes: int) -> bytes:
-        raise NotImplementedError
-
-    def write(self, path: str, data: bytes) -> None:
-        """Write (or replace) a whole file."""
-        raise NotImplementedError
-
-    def create_new(self, path: str, data: bytes) -> bool:
-        """Make a complete file appear at ``path`` unless one exists; True if it did."""
-        raise NotImplementedError
-
-    def exists(self, path: str) -> bool:
-        raise NotImplementedError
-
-    def list(self, path: str) -> list[Entry]:
-        """Entries directly under a directory ([] if it does not exist)."""
-        raise NotImplementedError
-
-    def delete(self, path: str) -> None:
-        """Delete a file or a directory tree (nothing if it does not exist)."""
-        raise NotImplementedError
-
-    def qualify(self, path: str) -> str:
-        """An absolute form of ``path`` that every executor resolves alike."""
-        return path
 
 
 class LocalStore(Store):

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .fs import Entry, Store
+from .store import Entry, Store
 
 S3_SCHEMES = ("s3", "s3a")
 CONFLICT_ATTEMPTS = 8  # tries while S3 answers 409 (a conditional write to the key is running)
