@@ -32,6 +32,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts extra JVMs or processes")
 
 
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """faiss trains with every core by default; the machine's two are shared."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession

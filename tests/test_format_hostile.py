@@ -20,7 +20,6 @@ import textwrap
 import time
 from functools import cache
 
-import faiss
 import hnswlib
 import numpy as np
 import pytest
@@ -51,12 +50,7 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
 DEEP = "[" * 200_000  # nesting deeper than Python's recursion limit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def refused(call, *args, match: str | None = None, error=ValueError) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from functools import cache
 
-import faiss
 import numpy as np
 import pytest
 
@@ -46,12 +45,7 @@ CASES = [(name, label, params)
 IDS = [label for _, label, _ in CASES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @cache

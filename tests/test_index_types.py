@@ -6,7 +6,6 @@ test_index_contract.py; hostile payloads are in test_format_hostile.py.
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
@@ -37,13 +36,7 @@ N, NQ, DIM = 2000, 40, 16
 KNOBS = SearchKnobs(ef_search=100)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """faiss trains with every core by default; the machine's two are shared."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import ctypes
 import gc
 from functools import cache
 
-import faiss
 import numpy as np
 import psutil
 import pytest
@@ -42,12 +41,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @cache
