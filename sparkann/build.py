@@ -481,17 +481,32 @@ def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
     """The id-location table (bucket, id, partition_id) from the written partitions'
     id columns (payloads are not read), and the directory it was written to."""
     buckets = location_buckets(spark, num_rows)
-    files = [join(root, f) for f in partitions.files if f]
-    ids = spark.read.parquet(*files).select(F.explode("ids").alias("id"),
-                                            F.col("pid").alias("partition_id"))
-    located = ids.mapInArrow(bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
     run = new_run("locations")
-    tables.write_table(located.repartitionById(buckets, "bucket"), join(root, run), "bucket")
+    written = write_location_run(spark, root, run, [f for f in partitions.files if f], kind,
+                                 buckets)
     by_bucket: list[list[str]] = [[] for _ in range(buckets)]
-    for row, file in tables.written(spark, root, run, ["bucket"], distinct=True):
+    for row, file in written:
         if file not in by_bucket[row["bucket"]]:
             by_bucket[row["bucket"]].append(file)
     return located_files(spark, root, buckets, by_bucket), run
+
+
+def write_location_run(spark, root: str, run: str, files: list[str], kind: str, buckets: int,
+                       first_new: dict[int, int] | None = None) -> list:
+    """Write the id locations of the ids stored in these partition files, read back from
+    the files themselves (never from a second evaluation of the input); with
+    ``first_new``, only the ids at or past a partition's first new position. Returns
+    the written (row, file) facts."""
+    ids = spark.read.parquet(*[join(root, f) for f in files]).select(
+        F.posexplode("ids").alias("position", "id"), F.col("pid").alias("partition_id"))
+    if first_new is not None:
+        starts = spark.createDataFrame(sorted(first_new.items()), "partition_id int, start int")
+        ids = ids.join(F.broadcast(starts), "partition_id").where(
+            F.col("position") >= F.col("start"))
+    located = ids.select("id", "partition_id").mapInArrow(
+        bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
+    tables.write_table(located.repartitionById(buckets, "bucket"), join(root, run), "bucket")
+    return tables.written(spark, root, run, ["bucket"], distinct=True)
 
 
 def located_files(spark, root: str, buckets: int, by_bucket: list[list[str]],

@@ -31,6 +31,7 @@ from .build import (
     partition_seed,
     per_partition,
     removed_on_failure,
+    write_location_run,
     write_locations,
 )
 from .build import assign as assign_rows
@@ -201,12 +202,11 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
         tables.write_table(table, join(manifest.root, run), "partition_id")
         written = tables.written(spark, manifest.root, run, tables.INDEX_FACTS)
         buckets = manifest.locations.buckets if manifest.locations else 1
-        located = assigned.select("id", "partition_id").mapInArrow(
-            bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
-        tables.write_table(located.repartitionById(buckets, "bucket"),
-                           join(manifest.root, locations_run), "bucket")
-        new_locations = tables.written(spark, manifest.root, locations_run, ["bucket"],
-                                       distinct=True)
+        first_new = {row["partition_id"]: manifest.partitions.rows[row["partition_id"]]
+                     for row, _ in written}
+        new_locations = write_location_run(spark, manifest.root, locations_run,
+                                           [file for _, file in written], kind, buckets,
+                                           first_new)
     partitions = manifest.partitions
     for row, file in written:
         partitions = partitions.with_partition(

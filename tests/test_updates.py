@@ -158,3 +158,30 @@ def test_quantized_vectors_are_never_taken_as_the_truth(spark, data, tmp_path):
     rebalanced = model.rebalance(maxDrift=0.0)
     assert rebalanced.summary()["calibration"] == {}
     assert rebalanced.searchSettings()["numProbes"] == 3  # the fixed default for 4 clusters
+
+
+def test_add_locates_ids_where_it_wrote_them_even_if_the_input_changes(spark, data):
+    """An input that gives other vectors each time it is read (a nondeterministic UDF)
+    still gets id locations that name the partition file holding each id."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, FloatType
+
+    base, _ = data
+    model = ANNIndex(numPartitions=6, seed=5, targetRecall=0.0).fit(
+        vectors_frame(spark, base[:3000]))
+    pool = base[::50].astype(np.float32)
+
+    @F.udf(ArrayType(FloatType()))
+    def any_row(_):
+        return pool[np.random.default_rng().integers(len(pool))].tolist()
+
+    added = spark.range(3000, 3600).select(
+        F.col("id"), any_row.asNondeterministic()(F.col("id")).alias("vector"))
+    grown = model.add(added)
+    root, manifest = grown.manifest.root, grown.manifest
+    stored = spark.read.parquet(*[os.path.join(root, f) for f in manifest.partitions.files if f])
+    held = {(int(r.pid), int(i)) for r in stored.select("pid", "ids").collect() for i in r.ids}
+    files = [os.path.join(root, f) for fs in manifest.locations.files for f in fs]
+    located = {(int(r.partition_id), int(r.id))
+               for r in spark.read.parquet(*files).select("partition_id", "id").collect()}
+    assert len(held) == 3600 and located == held
