@@ -31,6 +31,7 @@ setup(
         "hdf5": ["h5py>=3"],
         "eval": ["matplotlib>=3.7"],  # sparkann evaluate / jobs/evaluate.py charts
         "lint": ["ruff>=0.5", "mypy>=1.10"],
+        "docs": ["sphinx>=7", "numpydoc>=1.6"],  # the API reference, docs/api
         "bench": ["matplotlib>=3.7", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["sparkann=sparkann.cli:main"]},

@@ -44,6 +44,11 @@ def job_label(spark: Any, text: str) -> Iterator[None]:
 
     Nests: the previous label is restored afterwards. Never raises for lack
     of support; labels are only a help.
+
+    Yields
+    ------
+    None
+        Inside the block, the jobs carry the label.
     """
     context = _context(spark)
     previous = None
