@@ -491,7 +491,7 @@ class IndexWriter(MLWriter):
         if root.rstrip("/") != manifest.root.rstrip("/"):
             copy_index(spark, manifest, root)
         else:
-            with Transaction(spark, root, start=manifest) as txn:
+            with Transaction(spark, manifest.root, start=manifest) as txn:
                 txn.commit("save")
         metadata = join(root, "metadata")
         store.delete(metadata)
