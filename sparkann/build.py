@@ -38,9 +38,10 @@ from .partitioning.router import (
 )
 from .sampling import collect_sample, sampled
 from .storage import tables
-from .storage.format import IndexFormatError, Locations, Manifest, Meta, Partitions, sha256
+from .storage.format import IndexFormatError, Manifest, Meta, Partitions, sha256
 from .storage.fs import join, read_file, store_for
-from .storage.versions import CommitStateUnknownError, check_index_root, new_run
+from .storage.transaction import Transaction
+from .storage.versions import check_index_root
 from .tasks import resolve_threads, threads_per_task
 from .vectors import (
     MAX_SQUARED_NORM,
@@ -52,9 +53,6 @@ from .vectors import (
 )
 
 log = logging.getLogger(__name__)
-LOCATION_BUCKET_ROWS = 1 << 20  # ids per bucket of the id-location table
-# Test-only: a fixed number of id-location buckets, so small indexes have several.
-LOCATION_BUCKETS_CONF = "spark.sparkann.test.locationBuckets"
 
 
 @dataclass(frozen=True)
@@ -75,18 +73,14 @@ class MetaHandle:
 
 @dataclass(frozen=True)
 class Built:
-    """What a build wrote: its partitions, meta file and id locations, and what its
-    tasks found for the held-out calibration queries."""
+    """What a build found beyond the files it wrote (those are in its transaction):
+    its clusters, and what its tasks found for the held-out calibration queries."""
 
     partitions: Partitions
-    meta_file: str
-    meta_sha256: str
-    locations: Locations
     num_clusters: int
     max_partition_rows: int
     meta: Meta | None = None
     calibration: tuple | None = None  # (CalibrationPlan, found table) when calibrating
-    written: tuple = ()  # what the build wrote under the root (runs and the meta file)
 
 
 def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, str]:
@@ -97,13 +91,13 @@ def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, 
     return rows, kind
 
 
-def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: bool,
+def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction, inline: bool,
                 stage: StageTimer) -> tuple[Built, int, int]:
-    """Write an index of ``rows`` (id, vector) under ``root``; returns what was built,
-    the row count and the dimension. Nothing is published. With ``targetRecall`` > 0 a
-    sample of rows is held out of each partition index while its task searches it
-    (see :mod:`sparkann.calibrate`)."""
-    spark = rows.sparkSession
+    """Write an index of ``rows`` (id, vector) through ``txn``: meta file, partitions
+    and id locations. Returns what was built, the row count and the dimension; nothing
+    is committed. With ``targetRecall`` > 0 a sample of rows is held out of each
+    partition index while its task searches it (see :mod:`sparkann.calibrate`)."""
+    spark, root = rows.sparkSession, txn.root
     check_index_root(spark, root)
     metric = get_metric(params["metric"])
     with stage("validate input"):
@@ -131,7 +125,7 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
         nearest = ranker.nearest(sample)
         shared = cls.train_shared(sample, sample - centroids[nearest], context, seed)
     meta_value = Meta(centroids, plan.counts, graph, shared)
-    meta = write_meta(spark, root, meta_value, inline)
+    meta = write_meta(txn, meta_value, inline)
     cplan = None
     if params["targetRecall"] > 0:
         with stage("plan calibration"):
@@ -140,27 +134,22 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
                                                   int(params["k"]),
                                                   cls.search_ladder(int(params["k"]), params))
             plan_file = write_plan(spark, root, cplan.to_bytes(), inline)
-    run = new_run("data")
     threads = build_threads(spark, params, plan.num_partitions)
-    written = [run, meta[0]] + ([plan_file[0]] if cplan else [])
     try:
-        with stage("build partition indexes"), removed_on_failure(spark, root, written):
-            assigned = assign(rows, meta[1], metric, dim, kind)
-            task = build_fn(meta[1], params, dim, threads, plan_file[1] if cplan else None)
+        with stage("build partition indexes"):
+            assigned = assign(rows, meta, metric, dim, kind)
+            task = build_fn(meta, params, dim, threads, plan_file[1] if cplan else None)
             table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind))
-            tables.write_table(table, join(root, run), "partition_id")
+            run = txn.write_partitions(table, plan.num_partitions, seconds=stage.seconds)
         with stage("check partitions"):
-            partitions = written_partitions(spark, root, run, plan.num_partitions,
-                                            stage.seconds)
             found = calibrate.found_at_fit(spark, root, run) if cplan else None
     finally:
         if cplan:
             store_for(spark, root).delete(join(root, plan_file[0]))
-    with stage("write id locations"), removed_on_failure(spark, root, [run, meta[0]]):
-        locations, locations_run = write_locations(spark, root, partitions, num_rows, kind)
-    built = Built(partitions, meta[0], meta[1].sha256, locations, num_clusters, max_rows,
-                  meta_value, (cplan, found) if cplan else None,
-                  (run, meta[0], locations_run))
+    with stage("write id locations"):
+        txn.write_locations("replace")
+    built = Built(txn.partitions, num_clusters, max_rows, meta_value,
+                  (cplan, found) if cplan else None)
     return built, num_rows, dim
 
 
@@ -348,13 +337,12 @@ def _fine_fn(counts: np.ndarray, dim: int, seed: int, space: str):
     return train
 
 
-def write_meta(spark, root: str, meta: Meta, inline: bool) -> tuple[str, MetaHandle]:
-    """Write the meta file; returns its path (relative to the root) and a task handle."""
+def write_meta(txn: Transaction, meta: Meta, inline: bool) -> MetaHandle:
+    """Write the meta file through ``txn``; returns the handle tasks read it by."""
     data = meta.to_bytes()
-    relative = f"{new_run('meta')}.bin"
-    store_for(spark, root).write(join(root, relative), data)
-    return relative, MetaHandle(join(root, relative), sha256(data), meta.centroids.shape[1],
-                                data if inline else None)
+    path = txn.write_meta(data)
+    return MetaHandle(join(txn.root, path), sha256(data), meta.centroids.shape[1],
+                      data if inline else None)
 
 
 # ------------------------------------------------------------ assign and build
@@ -443,128 +431,23 @@ def partition_seed(seed: int, partition_id: int) -> int:
     return (seed * 1_000_003 + partition_id * 7919) % (2**31 - 1)
 
 
-def written_partitions(spark, root: str, run: str, num_partitions: int,
-                       seconds: dict | None = None) -> Partitions:
-    """Per-partition facts of a written index table; partitions without rows are empty.
-    ``seconds`` receives the build tasks' own time (summed over tasks)."""
-    found = tables.written(spark, root, run, tables.INDEX_FACTS + [tables.TASK_SECONDS])
-    facts: dict[int, tuple] = {}
-    for row, file in found:
-        pid = row["partition_id"]
-        if pid in facts or not 0 <= pid < num_partitions:
-            raise RuntimeError(f"the index table holds partition {pid} more than once or out "
-                               f"of range 0..{num_partitions - 1}; the build output is damaged")
-        facts[pid] = (file, int(row["num_rows"]), int(row["payload_bytes"]), row["checksum"],
-                      float(row["sq_error"] or 0.0))
-        if seconds is not None and row[tables.TASK_SECONDS]:
-            build, search = row[tables.TASK_SECONDS]
-            seconds["task seconds: build partitions"] = round(
-                seconds.get("task seconds: build partitions", 0.0) + build, 3)
-            seconds["task seconds: calibration searches"] = round(
-                seconds.get("task seconds: calibration searches", 0.0) + search, 3)
-    empty = ("", 0, 0, "", 0.0)
-    columns = list(zip(*(facts.get(pid, empty) for pid in range(num_partitions))))
-    return Partitions(files=list(columns[0]), rows=list(columns[1]),
-                      payload_bytes=list(columns[2]), checksums=list(columns[3]),
-                      sq_errors=list(columns[4]), deletes=[[] for _ in range(num_partitions)])
-
-
-def location_buckets(spark, num_rows: int) -> int:
-    forced = spark.conf.get(LOCATION_BUCKETS_CONF, None)
-    if forced:
-        return max(1, int(forced))
-    return max(1, math.ceil(num_rows / LOCATION_BUCKET_ROWS))
-
-
-def write_locations(spark, root: str, partitions: Partitions, num_rows: int,
-                    kind: str) -> tuple[Locations, str]:
-    """The id-location table (bucket, id, partition_id) from the written partitions'
-    id columns (payloads are not read), and the directory it was written to."""
-    buckets = location_buckets(spark, num_rows)
-    run = new_run("locations")
-    written = write_location_run(spark, root, run, [f for f in partitions.files if f], kind,
-                                 buckets)
-    by_bucket: list[list[str]] = [[] for _ in range(buckets)]
-    for row, file in written:
-        if file not in by_bucket[row["bucket"]]:
-            by_bucket[row["bucket"]].append(file)
-    return located_files(spark, root, buckets, by_bucket), run
-
-
-def write_location_run(spark, root: str, run: str, files: list[str], kind: str, buckets: int,
-                       first_new: dict[int, int] | None = None) -> list:
-    """Write the id locations of the ids stored in these partition files, read back from
-    the files themselves (never from a second evaluation of the input); with
-    ``first_new``, only the ids at or past a partition's first new position. Returns
-    the written (row, file) facts."""
-    ids = spark.read.parquet(*[join(root, f) for f in files]).select(
-        F.posexplode("ids").alias("position", "id"), F.col("pid").alias("partition_id"))
-    if first_new is not None:
-        starts = spark.createDataFrame(sorted(first_new.items()), "partition_id int, start int")
-        ids = ids.join(F.broadcast(starts), "partition_id").where(
-            F.col("position") >= F.col("start"))
-    located = ids.select("id", "partition_id").mapInArrow(
-        bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
-    tables.write_table(located.repartitionById(buckets, "bucket"), join(root, run), "bucket")
-    return tables.written(spark, root, run, ["bucket"], distinct=True)
-
-
-def located_files(spark, root: str, buckets: int, by_bucket: list[list[str]],
-            known: Locations | None = None) -> Locations:
-    """The id-location table of these files, with each file's checksum (computed by
-    Spark for the files ``known`` does not list)."""
-    sums = {} if known is None else {f: c for fs, cs in zip(known.files, known.checksums)
-                                     for f, c in zip(fs, cs)}
-    sums.update(tables.file_checksums(spark, root, [f for fs in by_bucket for f in fs
-                                                    if f not in sums]))
-    return Locations(buckets, by_bucket, [[sums[f] for f in fs] for fs in by_bucket])
-
-
-def bucket_fn(buckets: int):
-    """(id, partition_id) rows with their id-location bucket."""
-
-    def with_bucket(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            ids = batch.column("id")
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(tables.id_buckets(ids, buckets), pa.int32()), ids,
-                 batch.column("partition_id")], ["bucket", "id", "partition_id"])
-
-    return with_bucket
-
-
-class removed_on_failure:
-    """Delete what a failed write left under the root (best effort); nothing when the
-    write may have been committed (:class:`CommitStateUnknownError`)."""
-
-    def __init__(self, spark, root: str, paths: list[str]):
-        self.spark, self.root, self.paths = spark, root, paths
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, trace):
-        if kind is None or issubclass(kind, CommitStateUnknownError):
-            return False
-        store = store_for(self.spark, self.root)
-        for path in self.paths:
-            try:
-                store.delete(join(self.root, path))
-            except Exception:  # the original error matters more
-                log.warning("could not remove the partial output %s", join(self.root, path))
-        return False
-
-
 def new_manifest(root: str, built: Built, params: dict, user_set: list[str], dim: int,
                  kind: str, build_seconds: dict) -> Manifest:
-    """The manifest of a fresh build (version numbers are set when it is published)."""
+    """The header of a freshly built version: what it is, not its files (those are its
+    transaction's, see :meth:`Transaction.manifest`)."""
     stored = {**params, "numPartitions": built.num_clusters,
-              "maxPartitionRows": built.max_partition_rows}
+              "maxPartitionRows": built.max_partition_rows,
+              "balanceAtBuild": balance(built.partitions.rows)}
     return Manifest(root=root, version=0, index_type=params["indexType"],
                     metric=params["metric"], dim=dim, id_type=kind, params=stored,
-                    user_set=list(user_set), meta_file=built.meta_file,
-                    meta_sha256=built.meta_sha256, partitions=built.partitions,
-                    locations=built.locations, build_seconds=build_seconds)
+                    user_set=list(user_set), meta_file="", meta_sha256="",
+                    partitions=built.partitions, build_seconds=build_seconds)
+
+
+def balance(sizes) -> float:
+    """Largest partition over the mean partition: 1.0 is perfect balance."""
+    sizes = np.asarray([s for s in sizes], dtype=np.float64)
+    return float(sizes.max() / max(sizes.mean(), 1e-9)) if len(sizes) else 1.0
 
 
 def with_checked_meta(spark, manifest: Manifest) -> Meta:

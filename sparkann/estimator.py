@@ -12,7 +12,6 @@ import math
 import uuid
 from dataclasses import replace
 
-import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.base import Estimator, Model
 from pyspark.ml.util import (
@@ -29,6 +28,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from . import build, calibrate, update
+from .build import balance
 from .index import SearchKnobs, index_type
 from .loader import IndexHandle
 from .observe import StageTimer, job_label
@@ -42,10 +42,12 @@ from .search import (
     run_search,
 )
 from .search.plan import memory_needed
-from .storage import tables
-from .storage.format import DeleteFile, IndexFormatError, Manifest
+from .storage.copying import copy_index
+from .storage.format import IndexFormatError, Manifest
 from .storage.fs import is_local, join, store_for
-from .storage.versions import DEFAULT_RETENTION_HOURS, check_current, new_run, publish, vacuum
+from .storage.transaction import Transaction, with_search_defaults
+from .storage.vacuum import DEFAULT_RETENTION_HOURS, vacuum
+from .storage.versions import check_current
 from .storage.versions import load as load_version
 from .vectors import vector_column
 
@@ -107,37 +109,32 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
         root = index_root(spark, self.optional("indexPath"))
         stage = StageTimer(spark)
         rows, kind = build.input_rows(dataset, params["vectorCol"], params["idCol"])
-        built, num_rows, dim = build.build_index(rows, kind, params, root, False, stage)
-        stats = {"balanceAtBuild": balance(built.partitions.rows)}
-        manifest = build.new_manifest(root, built, {**params, **stats}, self.user_set(), dim,
-                                      kind, stage.seconds)
-        manifest = calibrated(manifest, built, rows, stage)
-        manifest = replace(manifest, build_seconds=stage.seconds)
-        with stage("publish"), build.removed_on_failure(spark, root, list(built.written)):
-            manifest, digest = publish(spark, manifest, None)
+        with Transaction(spark, root) as txn:
+            built, _, dim = build.build_index(rows, kind, params, txn, False, stage)
+            header = build.new_manifest(root, built, params, self.user_set(), dim, kind,
+                                        stage.seconds)
+            manifest, digest = commit_build(txn, "fit", built, header, rows, stage)
         return self._copyValues(ANNIndexModel(manifest, digest))._with_index_defaults()
 
 
-def balance(sizes) -> float:
-    """Largest partition over the mean partition: 1.0 is perfect balance."""
-    sizes = np.asarray([s for s in sizes], dtype=np.float64)
-    return float(sizes.max() / max(sizes.mean(), 1e-9)) if len(sizes) else 1.0
-
-
-def calibrated(manifest: Manifest, built, rows: DataFrame, stage: StageTimer) -> Manifest:
-    """A freshly built version with its search defaults: calibrated on the held-out rows
-    its build tasks searched, else the fixed ones."""
-    manifest = with_search_defaults(manifest, fixed_defaults(manifest))
-    if built.calibration is None:
-        return manifest
-    with stage("calibrate"):
-        plan, found = built.calibration
-        params = manifest.params
-        epsilon = (params["probeEpsilon"] if "probeEpsilon" in manifest.user_set
-                   else None)  # None: calibration chooses it
-        report = calibrate.calibrate_at_fit(manifest, built.meta, plan, found, rows,
-                                            params["targetRecall"], epsilon)
-    return with_calibration(manifest, report)
+def commit_build(txn: Transaction, operation: str, built, header: Manifest, rows: DataFrame,
+                 stage: StageTimer) -> tuple[Manifest, str]:
+    """Commit a freshly built version with its search defaults: calibrated on the
+    held-out rows its build tasks searched, else the fixed ones."""
+    defaults, report = fixed_defaults(header), {}
+    if built.calibration is not None:
+        with stage("calibrate"):
+            plan, found = built.calibration
+            params = header.params
+            epsilon = (params["probeEpsilon"] if "probeEpsilon" in header.user_set
+                       else None)  # None: calibration chooses it
+            staged = with_search_defaults(txn.manifest(header), defaults)
+            report = calibrate.calibrate_at_fit(staged, built.meta, plan, found, rows,
+                                                params["targetRecall"], epsilon)
+        defaults.update(calibrated_defaults(report))
+    with stage("publish"):
+        return txn.commit(operation, defaults, report,
+                          replace(header, build_seconds=stage.seconds))
 
 
 def fixed_defaults(manifest: Manifest) -> dict:
@@ -149,18 +146,9 @@ def fixed_defaults(manifest: Manifest) -> dict:
             "rerankK": int(manifest.params.get("rerankK") or 0)}
 
 
-def with_search_defaults(manifest: Manifest, values: dict) -> Manifest:
-    """The manifest with search defaults stored, never over a value the user set."""
-    params = dict(manifest.params)
-    for name, value in values.items():
-        if name not in manifest.user_set:
-            params[name] = value
-    return replace(manifest, params=params)
-
-
-def with_calibration(manifest: Manifest, report: dict) -> Manifest:
-    chosen = {name: report[name] for name in CALIBRATED if name in report}
-    return replace(with_search_defaults(manifest, chosen), calibration=report)
+def calibrated_defaults(report: dict) -> dict:
+    """The search defaults a calibration report chose."""
+    return {name: report[name] for name in CALIBRATED if name in report}
 
 
 def index_root(spark: SparkSession, path: str | None) -> str:
@@ -381,25 +369,11 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             return self
         spark = active_session()
         check_current(spark, self.manifest)
-        params = {**self._params_for_update(),
-                  "numPartitions": int(self.manifest.params["numPartitions"])}
-        if not index_type(self.manifest.index_type).exact_vectors:
-            log.warning("sparkann: indexType=%r stores no exact vectors; the rebalanced "
-                        "version is not calibrated and uses the fixed search defaults",
-                        self.manifest.index_type)
-            params["targetRecall"] = 0.0
         stage = StageTimer(spark)
-        rows = update.live_rows(spark, self.manifest, self._handle(spark))
-        built, _, dim = build.build_index(rows, self.manifest.id_type, params,
-                                          self.manifest.root, False, stage)
-        stats = {"balanceAtBuild": balance(built.partitions.rows)}
-        manifest = build.new_manifest(self.manifest.root, built, {**params, **stats},
-                                      self.manifest.user_set, dim, self.manifest.id_type,
-                                      stage.seconds)
-        manifest = replace(calibrated(manifest, built, rows, stage),  # its own centroids
-                           build_seconds=stage.seconds)
-        with build.removed_on_failure(spark, self.manifest.root, list(built.written)):
-            return self._with(*publish(spark, manifest, self.manifest.version))
+        with Transaction(spark, self.manifest.root, self.manifest) as txn:
+            built, header, rows = update.rebalance(spark, self.manifest, self._handle(spark),
+                                                   self._params_for_update(), txn, stage)
+            return self._with(*commit_build(txn, "rebalance", built, header, rows, stage))
 
     def calibrate(self, targetRecall: float = 0.95, queries: DataFrame | None = None,
                   sampleSeed: int | None = None) -> "ANNIndexModel":
@@ -430,8 +404,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
                                          self.getSeed() if sampleSeed is None else sampleSeed,
                                          self.getProbeEpsilon() if self.isSet(self.probeEpsilon)
                                          else None, sample)
-        manifest = with_calibration(self.manifest, report)
-        model = self._with(*publish(spark, manifest, self.manifest.version))
+        with Transaction(spark, self.manifest.root, self.manifest) as txn:
+            model = self._with(*txn.commit("calibrate", calibrated_defaults(report), report))
         for name in CALIBRATED:  # calibrated values become the defaults, not user settings
             if name in report and not self.isSet(self.getParam(name)):
                 model._setDefault(**{name: report[name]})
@@ -515,8 +489,10 @@ class IndexWriter(MLWriter):
         params, user_set = self.model._stored_params()
         manifest = replace(manifest, params=params, user_set=user_set)
         if root.rstrip("/") != manifest.root.rstrip("/"):
-            manifest = copy_index(spark, manifest, root)
-        publish(spark, manifest, None)
+            copy_index(spark, manifest, root)
+        else:
+            with Transaction(spark, manifest.root, start=manifest) as txn:
+                txn.commit("save")
         metadata = join(root, "metadata")
         store.delete(metadata)
         DefaultParamsWriter.saveMetadata(self.model, root, spark,
@@ -545,55 +521,3 @@ def is_index(spark, root: str) -> bool:
         return True
     except IndexFormatError:
         return False
-
-
-def copy_index(spark, manifest: Manifest, root: str) -> Manifest:
-    """The same version stored under another root: partitions, deletes and id
-    locations rewritten there by Spark, the meta file copied."""
-    source = manifest.root
-    store_in, store_out = store_for(spark, source), store_for(spark, root)
-    meta = f"{new_run('meta')}.bin"
-    store_out.write(join(root, meta),
-                    store_in.read(join(source, manifest.meta_file), 8 << 30))
-    data = new_run("data")
-    files = [join(source, f) for f in manifest.partitions.files if f]
-    partitions = manifest.partitions
-    if files:
-        table = spark.read.parquet(*files).select(
-            F.col("pid").alias("partition_id"), *[c for c in tables.INDEX_COLUMNS
-                                                 if c != "partition_id"])
-        tables.write_table(table.repartition(len(files), "partition_id"), join(root, data),
-                           "partition_id")
-        for row, file in tables.written(spark, root, data, ["partition_id"]):
-            partitions = partitions.with_partition(row["partition_id"], files=file)
-    deleted = [join(source, d.file) for ds in manifest.partitions.deletes for d in ds]
-    if deleted:
-        run = new_run("deletes")
-        rows = spark.read.parquet(*deleted).groupBy(F.col("pid")).agg(
-            F.sort_array(F.flatten(F.collect_list("labels"))).alias("labels"))
-        rows = rows.select(F.col("pid").alias("partition_id"), "labels").mapInArrow(
-            update.delete_rows_fn, "partition_id int, pid int, labels array<int>, count long, "
-            "checksum string")
-        tables.write_table(rows, join(root, run), "partition_id")
-        written = {row["partition_id"]: DeleteFile(file, int(row["count"]),
-                                                          row["checksum"])
-                   for row, file in tables.written(spark, root, run,
-                                                   ["partition_id", "count", "checksum"])}
-        for pid in range(partitions.__len__()):
-            partitions = partitions.with_partition(
-                pid, deletes=[written[pid]] if pid in written else [])
-    locations = manifest.locations
-    if locations is not None:
-        run = new_run("locations")
-        files = [join(source, f) for fs in locations.files for f in fs]
-        buckets = locations.buckets
-        located = spark.read.parquet(*files).select("id", "partition_id").mapInArrow(
-            build.bucket_fn(buckets), f"bucket int, id {manifest.id_type}, partition_id int")
-        tables.write_table(located.repartitionById(buckets, "bucket"), join(root, run),
-                           "bucket")
-        by_bucket: list[list[str]] = [[] for _ in range(buckets)]
-        for row, file in tables.written(spark, root, run, ["bucket"], distinct=True):
-            by_bucket[row["bucket"]].append(file)
-        locations = build.located_files(spark, root, buckets, by_bucket)
-    return replace(manifest, root=root, meta_file=meta, partitions=partitions,
-                   locations=locations, version=0)

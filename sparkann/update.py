@@ -1,4 +1,4 @@
-"""A living index with Spark: add rows, delete ids, compact, rebalance, vacuum.
+"""A living index with Spark: add rows, delete ids, compact, rebalance.
 
 Every operation writes only what it changes -- new partition files for the
 partitions an add reaches, small delete files for a delete, delta files of the
@@ -12,7 +12,6 @@ loadable.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
@@ -21,20 +20,10 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from . import testing
-from .build import (
-    MetaHandle,
-    bucket_fn,
-    check_rows,
-    input_rows,
-    located_files,
-    partition_seed,
-    per_partition,
-    removed_on_failure,
-    write_location_run,
-    write_locations,
-)
+from . import build, testing
+from .build import MetaHandle, check_rows, input_rows, partition_seed, per_partition
 from .build import assign as assign_rows
+from .index import index_type
 from .loader import (
     IndexHandle,
     LoadedIndex,
@@ -46,9 +35,9 @@ from .loader import (
 )
 from .observe import StageTimer
 from .storage import tables
-from .storage.format import DeleteFile, Locations, Manifest
+from .storage.format import Manifest
 from .storage.fs import join
-from .storage.versions import new_run, publish
+from .storage.transaction import Transaction
 from .tasks import resolve_threads, threads_per_task
 from .vectors import to_matrix
 
@@ -64,7 +53,7 @@ def located_ids(ids: DataFrame, handle: IndexHandle, manifest: Manifest) -> Data
         F.col("id").isNotNull()).distinct()
     buckets = manifest.locations.buckets if manifest.locations else 1
     bucketed = wanted.select("id", F.lit(0).alias("partition_id")).mapInArrow(
-        bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
+        tables.bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
     return bucketed.repartitionById(buckets, "bucket").mapInArrow(
         _locate_fn(handle), f"partition_id int, id {kind}")
 
@@ -126,43 +115,11 @@ def delete_ids(spark, manifest: Manifest, handle: IndexHandle,
         labels = live_labels(located_ids(ids, handle, manifest), handle, manifest.id_type)
         per_partition = labels.groupBy("partition_id").agg(
             F.sort_array(F.collect_list("label")).alias("labels"))
-    run = new_run("deletes")
-    with stage("write delete files"), removed_on_failure(spark, manifest.root, [run]):
-        rows = per_partition.mapInArrow(
-            delete_rows_fn, "partition_id int, pid int, labels array<int>, count long, "
-            "checksum string")
-        tables.write_table(rows, join(manifest.root, run), "partition_id")
-        written = tables.written(spark, manifest.root, run, ["partition_id", "count", "checksum"])
-    if not written:
-        store_delete(spark, manifest.root, run)
-        return None
-    partitions = manifest.partitions
-    for row, file in written:
-        pid = row["partition_id"]
-        added = DeleteFile(file, int(row["count"]), row["checksum"])
-        partitions = partitions.with_partition(pid, deletes=partitions.deletes[pid] + [added])
-    return _publish(spark, manifest, replace(manifest, partitions=partitions), [run])
-
-
-def delete_rows_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """(partition_id, labels) rows as delete-file rows: counted and checksummed."""
-    for batch in batches:
-        labels = batch.column("labels")
-        counts, sums = [], []
-        for row in range(batch.num_rows):
-            values = labels[row].values.to_numpy(zero_copy_only=False)
-            counts.append(len(values))
-            sums.append(tables.labels_checksum(values))
-        yield pa.RecordBatch.from_arrays(
-            [batch.column("partition_id"), batch.column("partition_id"), labels,
-             pa.array(counts, pa.int64()), pa.array(sums, pa.string())],
-            ["partition_id", "pid", "labels", "count", "checksum"])
-
-
-def store_delete(spark, root: str, run: str) -> None:
-    from .storage.fs import store_for
-
-    store_for(spark, root).delete(join(root, run))
+    with Transaction(spark, manifest.root, manifest) as txn:
+        with stage("write delete files"):
+            if not txn.write_deletes(per_partition):
+                return None  # nothing to hide: what was written goes
+        return txn.commit("delete")
 
 
 # --------------------------------------------------------------------- add
@@ -194,29 +151,13 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
     assigned = assign_rows(rows, meta, index.metric, manifest.dim, kind)
     threads = threads_per_task(spark, int(params.get("numThreads", 0)),
                                manifest.num_partitions)
-    run, locations_run = new_run("data"), new_run("locations")
-    with stage("update partitions"), removed_on_failure(spark, manifest.root,
-                                                         [run, locations_run]):
-        table = per_partition(assigned, manifest.num_partitions, _insert_fn(handle, threads),
-                              tables.index_schema(kind))
-        tables.write_table(table, join(manifest.root, run), "partition_id")
-        written = tables.written(spark, manifest.root, run, tables.INDEX_FACTS)
-        buckets = manifest.locations.buckets if manifest.locations else 1
-        first_new = {row["partition_id"]: manifest.partitions.rows[row["partition_id"]]
-                     for row, _ in written}
-        new_locations = write_location_run(spark, manifest.root, locations_run,
-                                           [file for _, file in written], kind, buckets,
-                                           first_new)
-    partitions = manifest.partitions
-    for row, file in written:
-        partitions = partitions.with_partition(
-            row["partition_id"], files=file, rows=int(row["num_rows"]),
-            payload_bytes=int(row["payload_bytes"]), checksums=row["checksum"],
-            sq_errors=float(row["sq_error"] or 0.0))
-    locations = _with_location_files(spark, manifest.root, manifest.locations, new_locations,
-                                     buckets)
-    updated = replace(manifest, partitions=partitions, locations=locations)
-    return _publish(spark, manifest, updated, [run, locations_run])
+    with Transaction(spark, manifest.root, manifest) as txn:
+        with stage("update partitions"):
+            table = per_partition(assigned, manifest.num_partitions,
+                                  _insert_fn(handle, threads), tables.index_schema(kind))
+            txn.write_partitions(table)
+            txn.write_locations("append")
+        return txn.commit("add")
 
 
 def _insert_fn(handle: IndexHandle, threads: int):
@@ -249,15 +190,6 @@ def _keeps_vectors(index: LoadedIndex) -> bool:
         index.manifest.index_type == "pq"
 
 
-def _with_location_files(spark, root: str, locations: Locations | None, written: list,
-                         buckets: int) -> Locations:
-    files = [list(f) for f in locations.files] if locations else [[] for _ in range(buckets)]
-    for row, file in written:
-        if file not in files[row["bucket"]]:
-            files[row["bucket"]].append(file)
-    return located_files(spark, root, buckets, files, locations)
-
-
 # ----------------------------------------------------------------- compact
 
 
@@ -272,25 +204,14 @@ def compact(spark, manifest: Manifest, handle: IndexHandle, min_deleted_share: f
         return None
     threads = threads_per_task(spark, int(params.get("numThreads", 0)), len(touched))
     work = spark.createDataFrame([(pid,) for pid in touched], "partition_id int")
-    run = new_run("data")
-    with removed_on_failure(spark, manifest.root, [run]):
-        table = work.repartition(len(touched), "partition_id").mapInArrow(
-            _compact_fn(handle, threads), tables.index_schema(manifest.id_type))
-        tables.write_table(table, join(manifest.root, run), "partition_id")
-        written = tables.written(spark, manifest.root, run, tables.INDEX_FACTS)
-    for row, file in written:
-        partitions = partitions.with_partition(
-            row["partition_id"], files=file, rows=int(row["num_rows"]),
-            payload_bytes=int(row["payload_bytes"]), checksums=row["checksum"],
-            sq_errors=float(row["sq_error"] or 0.0), deletes=[])
-    locations, runs = manifest.locations, [run]
-    if locations is None or max(len(f) for f in locations.files) > LOCATION_FILES_MAX:
-        # many adds left many small id-location files: rewrite the table once
-        locations, written_run = write_locations(spark, manifest.root, partitions,
-                                                 sum(partitions.rows), manifest.id_type)
-        runs.append(written_run)
-    compacted = replace(manifest, partitions=partitions, locations=locations)
-    return _publish(spark, manifest, compacted, runs)
+    with Transaction(spark, manifest.root, manifest) as txn:
+        txn.write_partitions(work.repartition(len(touched), "partition_id").mapInArrow(
+            _compact_fn(handle, threads), tables.index_schema(manifest.id_type)),
+            clear_deletes=True)
+        locations = manifest.locations
+        if locations is None or max(len(f) for f in locations.files) > LOCATION_FILES_MAX:
+            txn.write_locations("replace")  # many adds left many small files: rewrite once
+        return txn.commit("compact")
 
 
 def _compact_fn(handle: IndexHandle, threads: int):
@@ -335,8 +256,22 @@ def _live_fn(handle: IndexHandle):
     return recover
 
 
-def _publish(spark, base: Manifest, updated: Manifest,
-             written: list[str]) -> tuple[Manifest, str]:
-    """Publish ``updated`` on top of ``base``; remove what was written if that fails."""
-    with removed_on_failure(spark, base.root, written):
-        return publish(spark, updated, base.version)
+# --------------------------------------------------------------- rebalance
+
+
+def rebalance(spark, manifest: Manifest, handle: IndexHandle, params: dict, txn: Transaction,
+              stage: StageTimer) -> tuple[build.Built, Manifest, DataFrame]:
+    """Rebuild every live row of ``manifest`` around newly trained centroids, through
+    ``txn`` (started from ``manifest``); returns what was built, the new version's
+    header and the rows. Index types that store no exact vectors are rebuilt
+    without calibration."""
+    params = {**params, "numPartitions": int(manifest.params["numPartitions"])}
+    if not index_type(manifest.index_type).exact_vectors:
+        log.warning("sparkann: indexType=%r stores no exact vectors; the rebalanced version is "
+                    "not calibrated and uses the fixed search defaults", manifest.index_type)
+        params["targetRecall"] = 0.0
+    rows = live_rows(spark, manifest, handle)
+    built, _, dim = build.build_index(rows, manifest.id_type, params, txn, False, stage)
+    header = build.new_manifest(manifest.root, built, params, manifest.user_set, dim,
+                                manifest.id_type, stage.seconds)
+    return built, header, rows

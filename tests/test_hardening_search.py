@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparkann import ANNIndex
-from sparkann.build import LOCATION_BUCKETS_CONF
 from sparkann.index import REGISTRY, PartitionContext, SearchKnobs
 from sparkann.loader import IndexHandle, LoadedPartition
 from sparkann.metrics import get_metric
 from sparkann.search.partition import ALLOWED, QVEC, SELF, candidate_lists
 from sparkann.search.plan import SearchPlan
+from sparkann.storage.transaction import LOCATION_BUCKETS_CONF
 from sparkann.vectors import list_array
 
 ROWS, DIM, K = 1500, 8, 5

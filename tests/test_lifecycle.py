@@ -27,7 +27,8 @@ from lifecycle_jobs import race_writer
 from sparkann import ANNIndex, ANNIndexModel, datasets, exact
 from sparkann.loader import partition_ids
 from sparkann.storage import ConcurrentUpdateError, IndexFormatError
-from sparkann.storage.versions import manifest_path, referenced_files
+from sparkann.storage.transaction import referenced_files
+from sparkann.storage.versions import manifest_path
 
 DIM = 16
 K = 10

@@ -240,11 +240,12 @@ class BotoStore(Store):
 
 def test_racing_publishes_keep_every_file_of_the_committed_version(endpoint, aws_env,
                                                                     monkeypatch):
-    """Two updates of version 1 publish at once through the store layer: one commits
-    version 2, the other gets ConcurrentUpdateError and removes only its own run; every
-    file the committed version names is still there."""
-    from sparkann.storage import versions
+    """Two transactions on version 1 commit at once through the store layer: one
+    commits version 2, the other gets ConcurrentUpdateError and removes only the file
+    it wrote; every file the committed version names is still there."""
+    from sparkann.storage import transaction, versions
     from sparkann.storage.format import Manifest, Partitions
+    from sparkann.storage.transaction import Transaction, referenced_files
     from sparkann.storage.versions import (
         ConcurrentUpdateError,
         latest_version,
@@ -252,39 +253,38 @@ def test_racing_publishes_keep_every_file_of_the_committed_version(endpoint, aws
         new_run,
         publish,
         read_manifest,
-        referenced_files,
     )
 
     root = f"s3://{BUCKET}/publish"
     session = ConnectSession()
     store = ConditionalS3Store(BotoStore(endpoint[2]))
     monkeypatch.setattr(versions, "store_for", lambda spark, path: store)
+    monkeypatch.setattr(transaction, "store_for", lambda spark, path: store)
 
-    def version_files(run: str) -> Manifest:
-        files = [f"{run}/partition_id={p}/part-0.parquet" for p in range(2)]
-        for name in files + [f"meta/{run.split('/')[1]}.bin"]:
-            store.write(join(root, name), b"data of " + name.encode())
-        return Manifest(
-            root=root, version=0, index_type="hnsw", metric="l2", dim=4, id_type="long",
-            params={"hnswM": 16, "efConstruction": 40, "numPartitions": 2}, user_set=[],
-            meta_file=f"meta/{run.split('/')[1]}.bin", meta_sha256="ab" * 32,
-            partitions=Partitions(files=files, rows=[3, 4], payload_bytes=[10, 10],
-                                  checksums=["c0", "c1"], sq_errors=[0.0, 0.0],
-                                  deletes=[[], []]))
-
-    publish(session, version_files(new_run("data")), None)
+    run = new_run("data")
+    files = [f"{run}/partition_id={p}/part-0.parquet" for p in range(2)]
+    for name in files + [f"meta/{run.split('/')[1]}.bin"]:
+        store.write(join(root, name), b"data of " + name.encode())
+    publish(session, Manifest(
+        root=root, version=0, index_type="hnsw", metric="l2", dim=4, id_type="long",
+        params={"hnswM": 16, "efConstruction": 40, "numPartitions": 2}, user_set=[],
+        meta_file=f"meta/{run.split('/')[1]}.bin", meta_sha256="ab" * 32,
+        partitions=Partitions(files=files, rows=[3, 4], payload_bytes=[10, 10],
+                              checksums=["c0", "c1"], sq_errors=[0.0, 0.0],
+                              deletes=[[], []])), None)
     assert latest_version(store, root) == 1
-    runs = [new_run("data") for _ in range(2)]
-    updates = [version_files(run) for run in runs]
+    base, _ = read_manifest(store, root, 1)
     barrier = threading.Barrier(2)
     outcome: list = [None, None]
+    metas: list = [None, None]
 
     def update(i):
-        barrier.wait()
         try:
-            outcome[i] = publish(session, updates[i], 1)[0].version
+            with Transaction(session, root, base) as txn:
+                metas[i] = txn.write_meta(f"meta of writer {i}".encode())
+                barrier.wait()
+                outcome[i] = txn.commit("add")[0].version
         except ConcurrentUpdateError:
-            store.delete(join(root, runs[i]))  # what a losing update removes
             outcome[i] = "lost"
 
     threads = [threading.Thread(target=update, args=(i,)) for i in range(2)]
@@ -295,8 +295,9 @@ def test_racing_publishes_keep_every_file_of_the_committed_version(endpoint, aws
     assert sorted(map(str, outcome)) == ["2", "lost"], outcome
     committed, _ = read_manifest(store, root, 2)
     winner = outcome.index(2)
-    assert committed.partitions.files == updates[winner].partitions.files
+    assert committed.meta_file == metas[winner] and committed.operation == "add"
     assert all(store.exists(join(root, f)) for f in referenced_files(committed))
-    assert not store.exists(join(root, updates[1 - winner].partitions.files[0]))
+    assert all(store.exists(join(root, f)) for f in referenced_files(base))
+    assert not store.exists(join(root, metas[1 - winner]))
     assert not store.exists(manifest_path(root, 3))
     assert latest_version(store, root) == 2

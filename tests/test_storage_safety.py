@@ -97,7 +97,7 @@ def commit_fault(spark):
 
 
 def version_files_exist(model: ANNIndexModel) -> bool:
-    from sparkann.storage.versions import referenced_files
+    from sparkann.storage.transaction import referenced_files
 
     root = model.manifest.root
     return all(os.path.isfile(os.path.join(root, f)) for f in referenced_files(model.manifest))

@@ -27,6 +27,8 @@ _META_HEADER = struct.Struct("<8sIQ")  # magic, version, json length
 _META_DTYPES = {"<f4": np.float32, "<i8": np.int64, "|u1": np.uint8}
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_=.\-]+(/[A-Za-z0-9_=.\-]+)*")  # whole path: fullmatch
 ID_TYPES = ("long", "string")
+# What made a version (recorded in its manifest; "" in manifests written before it was).
+OPERATIONS = ("fit", "add", "delete", "compact", "rebalance", "calibrate", "copy", "save")
 
 
 class IndexFormatError(ValueError):
@@ -173,12 +175,21 @@ class Partitions:
     def live(self) -> list[int]:
         return [r - d for r, d in zip(self.rows, self.deleted)]
 
-    def with_partition(self, pid: int, **values) -> "Partitions":
-        """A copy with partition ``pid``'s fields replaced (``deletes`` included)."""
+    def with_partitions(self, changes: dict[int, dict]) -> "Partitions":
+        """A copy with the fields of each partition in ``changes`` (pid -> {field: value},
+        ``deletes`` included) replaced."""
         columns = {name: list(getattr(self, name)) for name in _PARTITION_FIELDS}
-        for name, value in values.items():
-            columns[name][pid] = value
+        for pid, values in changes.items():
+            for name, value in values.items():
+                columns[name][pid] = value
         return Partitions(**columns)
+
+    @classmethod
+    def empty(cls, count: int) -> "Partitions":
+        """``count`` partitions without rows."""
+        return cls(files=[""] * count, rows=[0] * count, payload_bytes=[0] * count,
+                   checksums=[""] * count, sq_errors=[0.0] * count,
+                   deletes=[[] for _ in range(count)])
 
 
 _PARTITION_FIELDS = ("files", "rows", "payload_bytes", "checksums", "sq_errors", "deletes")
@@ -215,6 +226,7 @@ class Manifest:
     calibration: dict = field(default_factory=dict)
     build_seconds: dict = field(default_factory=dict)
     base_version: int = 0
+    operation: str = ""  # one of OPERATIONS: what made this version
 
     @property
     def num_partitions(self) -> int:
@@ -258,6 +270,7 @@ class Manifest:
                 "sha256": self.locations.checksums},
             "calibration": self.calibration,
             "buildSeconds": self.build_seconds,
+            "operation": self.operation,
         }
         return json.dumps(doc, sort_keys=True)
 
@@ -291,6 +304,7 @@ class Manifest:
                 locations=_locations(doc.get("locations")),
                 calibration=_dict(doc.get("calibration", {}), "calibration"),
                 build_seconds=_dict(doc.get("buildSeconds", {}), "buildSeconds"),
+                operation=_operation(doc.get("operation", "")),
             )
         except IndexFormatError:
             raise
@@ -350,6 +364,13 @@ def _required_params(kind: str) -> tuple[str, ...]:
     from ..index import index_type
 
     return ("numPartitions", *index_type(kind).build_params)
+
+
+def _operation(value) -> str:
+    if value != "" and value not in OPERATIONS:
+        raise IndexFormatError(f"manifest field operation={value!r} is not one of "
+                               f"{', '.join(OPERATIONS)}")
+    return value
 
 
 def _text(value, what: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from .. import testing
 from ..index import StoredPartition
 from .format import IndexFormatError, framed_sha256, sha256
 from .fs import arrow_fs, is_local, join, local_path, read_file
@@ -30,6 +32,7 @@ ID_COLUMNS = ["ids", "payload_sha256", "ids_sha256", "vectors_sha256", "checksum
 INDEX_FACTS = ["partition_id", "num_rows", "payload_bytes", "checksum", "sq_error"]
 TASK_SECONDS = "task_seconds"  # [building the index, searching the held-out sample]
 DELETE_COLUMNS = ["partition_id", "pid", "labels", "count", "checksum"]
+DELETE_SCHEMA = "partition_id int, pid int, labels array<int>, count long, checksum string"
 LOCATION_COLUMNS = ["bucket", "id", "partition_id"]
 MAX_PARTITION_FILE_BYTES = 4 << 30
 
@@ -223,3 +226,35 @@ def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
     digests = [int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little")
                for s in ids.to_pylist()]
     return (np.asarray(digests, dtype=np.uint64) % np.uint64(buckets)).astype(np.int32)
+
+
+def bucket_fn(buckets: int, fault: str | None = None):
+    """(id, partition_id) rows with their id-location bucket (``fault``: the test-fault
+    stage its tasks report to, see :mod:`sparkann.testing`)."""
+
+    def with_bucket(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        if fault:
+            testing.inject(fault)
+        for batch in batches:
+            ids = batch.column("id")
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(id_buckets(ids, buckets), pa.int32()), ids,
+                 batch.column("partition_id")], ["bucket", "id", "partition_id"])
+
+    return with_bucket
+
+
+def delete_rows_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """(partition_id, labels) rows as delete-file rows: counted and checksummed."""
+    testing.inject("deletes")
+    for batch in batches:
+        labels = batch.column("labels")
+        counts, sums = [], []
+        for row in range(batch.num_rows):
+            values = labels[row].values.to_numpy(zero_copy_only=False)
+            counts.append(len(values))
+            sums.append(labels_checksum(values))
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("partition_id"), batch.column("partition_id"), labels,
+             pa.array(counts, pa.int64()), pa.array(sums, pa.string())],
+            ["partition_id", "pid", "labels", "count", "checksum"])

@@ -1,4 +1,4 @@
-"""Versions of an index: load, publish with optimistic concurrency, vacuum.
+"""Versions of an index: load, and publish with optimistic concurrency.
 
 Layout under an index root (any URI Spark can write)::
 
@@ -21,9 +21,7 @@ other gets :class:`ConcurrentUpdateError`, on every store whose create is atomic
 from __future__ import annotations
 
 import logging
-import math
 import re
-import time
 import uuid
 
 from .. import testing
@@ -34,12 +32,11 @@ MANIFESTS = "manifests"
 LATEST = "_latest"
 RUN_DIRS = ("data", "deletes", "locations")
 LAYOUT = (MANIFESTS, "meta", *RUN_DIRS, "metadata", "staging")  # what a root may hold
-_VERSION_FILE = re.compile(r"^v(\d{8})\.json$")
+VERSION_FILE = re.compile(r"^v(\d{8})\.json$")
 _OLD_FORMAT_DIR = re.compile(r"^v\d{8}$")
 _RUN_NAME = re.compile(r"^[0-9a-f]{32}$")  # a run directory made by new_run
 _META_NAME = re.compile(r"^[0-9a-f]{32}\.bin(\.[0-9a-f]{32}\.tmp)?$")  # and its temporaries
 
-DEFAULT_RETENTION_HOURS = 168.0  # what vacuum leaves for readers and running writers
 log = logging.getLogger(__name__)
 
 
@@ -97,7 +94,7 @@ def listed_versions(store: Store, root: str) -> list[int]:
     if any(e.is_dir and _OLD_FORMAT_DIR.match(e.name) for e in entries):
         raise IndexFormatError(f"{root} holds an index in sparkann's index format 1; "
                                "rebuild it with this version of sparkann")
-    return sorted(int(m.group(1)) for e in entries if (m := _VERSION_FILE.match(e.name)))
+    return sorted(int(m.group(1)) for e in entries if (m := VERSION_FILE.match(e.name)))
 
 
 def latest_version(store: Store, root: str) -> int:
@@ -220,95 +217,3 @@ def _commit_state(spark, store: Store, path: str, text: bytes) -> str:
     except Exception as err:
         log.warning("sparkann: could not read back %s: %s", path, err)
         return "unknown"
-
-
-def referenced_files(manifest: Manifest) -> set[str]:
-    """Every file (relative to the root) a version needs."""
-    files = {manifest.meta_file, *manifest.partitions.files}
-    files.update(d.file for ds in manifest.partitions.deletes for d in ds)
-    if manifest.locations is not None:
-        files.update(f for fs in manifest.locations.files for f in fs)
-    return files
-
-
-def vacuum(spark, root: str, retain_versions: int,
-           retention_hours: float = DEFAULT_RETENTION_HOURS) -> dict:
-    """Delete versions older than the newest ``retain_versions`` and every run that a
-    writer of the index made under ``data/``, ``deletes/``, ``locations/`` and
-    ``meta/`` (named by :func:`new_run`) that no retained version needs; anything
-    else there is never touched.
-
-    Like Delta's ``VACUUM RETAIN n HOURS``, nothing younger than ``retention_hours``
-    goes: a version stays while it was the newest within that period (a job or a
-    stream may still read it), and a run stays while its newest file is younger
-    (a write may still be running; ``fit`` publishes without a base version) or
-    younger than the newest manifest."""
-    if retain_versions < 1:
-        raise ValueError(f"retainVersions={retain_versions} is out of range: must be >= 1")
-    if isinstance(retention_hours, bool) or not isinstance(retention_hours, (int, float)) \
-            or not 0 <= retention_hours < math.inf:
-        raise ValueError(f"retentionHours={retention_hours!r} is out of range: must be a "
-                         "number >= 0")
-    store = store_for(spark, root)
-    root = store.qualify(root)
-    versions = listed_versions(store, root)
-    if not versions:
-        raise IndexFormatError(f"no sparkann index at {root}")
-    now = time.time()
-    horizon = now - retention_hours * 3600
-    published = {int(m.group(1)): e.mtime for e in store.list(join(root, MANIFESTS))
-                 if (m := _VERSION_FILE.match(e.name))}
-    kept = [v for i, v in enumerate(versions) if i >= len(versions) - retain_versions
-            or published.get(versions[i + 1], now) > horizon]
-    dropped = [v for v in versions if v not in kept]
-    needed: set[str] = set()
-    for version in kept:
-        needed |= referenced_files(read_manifest(store, root, version)[0])
-    cutoff = min(published.get(kept[-1], now), horizon)
-    removed: list[str] = []
-    for kind in RUN_DIRS:
-        removed += _vacuum_runs(store, root, kind, needed, cutoff)
-    for entry in store.list(join(root, "meta")):
-        path = f"meta/{entry.name}"
-        if is_run_name("meta", entry.name) and path not in needed and entry.mtime < cutoff:
-            store.delete(join(root, path))
-            removed.append(path)
-    for version in dropped:
-        store.delete(manifest_path(root, version))
-    log.info("sparkann: vacuumed %s: kept versions %s, removed %d versions and %d paths",
-             root, kept, len(dropped), len(removed))
-    return {"keptVersions": kept, "removedVersions": dropped, "removedPaths": sorted(removed),
-            "retentionHours": retention_hours}
-
-
-def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
-                 cutoff: float) -> list[str]:
-    """Unreferenced run directories of one kind, and unreferenced partitions in the rest."""
-    removed = []
-    for run in store.list(join(root, kind)):
-        if not is_run_name(kind, run.name):  # not written by sparkann: never touched
-            continue
-        prefix = f"{kind}/{run.name}/"
-        wanted = {f for f in needed if f.startswith(prefix)}
-        if not wanted:
-            if newest_mtime(store, join(root, prefix), run.mtime) < cutoff:
-                store.delete(join(root, prefix))
-                removed.append(prefix.rstrip("/"))
-            continue
-        for part in store.list(join(root, prefix)):
-            path = prefix + part.name
-            if part.is_dir and not any(f.startswith(path + "/") for f in wanted) \
-                    and newest_mtime(store, join(root, path), part.mtime) < cutoff:
-                store.delete(join(root, path))
-                removed.append(path)
-    return removed
-
-
-def newest_mtime(store: Store, path: str, own: float) -> float:
-    """The newest modification time of the files under a directory (a directory's own
-    time changes when something inside it is deleted, so it cannot tell age)."""
-    times = []
-    for entry in store.list(path):
-        inner = join(path, entry.name)
-        times.append(newest_mtime(store, inner, entry.mtime) if entry.is_dir else entry.mtime)
-    return max(times) if times else own

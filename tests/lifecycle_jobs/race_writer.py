@@ -41,8 +41,7 @@ def pause_publishing(directory: str, name: str, setattr=setattr) -> dict:
     """Make every publish of this process wait at the barrier right after it has read
     the newest version number (``setattr`` may be a pytest monkeypatch's). Returns a
     dict whose "met" tells whether the last such wait met the other writer."""
-    from sparkann import update
-    from sparkann.storage import versions
+    from sparkann.storage import transaction, versions
 
     publishing = {"now": False, "met": None}
     real_latest, real_publish = versions.latest_version, versions.publish
@@ -61,7 +60,7 @@ def pause_publishing(directory: str, name: str, setattr=setattr) -> dict:
             publishing["now"] = False
 
     setattr(versions, "latest_version", latest_version)  # what publish() calls
-    setattr(update, "publish", publish)  # what add() calls
+    setattr(transaction, "publish", publish)  # what Transaction.commit calls
     return publishing
 
 
