@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -85,7 +84,7 @@ class Built:
     num_clusters: int
     max_partition_rows: int
     meta: Meta | None = None
-    calibration: tuple | None = None  # (CalibrationPlan, found table) when calibrating
+    calibration: calibrate.HeldOut | None = None  # the held-out searches, when calibrating
     written: tuple = ()  # what the build wrote under the root (runs and the meta file)
 
 
@@ -132,35 +131,34 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
         shared = cls.train_shared(sample, sample - centroids[nearest], context, seed)
     meta_value = Meta(centroids, plan.counts, graph, shared)
     meta = write_meta(spark, root, meta_value, inline)
-    cplan = None
+    held = None
     if params["targetRecall"] > 0:
         with stage("plan calibration"):
-            held = calibrate.draw_sample(rows, num_rows, seed, metric, dim, True, held=True)
-            cplan, _ = calibrate.plan_calibration(held, ranker, plan, np.maximum(estimated, 1),
-                                                  int(params["k"]),
-                                                  cls.search_ladder(int(params["k"]), params))
-            plan_file = write_plan(spark, root, cplan.to_bytes(), inline)
+            held = calibrate.plan_held_out(rows, num_rows, params, metric, dim, ranker, plan,
+                                           np.maximum(estimated, 1),
+                                           cls.search_ladder(int(params["k"]), params), root,
+                                           inline)
     run = new_run("data")
     threads = build_threads(spark, params, plan.num_partitions)
-    written = [run, meta[0]] + ([plan_file[0]] if cplan else [])
+    written = [run, meta[0]] + ([held.relative] if held else [])
     try:
         with stage("build partition indexes"), removed_on_failure(spark, root, written):
             assigned = assign(rows, meta[1], metric, dim, kind)
-            task = build_fn(meta[1], params, dim, threads, plan_file[1] if cplan else None)
+            task = build_fn(meta[1], params, dim, threads, held.handle if held else None)
             table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind))
             tables.write_table(table, join(root, run), "partition_id")
         with stage("check partitions"):
             partitions = written_partitions(spark, root, run, plan.num_partitions,
                                             stage.seconds)
-            found = calibrate.found_at_fit(spark, root, run) if cplan else None
+            found = calibrate.found_at_fit(spark, root, run) if held else None
     finally:
-        if cplan:
-            store_for(spark, root).delete(join(root, plan_file[0]))
+        if held:
+            store_for(spark, root).delete(join(root, held.relative))
     with stage("write id locations"), removed_on_failure(spark, root, [run, meta[0]]):
         locations, locations_run = write_locations(spark, root, partitions, num_rows, kind)
+    searched = calibrate.HeldOut(held.plan, found) if held and found is not None else None
     built = Built(partitions, meta[0], meta[1].sha256, locations, num_clusters, max_rows,
-                  meta_value, (cplan, found) if cplan else None,
-                  (run, meta[0], locations_run))
+                  meta_value, searched, (run, meta[0], locations_run))
     return built, num_rows, dim
 
 
@@ -172,27 +170,6 @@ def build_threads(spark, params: dict, num_partitions: int) -> int:
         return int(params["numThreads"])
     cores = threads_per_task(spark, 0, 1)
     return max(1, min(cores, math.ceil(2 * cores / max(num_partitions, 1))))
-
-
-@dataclass(frozen=True)
-class PlanHandle:
-    """How a build task finds the fit's calibration plan."""
-
-    uri: str
-    sha256: str
-    inline: bytes | None = None
-
-    def read(self) -> "calibrate.CalibrationPlan":
-        data = self.inline if self.inline is not None else read_file(self.uri, 1 << 30)
-        if sha256(data) != self.sha256:
-            raise IndexFormatError(f"the calibration plan {self.uri} changed during the build")
-        return calibrate.CalibrationPlan.from_bytes(data)
-
-
-def write_plan(spark, root: str, data: bytes, inline: bool) -> tuple[str, PlanHandle]:
-    relative = f"staging/{uuid.uuid4().hex}-calibration.bin"
-    store_for(spark, root).write(join(root, relative), data)
-    return relative, PlanHandle(join(root, relative), sha256(data), data if inline else None)
 
 
 def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
@@ -402,7 +379,7 @@ def per_partition(assigned: DataFrame, num_partitions: int, fn, schema: str) -> 
 
 
 def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
-             calibration: PlanHandle | None = None):
+             calibration: calibrate.PlanHandle | None = None):
     """The per-partition task: prepared vectors in, one index-table row out."""
     metric, cls = get_metric(params["metric"]), index_type(params["indexType"])
     deterministic = bool(params["deterministic"])

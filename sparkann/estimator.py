@@ -47,6 +47,7 @@ from .storage.format import DeleteFile, IndexFormatError, Manifest
 from .storage.fs import is_local, join, store_for
 from .storage.versions import DEFAULT_RETENTION_HOURS, check_current, new_run, publish, vacuum
 from .storage.versions import load as load_version
+from .tuning import SearchDefaults
 from .vectors import vector_column
 
 log = logging.getLogger(__name__)
@@ -131,13 +132,12 @@ def calibrated(manifest: Manifest, built, rows: DataFrame, stage: StageTimer) ->
     if built.calibration is None:
         return manifest
     with stage("calibrate"):
-        plan, found = built.calibration
         params = manifest.params
         epsilon = (params["probeEpsilon"] if "probeEpsilon" in manifest.user_set
                    else None)  # None: calibration chooses it
-        report = calibrate.calibrate_at_fit(manifest, built.meta, plan, found, rows,
-                                            params["targetRecall"], epsilon)
-    return with_calibration(manifest, report)
+        defaults = calibrate.calibrate_at_fit(manifest, built.meta, built.calibration, rows,
+                                              params["targetRecall"], epsilon)
+    return with_calibration(manifest, defaults)
 
 
 def fixed_defaults(manifest: Manifest) -> dict:
@@ -158,9 +158,10 @@ def with_search_defaults(manifest: Manifest, values: dict) -> Manifest:
     return replace(manifest, params=params)
 
 
-def with_calibration(manifest: Manifest, report: dict) -> Manifest:
-    chosen = {name: report[name] for name in CALIBRATED if name in report}
-    return replace(with_search_defaults(manifest, chosen), calibration=report)
+def with_calibration(manifest: Manifest, defaults: SearchDefaults) -> Manifest:
+    """The manifest with calibrated search defaults and their report."""
+    return replace(with_search_defaults(manifest, defaults.params()),
+                   calibration=defaults.report)
 
 
 def index_root(spark: SparkSession, path: str | None) -> str:
@@ -425,16 +426,16 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
                                     build.vector_column(queries, self.getVectorCol())
                                     .alias("vector"))
         with job_label(spark, "sparkann: calibrate"):
-            report = calibrate.calibrate(spark, handle, base, self.manifest.num_vectors,
-                                         self.getK(), targetRecall,
-                                         self.getSeed() if sampleSeed is None else sampleSeed,
-                                         self.getProbeEpsilon() if self.isSet(self.probeEpsilon)
-                                         else None, sample)
-        manifest = with_calibration(self.manifest, report)
+            defaults = calibrate.calibrate(spark, handle, base, self.manifest.num_vectors,
+                                           self.getK(), targetRecall,
+                                           self.getSeed() if sampleSeed is None else sampleSeed,
+                                           self.getProbeEpsilon()
+                                           if self.isSet(self.probeEpsilon) else None, sample)
+        manifest = with_calibration(self.manifest, defaults)
         model = self._with(*publish(spark, manifest, self.manifest.version))
-        for name in CALIBRATED:  # calibrated values become the defaults, not user settings
-            if name in report and not self.isSet(self.getParam(name)):
-                model._setDefault(**{name: report[name]})
+        for name, value in defaults.params().items():  # defaults, not user settings
+            if not self.isSet(self.getParam(name)):
+                model._setDefault(**{name: value})
         return model
 
     def vacuum(self, retainVersions: int = 1,

@@ -52,9 +52,14 @@ def test_sweep_recall_grows_with_probes_and_tune_picks_the_cheapest(setup):
     model, items, queries, sample = setup
     trials = sweep(model, items, queries, probes=[1, 2, 4, 32], ef=[5, 10, 40],
                    evaluation=sample)  # 32 > 16 partitions and ef 5 < k are skipped
-    assert [(t.num_probes, t.ef_search) for t in trials] == [
-        (1, 10), (2, 10), (1, 40), (4, 10), (2, 40), (4, 40)]
+    assert sorted((t.num_probes, t.ef_search) for t in trials) == [
+        (1, 10), (1, 40), (2, 10), (2, 40), (4, 10), (4, 40)]
+    assert [t.cost for t in trials] == sorted(t.cost for t in trials)  # cheapest first
+    assert trials == sorted(trials, key=lambda t: (t.cost, t.num_probes))
     by = {(t.num_probes, t.ef_search): t.recall for t in trials}
+    cost = {(t.num_probes, t.ef_search): t.cost for t in trials}
+    assert cost[(1, 10)] < cost[(2, 10)] < cost[(4, 10)] and cost[(4, 10)] < cost[(4, 40)]
+    assert cost[(2, 40)] == pytest.approx(4 * cost[(2, 10)], rel=1e-3)  # linear in efSearch
     assert by[(1, 40)] < by[(2, 40)] < by[(4, 40)]
     assert all(t.queries_per_second > 0 and t.seconds > 0 for t in trials)
     target = round((by[(2, 40)] + by[(4, 40)]) / 2, 4)
@@ -63,6 +68,7 @@ def test_sweep_recall_grows_with_probes_and_tune_picks_the_cheapest(setup):
                  evaluation=sample)
     assert (tuned.num_probes, tuned.ef_search) == (expected.num_probes, expected.ef_search)
     assert tuned.recall >= target and len(tuned.trials) <= 6
+    assert tuned.cost == expected.cost
     assert tuned.apply(model).getNumProbes() == tuned.num_probes
     assert tuned.params() == {"numProbes": tuned.num_probes, "efSearch": tuned.ef_search}
 
@@ -78,15 +84,20 @@ def test_tune_errors(setup):
 
 
 def test_cheapest_prefers_least_work_then_fewer_probes():
-    trials = [Trial(4, 16, 0.97, 1.0, 100.0), Trial(2, 32, 0.96, 1.0, 90.0),
-              Trial(1, 128, 0.99, 1.0, 50.0), Trial(1, 16, 0.80, 1.0, 300.0)]
-    assert (cheapest(trials, 0.95).num_probes, cheapest(trials, 0.95).ef_search) == (2, 32)
+    def trial(probes, ef, recall, cost):
+        return Trial(probes, {"efSearch": ef}, recall, 1.0, 100.0, cost)
+
+    trials = [trial(4, 16, 0.97, 64.0), trial(2, 32, 0.96, 64.0), trial(1, 128, 0.99, 128.0),
+              trial(1, 16, 0.80, 16.0), trial(8, 16, 0.99, 60.0)]
+    assert (cheapest(trials, 0.95).num_probes, cheapest(trials, 0.95).ef_search) == (8, 16)
+    assert (cheapest(trials[:4], 0.95).num_probes, cheapest(trials[:4], 0.95).ef_search) == (
+        2, 32)
     assert cheapest(trials, 0.999) is None
 
 
 def test_plot_sweep_writes_a_png(tmp_path):
-    trials = [Trial(p, e, min(1.0, 0.5 + 0.1 * p + e / 400), 1.0, 1000.0 / (p * e))
-              for p in (1, 2, 4) for e in (16, 64)]
+    trials = [Trial(p, {"efSearch": e}, min(1.0, 0.5 + 0.1 * p + e / 400), 1.0,
+                    1000.0 / (p * e), float(p * e)) for p in (1, 2, 4) for e in (16, 64)]
     path = plot_sweep(trials, str(tmp_path / "chart.png"))
     assert Path(path).read_bytes()[:8] == PNG_MAGIC
 
