@@ -18,7 +18,6 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -400,17 +399,10 @@ def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
             index = cls.build(vectors, context, seed, task_threads)
             seconds = (time.perf_counter() - started, 0.0)
             return tables.partition_row(pid, ids, index.store(), None, seconds)
-        plan = calibration.read()
-        held = np.asarray(pc.is_in(ids, value_set=plan.ids.cast(ids.type)))
-        index = cls.build(vectors[~held], context, seed, task_threads)
-        kept = ids.filter(pa.array(~held))
-        searched = time.perf_counter()
-        found = calibrate.search_held_out(index, plan, pid, kept, cls.knobs, task_threads)
-        searching = time.perf_counter() - searched
-        index.add(vectors[held], task_threads)  # held-out rows join the index afterwards
-        order = pa.concat_arrays([kept, ids.filter(pa.array(held))])
-        seconds = (time.perf_counter() - started - searching, searching)
-        return tables.partition_row(pid, order, index.store(), found, seconds)
+        built = calibrate.build_holding_out(cls, calibration, pid, vectors, ids, context, seed,
+                                            task_threads)
+        seconds = (time.perf_counter() - started - built.seconds, built.seconds)
+        return tables.partition_row(pid, built.ids, built.index.store(), built.found, seconds)
 
     return build_partition
 

@@ -35,6 +35,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .exact import knn, top_k
+from .index import PartitionIndex
 from .loader import IndexHandle, LoadedIndex, open_index, partition
 from .metrics import Metric
 from .sampling import collect_sample
@@ -377,6 +378,32 @@ def plan_calibration(sample: Sample, ranker, shards, sizes: np.ndarray, k: int,
     pids = first + within
     queries_of = {int(p): np.unique(query[pids == p]) for p in np.unique(pids)}
     return CalibrationPlan(sample.vectors, sample.ids, settings, k, queries_of)
+
+
+@dataclass(frozen=True)
+class HeldOutBuild:
+    """A partition index built inside a task with its held-out rows searched first."""
+
+    index: PartitionIndex  # held-out rows added last
+    ids: pa.Array  # ids in label order
+    found: bytes | None  # the held-out searches (see search_held_out)
+    seconds: float  # spent searching
+
+
+def build_holding_out(cls, handle: PlanHandle, pid: int, vectors: np.ndarray, ids: pa.Array,
+                      context, seed: int, threads: int) -> HeldOutBuild:
+    """Inside a build task: the partition's index built without its held-out rows, which
+    it searches with every ladder setting before they join it."""
+    plan = handle.read()
+    held = np.asarray(pc.is_in(ids, value_set=plan.ids.cast(ids.type)))
+    index = cls.build(vectors[~held], context, seed, threads)
+    kept = ids.filter(pa.array(~held))
+    started = time.perf_counter()
+    found = search_held_out(index, plan, pid, kept, cls.knobs, threads)
+    seconds = time.perf_counter() - started
+    index.add(vectors[held], threads)
+    return HeldOutBuild(index, pa.concat_arrays([kept, ids.filter(pa.array(held))]), found,
+                        seconds)
 
 
 def search_held_out(index, plan: CalibrationPlan, pid: int, ids: pa.Array, knobs_of,

@@ -83,6 +83,26 @@ def test_tune_errors(setup):
         tune(model, items, queries, 0.5, probes=[99], evaluation=sample)
 
 
+def test_tune_works_for_pq_on_its_rerank_ladder(spark, hard_data):
+    base, queries = hard_data
+    items, query_frame = vectors_frame(spark, base), vectors_frame(spark, queries, id_name="qid")
+    model = ANNIndex(indexType="pq", pqSubvectors=8, rerankK=20, numPartitions=4, k=10,
+                     seed=1, targetRecall=0).fit(items)
+    sample = QuerySample(model, items, query_frame, k=10, sample=40, seed=3)
+    with pytest.raises(ValueError, match="ef=\\[16\\]: indexType='pq' has no efSearch"):
+        tune(model, items, query_frame, 0.5, ef=[16], evaluation=sample)
+    trials = sweep(model, items, query_frame, probes=[1, 4], evaluation=sample)
+    assert {t.num_probes for t in trials} == {1, 4} and all(
+        set(t.setting) == {"rerankK"} for t in trials)
+    one = sorted((t for t in trials if t.num_probes == 1), key=lambda t: t.setting["rerankK"])
+    assert [t.cost for t in one] == sorted(t.cost for t in one) and one[0].cost < one[-1].cost
+    target = min(t.recall for t in trials if t.num_probes == 4)
+    tuned = tune(model, items, query_frame, target, probes=[1, 4], evaluation=sample)
+    expected = cheapest(trials, target)
+    assert (tuned.num_probes, tuned.setting) == (expected.num_probes, expected.setting)
+    assert tuned.apply(model).getRerankK() == tuned.setting["rerankK"]
+
+
 def test_cheapest_prefers_least_work_then_fewer_probes():
     def trial(probes, ef, recall, cost):
         return Trial(probes, {"efSearch": ef}, recall, 1.0, 100.0, cost)
