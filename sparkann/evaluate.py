@@ -1,9 +1,12 @@
 """Exact k-nearest neighbours on Spark (blocked brute force), recall@k, and search tuning.
 
-* :func:`exact_neighbors`, :func:`recall_at_k`, :func:`model_recall`: exact answers and recall.
-* :func:`sweep`: recall and queries/s of a model over a grid of ``numProbes`` x ``efSearch``
-  on a sample of queries; :func:`plot_sweep` draws it, :func:`write_report` saves both.
-* :func:`tune`: the cheapest ``(numProbes, efSearch)`` reaching a target recall.
+* :func:`exact_neighbors`, :func:`recall_at_k`, :func:`model_recall`: exact answers and
+  recall, computed in tasks by the kernels of :mod:`sparkann.exact`.
+* :func:`sweep`: recall, queries/s and cost of a model over a grid of ``numProbes`` x
+  index-type setting (``efSearch``, or the type's calibration ladder) on a sample of
+  queries; :func:`plot_sweep` draws it, :func:`write_report` saves both.
+* :func:`tune`: the cheapest setting reaching a target recall, cheapest as calibration
+  counts search work (:mod:`sparkann.tuning`).
 """
 
 from __future__ import annotations
