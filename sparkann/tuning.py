@@ -134,19 +134,24 @@ class Found:
                    np.repeat(table.column("setting").to_numpy(), lengths), flat,
                    dists.values.to_numpy(zero_copy_only=False) if len(dists) else np.empty(0))
 
+    def take(self, positions: np.ndarray) -> "Found":
+        return Found(self.query[positions], self.pid[positions], self.setting[positions],
+                     self.ids[positions], self.dists[positions])
+
     def without(self, own: np.ndarray) -> "Found":
         """Without each query's own id (``own[query]``)."""
-        keep = self.ids != own[self.query]
-        return Found(self.query[keep], self.pid[keep], self.setting[keep], self.ids[keep],
-                     self.dists[keep])
+        return self.take(np.flatnonzero(self.ids != own[self.query]))
+
+    def by_query_and_distance(self) -> "Found":
+        """Sorted by query, then distance (ties keep their order)."""
+        return self.take(np.lexsort((self.dists, self.query)))
 
 
-def best_k(query: np.ndarray, dists: np.ndarray, n: int, k: int) -> np.ndarray:
-    """Positions of each query's ``k`` nearest candidates (ties by arrival)."""
-    order = np.lexsort((dists, query))
-    starts = np.searchsorted(query[order], np.arange(n))
-    rank = np.arange(len(order)) - starts[query[order]] if len(order) else order
-    return order[rank < k]
+def first_per_query(query: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Positions of the first ``k`` entries of each query in ``query`` (sorted)."""
+    starts = np.searchsorted(query, np.arange(n))
+    rank = np.arange(len(query)) - starts[query]
+    return np.flatnonzero(rank < k)
 
 
 def measure(model: ProbeModel, found: Found, truth: list[np.ndarray], k: int, fetch: int,
@@ -157,17 +162,20 @@ def measure(model: ProbeModel, found: Found, truth: list[np.ndarray], k: int, fe
     with the smallest epsilon, and ``ranked`` / ``dists`` each query's ranked centroids,
     deep enough for the largest numProbes; ``hard`` marks the hard tail."""
     n = len(truth)
+    found = found.by_query_and_distance()
     truth_rows = np.repeat(np.arange(n), [len(t) for t in truth])
     truth_ids = np.concatenate(truth) if n else np.empty(0)
     trials = []
     ladder = probe_ladder(len(model.router.sizes))
+    of_setting = [np.flatnonzero(found.setting == number) for number in range(len(settings))]
     for probes, epsilon in [(p, e) for p in ladder for e in (epsilons if p > 1 else epsilons[:1])]:
         qpos, ppos = model.probes(ranked, dists, probes, fetch, epsilon)
-        searched = np.isin(found.query.astype(np.int64) * len(model.rows) + found.pid,
-                           qpos * len(model.rows) + ppos)
+        probed = np.zeros((n, len(model.rows)), dtype=bool)
+        probed[qpos, ppos] = True
         for number, values in enumerate(settings):
-            pick = np.flatnonzero(searched & (found.setting == number))
-            top = pick[best_k(found.query[pick], found.dists[pick], n, k)]
+            mine = of_setting[number]
+            pick = mine[probed[found.query[mine], found.pid[mine]]]
+            top = pick[first_per_query(found.query[pick], n, k)]
             hits, wanted = hit_counts(n, found.query[top], found.ids[top], truth_rows,
                                       truth_ids)
             trials.append(Choice(probes, epsilon, dict(values), round(share(hits, wanted), 5),
