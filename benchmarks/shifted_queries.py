@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from conftest import loaded_index, vectors_frame  # noqa: E402
 
 from sparkann import ANNIndex, datasets, exact  # noqa: E402
-from sparkann.calibrate import MARGIN_SIGMAS  # noqa: E402
 from sparkann.metrics import get_metric  # noqa: E402
+from sparkann.tuning import MARGIN_SIGMAS  # noqa: E402
 
 K = 10
 MIXTURE = dict(num_clusters=200, rank=32, seed=3)

@@ -13,13 +13,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -80,7 +78,7 @@ class Built:
     num_clusters: int
     max_partition_rows: int
     meta: Meta | None = None
-    calibration: tuple | None = None  # (CalibrationPlan, found table) when calibrating
+    calibration: calibrate.HeldOut | None = None  # the held-out searches, when calibrating
 
 
 def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, str]:
@@ -126,30 +124,29 @@ def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction, inli
         shared = cls.train_shared(sample, sample - centroids[nearest], context, seed)
     meta_value = Meta(centroids, plan.counts, graph, shared)
     meta = write_meta(txn, meta_value, inline)
-    cplan = None
+    held = None
     if params["targetRecall"] > 0:
         with stage("plan calibration"):
-            held = calibrate.draw_sample(rows, num_rows, seed, metric, dim, True, held=True)
-            cplan, _ = calibrate.plan_calibration(held, ranker, plan, np.maximum(estimated, 1),
-                                                  int(params["k"]),
-                                                  cls.search_ladder(int(params["k"]), params))
-            plan_file = write_plan(spark, root, cplan.to_bytes(), inline)
+            held = calibrate.plan_held_out(rows, num_rows, params, metric, dim, ranker, plan,
+                                           np.maximum(estimated, 1),
+                                           cls.search_ladder(int(params["k"]), params), root,
+                                           inline)
     threads = build_threads(spark, params, plan.num_partitions)
     try:
         with stage("build partition indexes"):
             assigned = assign(rows, meta, metric, dim, kind)
-            task = build_fn(meta, params, dim, threads, plan_file[1] if cplan else None)
+            task = build_fn(meta, params, dim, threads, held.handle if held else None)
             table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind))
             run = txn.write_partitions(table, plan.num_partitions, seconds=stage.seconds)
         with stage("check partitions"):
-            found = calibrate.found_at_fit(spark, root, run) if cplan else None
+            found = calibrate.found_at_fit(spark, root, run) if held else None
     finally:
-        if cplan:
-            store_for(spark, root).delete(join(root, plan_file[0]))
+        if held:
+            store_for(spark, root).delete(join(root, held.relative))
     with stage("write id locations"):
         txn.write_locations("replace")
-    built = Built(txn.partitions, num_clusters, max_rows, meta_value,
-                  (cplan, found) if cplan else None)
+    searched = calibrate.HeldOut(held.plan, found) if held and found is not None else None
+    built = Built(txn.partitions, num_clusters, max_rows, meta_value, searched)
     return built, num_rows, dim
 
 
@@ -161,27 +158,6 @@ def build_threads(spark, params: dict, num_partitions: int) -> int:
         return int(params["numThreads"])
     cores = threads_per_task(spark, 0, 1)
     return max(1, min(cores, math.ceil(2 * cores / max(num_partitions, 1))))
-
-
-@dataclass(frozen=True)
-class PlanHandle:
-    """How a build task finds the fit's calibration plan."""
-
-    uri: str
-    sha256: str
-    inline: bytes | None = None
-
-    def read(self) -> "calibrate.CalibrationPlan":
-        data = self.inline if self.inline is not None else read_file(self.uri, 1 << 30)
-        if sha256(data) != self.sha256:
-            raise IndexFormatError(f"the calibration plan {self.uri} changed during the build")
-        return calibrate.CalibrationPlan.from_bytes(data)
-
-
-def write_plan(spark, root: str, data: bytes, inline: bool) -> tuple[str, PlanHandle]:
-    relative = f"staging/{uuid.uuid4().hex}-calibration.bin"
-    store_for(spark, root).write(join(root, relative), data)
-    return relative, PlanHandle(join(root, relative), sha256(data), data if inline else None)
 
 
 def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
@@ -390,7 +366,7 @@ def per_partition(assigned: DataFrame, num_partitions: int, fn, schema: str) -> 
 
 
 def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
-             calibration: PlanHandle | None = None):
+             calibration: calibrate.PlanHandle | None = None):
     """The per-partition task: prepared vectors in, one index-table row out."""
     metric, cls = get_metric(params["metric"]), index_type(params["indexType"])
     deterministic = bool(params["deterministic"])
@@ -411,17 +387,10 @@ def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
             index = cls.build(vectors, context, seed, task_threads)
             seconds = (time.perf_counter() - started, 0.0)
             return tables.partition_row(pid, ids, index.store(), None, seconds)
-        plan = calibration.read()
-        held = np.asarray(pc.is_in(ids, value_set=plan.ids.cast(ids.type)))
-        index = cls.build(vectors[~held], context, seed, task_threads)
-        kept = ids.filter(pa.array(~held))
-        searched = time.perf_counter()
-        found = calibrate.search_held_out(index, plan, pid, kept, cls.knobs, task_threads)
-        searching = time.perf_counter() - searched
-        index.add(vectors[held], task_threads)  # held-out rows join the index afterwards
-        order = pa.concat_arrays([kept, ids.filter(pa.array(held))])
-        seconds = (time.perf_counter() - started - searching, searching)
-        return tables.partition_row(pid, order, index.store(), found, seconds)
+        built = calibrate.build_holding_out(cls, calibration, pid, vectors, ids, context, seed,
+                                            task_threads)
+        seconds = (time.perf_counter() - started - built.seconds, built.seconds)
+        return tables.partition_row(pid, built.ids, built.index.store(), built.found, seconds)
 
     return build_partition
 

@@ -1,21 +1,30 @@
 """Calibration: the cheapest search settings that reach a target recall.
 
-``fit`` (and :meth:`ANNIndexModel.calibrate`) measure recall@k on a seeded
-sample of queries -- indexed rows with their own id excluded, or the user's
-own queries -- against exact neighbours computed on Spark, then store the
-cheapest ``numProbes`` and index-type setting (``efSearch`` for HNSW,
-``rerankK`` for PQ) that reach the target as the index's search defaults.
+Two sources of sample queries, one measurement:
+
+* at ``fit``, a seeded sample of indexed rows is *held out*: each build task searches
+  the held-out queries routed to its partition with every setting of the ladder
+  before adding them to its index (:func:`plan_held_out`, :func:`search_held_out`),
+  and :func:`calibrate_at_fit` measures what the tasks found;
+* after a build, :func:`calibrate` (:meth:`ANNIndexModel.calibrate`) searches a
+  sample of indexed rows (their own ids excluded) or the user's own queries in one
+  Spark job over the ladder.
+
+Exact neighbours come from one pass over the indexed rows; the choice -- the
+cheapest ``numProbes``, ``probeEpsilon`` and index-type setting (``efSearch``,
+``rerankK``) reaching the target -- is made by :mod:`sparkann.tuning` and handed
+back as a :class:`~sparkann.tuning.SearchDefaults` carrying the report.
 
 Cost, with ``S`` sample queries (at most :data:`MAX_SAMPLE`): one pass over the
 ``N`` indexed rows for the exact neighbours (``N x S x d`` multiply-adds, in
-parallel tasks), and one search job of the sample over a ladder of settings
-(``S x probes x ladder`` partition searches, independent of ``N``).
+parallel tasks), and ``S x probes x ladder`` partition searches, independent of ``N``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -25,29 +34,28 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .exact import top_k
+from .exact import knn, top_k
+from .index import PartitionIndex
 from .loader import IndexHandle, LoadedIndex, open_index, partition
 from .metrics import Metric
-from .partitioning.router import centroid_gaps
 from .sampling import collect_sample
 from .search.topk import top_k_lists
+from .storage.format import IndexFormatError, sha256
+from .storage.fs import join, read_file, store_for
+from .tuning import (
+    Found,
+    ProbeModel,
+    SearchDefaults,
+    epsilons_to_try,
+    hard_tail,
+    measure,
+    probe_ladder,
+    search_defaults,
+)
 from .vectors import list_array, to_matrix
-
-log = logging.getLogger(__name__)
 
 MAX_SAMPLE = 1000
 MIN_SAMPLE = 100
-PROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-# probeEpsilon values tried with numProbes > 1 when the user set none: a further
-# cluster is probed only for queries near its border, a fraction of the cost
-EPSILON_LADDER = (0.0, 0.02, 0.05, 0.1, 0.2)
-MARGIN_SIGMAS = 2.5  # measured recall must clear the target by this many standard errors
-# The hard tail of a sample of indexed rows: its share with the smallest centroid gap
-# (see router.centroid_gaps). Queries unlike the indexed rows (far from every centroid,
-# or between several) look like this tail, so calibration on indexed rows also asks the
-# tail for HARD_MISS_SHARE of the misses the target allows: recall 0.975 for 0.95.
-HARD_SHARE = 0.25
-HARD_MISS_SHARE = 0.5
 
 
 def sample_size(num_rows: int) -> int:
@@ -66,16 +74,6 @@ class Sample:
     vectors: np.ndarray
     ids: pa.Array | None  # own ids to exclude, or None for outside queries
     held: bool = False
-
-
-@dataclass(frozen=True)
-class Choice:
-    num_probes: int
-    epsilon: float
-    setting: dict
-    recall: float
-    cost: float
-    hard_recall: float = 1.0  # on the sample's hard tail (1.0: none)
 
 
 def draw_sample(rows: DataFrame, num_rows: int, seed: int, metric: Metric, dim: int,
@@ -125,7 +123,7 @@ def _exact_fn(queries: np.ndarray, metric: Metric, fetch: int, dim: int,
             if not batch.num_rows:
                 continue
             vectors = metric.prepare(to_matrix(batch.column("vector"), dim))
-            cols, dists = top_k(metric.pairwise(queries, vectors), fetch)
+            cols, dists = knn(vectors, queries, fetch, metric)
             ids = batch.column("id").take(pa.array(cols.reshape(-1)))
             best = (dists, ids) if best is None else _fold(best, (dists, ids), fetch)
         if best is not None:
@@ -154,13 +152,6 @@ def _as_rows(dists: np.ndarray, ids: pa.Array) -> pa.RecordBatch:
 
 
 # ------------------------------------------------------------------ ladder
-
-
-def probe_ladder(num_clusters: int) -> list[int]:
-    ladder = sorted({p for p in PROBE_LADDER if p <= num_clusters})
-    if num_clusters <= PROBE_LADDER[-1] and num_clusters not in ladder:
-        ladder.append(num_clusters)
-    return ladder
 
 
 def ladder_results(spark, handle: IndexHandle, index: LoadedIndex, sample: Sample, k: int,
@@ -218,133 +209,15 @@ def _ladder_rows(pid, queries, number, labels, dists, ids) -> pa.RecordBatch:
         ["pid", "query", "setting", "ids", "dists"])
 
 
-def epsilons_to_try(epsilon: float | None) -> tuple[float, ...]:
-    """The user's probeEpsilon, or (None) the ladder calibration chooses from."""
-    return EPSILON_LADDER if epsilon is None else (float(epsilon),)
-
-
-def choose(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
-           settings: list[dict], epsilons: tuple[float, ...], target: float, ranked, dists,
-           found: pa.Table) -> tuple[Choice, list[Choice]]:
-    """Recall and cost of every (numProbes, probeEpsilon, setting); the cheapest reaching
-    the target with a margin for the sample's standard error, else the cheapest reaching
-    it at all, else the one of best recall. ``found`` must hold the answers of every
-    partition probed with the smallest epsilon."""
-    import pandas as pd
-
-    n = len(sample.vectors)
-    own_excluded = sample.ids is not None and not sample.held
-    own_ids = [] if sample.ids is None or sample.held else sample.ids.to_numpy(
-        zero_copy_only=False)
-    fetch = k + (1 if own_excluded else 0)
-    pids = found.column("pid").to_numpy()
-    query = found.column("query").to_numpy()
-    setting = found.column("setting").to_numpy()
-    lengths = np.diff(found.column("ids").combine_chunks().offsets.to_numpy())
-    flat_ids = found.column("ids").combine_chunks().values
-    flat_d = found.column("dists").combine_chunks().values.to_numpy(zero_copy_only=False)
-    codes, uniques = pd.factorize(np.concatenate([
-        flat_ids.to_numpy(zero_copy_only=False), np.concatenate(truth) if truth else [],
-        own_ids]))
-    cand_codes = codes[:len(flat_ids)]
-    truth_codes = codes[len(flat_ids):len(flat_ids) + sum(len(t) for t in truth)]
-    truth_rows = np.repeat(np.arange(n), [len(t) for t in truth])
-    truth_keys = truth_rows.astype(np.int64) * len(uniques) + truth_codes
-    own = codes[len(flat_ids) + len(truth_codes):] if own_excluded else None
-    cand_q = np.repeat(query, lengths)
-    cand_pid = np.repeat(pids, lengths)
-    cand_s = np.repeat(setting, lengths)
-    if own is not None:
-        mine = cand_codes != own[cand_q]
-        cand_q, cand_pid, cand_s = cand_q[mine], cand_pid[mine], cand_s[mine]
-        cand_codes, flat_d = cand_codes[mine], flat_d[mine]
-    rows = np.asarray(index.manifest.partitions.rows, dtype=np.float64)
-    wanted = np.bincount(truth_rows, minlength=n)
-    hard = hard_tail(dists) if sample.ids is not None else np.zeros(n, dtype=bool)
-    trials = []
-    probe_values = probe_ladder(len(index.meta.centroids))
-    for probes, epsilon in [(p, e) for p in probe_values
-                            for e in (epsilons if p > 1 else epsilons[:1])]:
-        mask = index.router.probed(ranked, dists, probes, fetch, epsilon)
-        r, c = np.nonzero(mask)
-        qpos, ppos = index.router.expand(r, ranked[r, c])
-        pair_keys = qpos.astype(np.int64) * index.manifest.num_partitions + ppos
-        probed = np.isin(cand_q.astype(np.int64) * index.manifest.num_partitions + cand_pid,
-                         pair_keys)
-        for number, values in enumerate(settings):
-            pick = probed & (cand_s == number)
-            hits = _hits(cand_q[pick], flat_d[pick], cand_codes[pick], truth_keys,
-                         len(uniques), n, k)
-            cost = float(np.sum(index.cls.probe_cost(values, rows[ppos],
-                                                     index.manifest.dim))) / n
-            trials.append(Choice(probes, epsilon, dict(values),
-                                 round(_share(hits, wanted), 5), round(cost, 3),
-                                 round(_share(hits[hard], wanted[hard]), 5)))
-    return _cheapest(trials, target, n * k, hard_target(target) if hard.any() else 0.0,
-                     int(wanted[hard].sum())), trials
-
-
-def hard_target(target: float) -> float:
-    """Recall asked of the hard tail: HARD_MISS_SHARE of the misses ``target`` allows."""
-    return 1.0 - HARD_MISS_SHARE * (1.0 - target)
-
-
-def hard_tail(dists: np.ndarray) -> np.ndarray:
-    """The HARD_SHARE of queries with the smallest centroid gap."""
-    threshold = hard_gap(dists)
-    if threshold is None:  # one cluster: no query is nearer a border than another
-        return np.zeros(len(dists), dtype=bool)
-    return centroid_gaps(dists) <= threshold
-
-
-def hard_gap(dists: np.ndarray) -> float | None:
-    """The centroid gap below which a sample query counts as hard (None: no border)."""
-    gaps = centroid_gaps(dists)
-    value = float(np.quantile(gaps, HARD_SHARE)) if len(gaps) else np.inf
-    return value if np.isfinite(value) else None
-
-
-def _cheapest(trials: list, target: float, pairs: int, hard: float, hard_pairs: int) -> Choice:
-    """The cheapest trial whose recall clears the target (and the hard tail its own)
-    by a margin for the sample's standard error, else without the margin, else the
-    one of best recall."""
-    def margin(goal: float, count: int) -> float:
-        return MARGIN_SIGMAS * float(np.sqrt(goal * (1 - goal) / max(count, 1)))
-
-    strict = [t for t in trials if t.recall >= target + margin(target, pairs)
-              and t.hard_recall >= hard + margin(hard, hard_pairs)]
-    good = strict or [t for t in trials if t.recall >= target and t.hard_recall >= hard]
-    if good:
-        return min(good, key=lambda t: (t.cost, t.num_probes, t.epsilon))
-    return max(trials, key=lambda t: (min(t.recall - target, t.hard_recall - hard), -t.cost))
-
-
-def _share(hits: np.ndarray, wanted: np.ndarray) -> float:
-    return float(hits.sum()) / max(int(wanted.sum()), 1)
-
-
-def _hits(q: np.ndarray, d: np.ndarray, codes: np.ndarray, truth_keys: np.ndarray,
-          width: int, n: int, k: int) -> np.ndarray:
-    """How many of each query's exact neighbours are among its ``k`` best candidates."""
-    order = np.lexsort((d, q))
-    q, codes = q[order], codes[order]
-    starts = np.searchsorted(q, np.arange(n))
-    rank = np.arange(len(q)) - starts[q] if len(q) else np.empty(0, np.int64)
-    top = rank < k
-    found = np.isin(q[top].astype(np.int64) * width + codes[top], truth_keys)
-    return np.bincount(q[top][found], minlength=n)
-
-
 def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int, target: float,
-              seed: int, epsilon: float | None, queries: DataFrame | None = None) -> dict:
-    """Measure the ladder on a sample and return the chosen search defaults and a report.
+              seed: int, epsilon: float | None,
+              queries: DataFrame | None = None) -> SearchDefaults:
+    """The search defaults a sample measures as cheapest for ``target``, with the report.
 
     ``base`` holds the indexed rows (id, vector) for the exact neighbours;
     ``queries`` (vector column ``vector``) replaces the sample of indexed rows;
     ``epsilon`` None lets calibration choose probeEpsilon too.
     """
-    import time
-
     started = time.perf_counter()
     index = open_index(handle)
     manifest, metric = index.manifest, index.metric
@@ -360,11 +233,26 @@ def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int
     epsilons = epsilons_to_try(epsilon)
     ranked, dists, found = ladder_results(spark, handle, index, sample, k, settings,
                                           min(epsilons), with_vectors)
-    best, trials = choose(index, sample, truth, k, settings, epsilons, target, ranked, dists,
-                          found)
-    return report_of(best, trials, target, k, dists,
-                     "indexed rows" if queries is None else "queries",
-                     time.perf_counter() - started, queries is None)
+    return chosen(index, sample, truth, k, settings, epsilons, target, ranked, dists, found,
+                  "indexed rows" if queries is None else "queries", started)
+
+
+def chosen(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
+           settings: list[dict], epsilons: tuple[float, ...], target: float,
+           ranked: np.ndarray, dists: np.ndarray, found: pa.Table, source: str,
+           started: float) -> SearchDefaults:
+    """The cheapest setting reaching the target on the sample, and the report. A sample
+    of indexed rows (with ids) also holds its hard tail to its own target."""
+    candidates = Found.from_table(found)
+    own_excluded = sample.ids is not None and not sample.held
+    if sample.ids is not None and own_excluded:
+        candidates = candidates.without(sample.ids.to_numpy(zero_copy_only=False))
+    hard = hard_tail(dists) if sample.ids is not None else np.zeros(len(truth), dtype=bool)
+    trials = measure(ProbeModel.of(index), candidates, truth, k, k + int(own_excluded),
+                     settings, epsilons, ranked, dists, hard)
+    wanted = np.asarray([len(t) for t in truth], dtype=np.int64)
+    return search_defaults(trials, target, k, dists, hard, wanted, source,
+                           time.perf_counter() - started, sample.ids is not None)
 
 
 # ------------------------------------------------ held-out calibration at fit
@@ -428,10 +316,57 @@ def _unframed(data: bytes, count: int) -> list[bytes]:
     return parts
 
 
+@dataclass(frozen=True)
+class PlanHandle:
+    """How a build task finds the fit's calibration plan."""
+
+    uri: str
+    sha256: str
+    inline: bytes | None = None
+
+    def read(self) -> CalibrationPlan:
+        data = self.inline if self.inline is not None else read_file(self.uri, 1 << 30)
+        if sha256(data) != self.sha256:
+            raise IndexFormatError(f"the calibration plan {self.uri} changed during the build")
+        return CalibrationPlan.from_bytes(data)
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """A fit's calibration plan, written under the index root (``relative``) for its
+    build tasks, which read it through ``handle``."""
+
+    plan: CalibrationPlan
+    relative: str
+    handle: PlanHandle
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What a fit's build tasks found for its held-out queries (rows pid, query,
+    setting, ids, dists), with the plan they followed."""
+
+    plan: CalibrationPlan
+    found: pa.Table
+
+
+def plan_held_out(rows: DataFrame, num_rows: int, params: dict, metric: Metric, dim: int,
+                  ranker, shards, sizes: np.ndarray, settings: list[dict], root: str,
+                  inline: bool) -> PlanFile:
+    """Draw the fit's held-out queries, route them as deep as any probe setting on the
+    ladder goes, and write the plan for the build tasks."""
+    sample = draw_sample(rows, num_rows, int(params["seed"]), metric, dim, True, held=True)
+    plan = plan_calibration(sample, ranker, shards, sizes, int(params["k"]), settings)
+    data = plan.to_bytes()
+    relative = f"staging/{uuid.uuid4().hex}-calibration.bin"
+    store_for(rows.sparkSession, root).write(join(root, relative), data)
+    return PlanFile(plan, relative,
+                    PlanHandle(join(root, relative), sha256(data), data if inline else None))
+
+
 def plan_calibration(sample: Sample, ranker, shards, sizes: np.ndarray, k: int,
-                     settings: list[dict]) -> tuple[CalibrationPlan, int]:
-    """Route the held-out queries as deep as any probe setting on the ladder goes;
-    returns the plan and that depth (in clusters)."""
+                     settings: list[dict]) -> CalibrationPlan:
+    """The plan of held-out queries routed as deep as the ladder's largest numProbes."""
     depth = min(len(sizes), probe_ladder(len(sizes))[-1] + 2)
     ranked, _ = ranker.rank(sample.vectors, depth)
     rows = np.repeat(np.arange(len(ranked)), ranked.shape[1])
@@ -442,7 +377,33 @@ def plan_calibration(sample: Sample, ranker, shards, sizes: np.ndarray, k: int,
     within = np.arange(len(first)) - np.repeat(np.cumsum(counts) - counts, counts)
     pids = first + within
     queries_of = {int(p): np.unique(query[pids == p]) for p in np.unique(pids)}
-    return CalibrationPlan(sample.vectors, sample.ids, settings, k, queries_of), depth
+    return CalibrationPlan(sample.vectors, sample.ids, settings, k, queries_of)
+
+
+@dataclass(frozen=True)
+class HeldOutBuild:
+    """A partition index built inside a task with its held-out rows searched first."""
+
+    index: PartitionIndex  # held-out rows added last
+    ids: pa.Array  # ids in label order
+    found: bytes | None  # the held-out searches (see search_held_out)
+    seconds: float  # spent searching
+
+
+def build_holding_out(cls, handle: PlanHandle, pid: int, vectors: np.ndarray, ids: pa.Array,
+                      context, seed: int, threads: int) -> HeldOutBuild:
+    """Inside a build task: the partition's index built without its held-out rows, which
+    it searches with every ladder setting before they join it."""
+    plan = handle.read()
+    held = np.asarray(pc.is_in(ids, value_set=plan.ids.cast(ids.type)))
+    index = cls.build(vectors[~held], context, seed, threads)
+    kept = ids.filter(pa.array(~held))
+    started = time.perf_counter()
+    found = search_held_out(index, plan, pid, kept, cls.knobs, threads)
+    seconds = time.perf_counter() - started
+    index.add(vectors[held], threads)
+    return HeldOutBuild(index, pa.concat_arrays([kept, ids.filter(pa.array(held))]), found,
+                        seconds)
 
 
 def search_held_out(index, plan: CalibrationPlan, pid: int, ids: pa.Array, knobs_of,
@@ -475,52 +436,17 @@ def found_at_fit(spark, root: str, run: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def report_of(best: Choice, trials: list, target: float, k: int, dists: np.ndarray,
-              source: str, seconds: float, tail: bool) -> dict:
-    """The calibration report: the chosen settings, every trial, and the sample's
-    centroid-gap profile that searches compare their queries with (query drift)."""
-    sample_size = len(dists)
-    reached = best.recall >= target and (not tail or best.hard_recall >= hard_target(target))
-    if reached:
-        log.info("sparkann: calibrated for recall@%d >= %.3f: numProbes=%d probeEpsilon=%g "
-                 "%s (recall %.4f on %d held-out queries)", k, target, best.num_probes,
-                 best.epsilon, best.setting, best.recall, sample_size)
-    else:
-        log.warning("sparkann: no search setting reaches recall@%d %.3f; the best measured, "
-                    "numProbes=%d probeEpsilon=%g %s, reaches %.4f on %d sample queries. The "
-                    "index is usable; raise hnswM / efConstruction (or numPartitions for "
-                    "fewer, larger partitions) to reach the target", k, target,
-                    best.num_probes, best.epsilon, best.setting, best.recall, sample_size)
-    return {
-        "targetRecall": target, "k": k, "recall": best.recall, "reached": reached,
-        "numProbes": best.num_probes, "probeEpsilon": best.epsilon, **best.setting,
-        "sampleQueries": sample_size,
-        "sampleSource": source, "seconds": round(seconds, 3),
-        **({"hardRecall": best.hard_recall, "hardTarget": hard_target(target)} if tail else {}),
-        "hardGap": hard_gap(dists),
-        "farDistance": float(np.quantile(dists[:, 0], 1 - HARD_SHARE)) if len(dists) else None,
-        "hardShare": HARD_SHARE,
-        "trials": [{"numProbes": t.num_probes, "probeEpsilon": t.epsilon, **t.setting,
-                    "recall": t.recall, "cost": t.cost,
-                    **({"hardRecall": t.hard_recall} if tail else {})} for t in trials],
-    }
-
-
-def calibrate_at_fit(manifest, meta, plan: CalibrationPlan, found: pa.Table, base: DataFrame,
-                     target: float, epsilon: float | None) -> dict:
-    """The fit's calibration report, from what its build tasks found for the held-out
+def calibrate_at_fit(manifest, meta, held: HeldOut, base: DataFrame, target: float,
+                     epsilon: float | None) -> SearchDefaults:
+    """The fit's search defaults, from what its build tasks found for the held-out
     queries and their exact neighbours among the other rows (one pass over ``base``)."""
-    import time
-
     started = time.perf_counter()
     index = LoadedIndex.create(manifest, meta)
+    plan = held.plan
     sample = Sample(plan.vectors, plan.ids, held=True)
     truth = exact_neighbors(base, sample, index.metric, plan.fetch, manifest.dim,
                             manifest.id_type)
     ranked, dists = index.router.ranked_clusters(sample.vectors, probe_ladder(
         len(meta.centroids))[-1], plan.fetch)
-    best, trials = choose(index, sample, truth, plan.fetch, plan.settings,
-                          epsilons_to_try(epsilon), target,
-                          ranked, dists, found)
-    return report_of(best, trials, target, plan.fetch, dists, "held-out indexed rows",
-                     time.perf_counter() - started, True)
+    return chosen(index, sample, truth, plan.fetch, plan.settings, epsilons_to_try(epsilon),
+                  target, ranked, dists, held.found, "held-out indexed rows", started)

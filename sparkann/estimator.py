@@ -124,14 +124,14 @@ def commit_build(txn: Transaction, operation: str, built, header: Manifest, rows
     defaults, report = fixed_defaults(header), {}
     if built.calibration is not None:
         with stage("calibrate"):
-            plan, found = built.calibration
             params = header.params
             epsilon = (params["probeEpsilon"] if "probeEpsilon" in header.user_set
                        else None)  # None: calibration chooses it
             staged = with_search_defaults(txn.manifest(header), defaults)
-            report = calibrate.calibrate_at_fit(staged, built.meta, plan, found, rows,
+            chosen = calibrate.calibrate_at_fit(staged, built.meta, built.calibration, rows,
                                                 params["targetRecall"], epsilon)
-        defaults.update(calibrated_defaults(report))
+        defaults.update(chosen.params())
+        report = chosen.report
     with stage("publish"):
         return txn.commit(operation, defaults, report,
                           replace(header, build_seconds=stage.seconds))
@@ -144,11 +144,6 @@ def fixed_defaults(manifest: Manifest) -> dict:
     return {"numProbes": int(min(clusters, max(3, math.ceil(math.sqrt(clusters))))),
             "efSearch": max(DEFAULT_MIN_EF, k),
             "rerankK": int(manifest.params.get("rerankK") or 0)}
-
-
-def calibrated_defaults(report: dict) -> dict:
-    """The search defaults a calibration report chose."""
-    return {name: report[name] for name in CALIBRATED if name in report}
 
 
 def index_root(spark: SparkSession, path: str | None) -> str:
@@ -399,16 +394,16 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
                                     build.vector_column(queries, self.getVectorCol())
                                     .alias("vector"))
         with job_label(spark, "sparkann: calibrate"):
-            report = calibrate.calibrate(spark, handle, base, self.manifest.num_vectors,
-                                         self.getK(), targetRecall,
-                                         self.getSeed() if sampleSeed is None else sampleSeed,
-                                         self.getProbeEpsilon() if self.isSet(self.probeEpsilon)
-                                         else None, sample)
+            defaults = calibrate.calibrate(spark, handle, base, self.manifest.num_vectors,
+                                           self.getK(), targetRecall,
+                                           self.getSeed() if sampleSeed is None else sampleSeed,
+                                           self.getProbeEpsilon()
+                                           if self.isSet(self.probeEpsilon) else None, sample)
         with Transaction(spark, self.manifest.root, self.manifest) as txn:
-            model = self._with(*txn.commit("calibrate", calibrated_defaults(report), report))
-        for name in CALIBRATED:  # calibrated values become the defaults, not user settings
-            if name in report and not self.isSet(self.getParam(name)):
-                model._setDefault(**{name: report[name]})
+            model = self._with(*txn.commit("calibrate", defaults.params(), defaults.report))
+        for name, value in defaults.params().items():  # defaults, not user settings
+            if not self.isSet(self.getParam(name)):
+                model._setDefault(**{name: value})
         return model
 
     def vacuum(self, retainVersions: int = 1,

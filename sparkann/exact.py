@@ -1,10 +1,17 @@
-"""Exact (brute-force) k-nearest neighbours and recall. Pure numpy; no Spark."""
+"""Exact (brute-force) k-nearest neighbours and recall. Pure numpy; no Spark.
+
+These are the package's only exact-search kernel (:func:`knn` over :func:`top_k`)
+and its only recall count (:func:`hit_counts`): the Spark drivers in
+:mod:`sparkann.evaluate` and :mod:`sparkann.calibrate` run them inside tasks.
+"""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
-from .metrics import get_metric
+from .metrics import Metric, get_metric
 
 _CHUNK_ROWS = 1024
 
@@ -15,19 +22,21 @@ def pairwise_distances(queries: np.ndarray, base: np.ndarray, metric: str) -> np
 
 
 def knn(
-    base: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2"
+    base: np.ndarray, queries: np.ndarray, k: int, metric: str | Metric = "l2"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (nq, min(k, n)) into ``base`` and their distances, best first.
 
-    Ties are broken by the smaller row index, so results are deterministic.
+    Vectors are compared as given (prepared, see :meth:`Metric.prepare`). Ties are
+    broken by the smaller row index, so results are deterministic.
     """
+    measure = get_metric(metric) if isinstance(metric, str) else metric
     base = np.asarray(base, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
-    k = min(k, len(base))
+    k = max(0, min(k, len(base)))
     labels = np.empty((len(queries), k), np.int64)
     dists = np.empty((len(queries), k), np.float32)
     for start in range(0, len(queries), _CHUNK_ROWS):
-        d = pairwise_distances(queries[start : start + _CHUNK_ROWS], base, metric)
+        d = measure.pairwise(queries[start : start + _CHUNK_ROWS], base)
         labels[start : start + len(d)], dists[start : start + len(d)] = top_k(d, k)
     return labels, dists
 
@@ -55,11 +64,67 @@ def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean fraction of the true ``k`` nearest found among the first ``k`` answers."""
-    found = np.asarray(found)[:, :k]
-    truth = np.asarray(truth)[:, :k]
+def hit_counts(n: int, found_rows: np.ndarray, found_ids, truth_rows: np.ndarray,
+               truth_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Per query ``0..n-1``: how many of its true neighbours it found, and how many it
+    has. Both sides are flat ``(query, id)`` pairs; ids are numbers or strings, and
+    an id found twice by one query counts once."""
+    import pandas as pd
+
+    found_rows = np.asarray(found_rows, dtype=np.int64)
+    truth_rows = np.asarray(truth_rows, dtype=np.int64)
+    if len(found_rows) != len(found_ids) or len(truth_rows) != len(truth_ids):
+        raise ValueError("every (query, id) pair needs both its query and its id")
+    if (len(found_rows) and not 0 <= found_rows.min() <= found_rows.max() < n) or (
+            len(truth_rows) and not 0 <= truth_rows.min() <= truth_rows.max() < n):
+        raise ValueError(f"a query position is outside 0..{n - 1}")
+    codes, uniques = pd.factorize(_joined(np.asarray(found_ids), np.asarray(truth_ids)))
+    width = len(uniques) + 1
+    found_keys = found_rows * width + codes[:len(found_rows)]
+    truth_keys = truth_rows * width + codes[len(found_rows):]
+    hit = np.isin(truth_keys, found_keys)
+    return (np.bincount(truth_rows[hit], minlength=n), np.bincount(truth_rows, minlength=n))
+
+
+def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Two id arrays as one, with no numeric cast (int64 ids above 2**53 stay exact)."""
+    if not len(first) or not len(second) or first.dtype.kind != second.dtype.kind:
+        kinds = {a.dtype for a in (first, second) if len(a)}
+        dtype = kinds.pop() if len(kinds) == 1 else object
+        return np.concatenate([first.astype(dtype), second.astype(dtype)])
+    return np.concatenate([first, second])
+
+
+def first_k(lists: Sequence | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ``(query, id)`` pairs of the first ``k`` entries of each query's list
+    (a 2-D array or a sequence of sequences)."""
+    if isinstance(lists, np.ndarray) and lists.ndim == 2:
+        head = lists[:, :k]
+        return np.repeat(np.arange(len(head)), head.shape[1]), head.reshape(-1)
+    heads = [list(entries)[:k] for entries in lists]
+    values = np.empty(sum(len(h) for h in heads), dtype=object)
+    values[:] = [value for head in heads for value in head]
+    return np.repeat(np.arange(len(heads)), [len(h) for h in heads]), values
+
+
+def share(hits: np.ndarray, wanted: np.ndarray) -> float:
+    """Recall: true neighbours found over true neighbours wanted (1.0 when none are)."""
+    total = int(np.sum(wanted))
+    return float(np.sum(hits)) / total if total else 1.0
+
+
+def recall_at_k(found, truth, k: int) -> float:
+    """Share of each query's true ``k`` nearest among its first ``k`` answers, over all
+    queries. ``found`` holds row labels (negative: no answer); ``truth`` their exact
+    counterparts; both (nq, j) arrays or sequences of sequences."""
     if len(truth) == 0:
         raise ValueError("recall needs at least one query")
-    hits = sum(len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth))
-    return hits / (len(truth) * truth.shape[1])
+    if len(found) != len(truth):
+        raise ValueError(f"found has {len(found)} queries, truth {len(truth)}")
+    found_rows, found_ids = first_k(found, k)
+    answered = (found_ids >= 0 if found_ids.dtype.kind in "iuf" else np.asarray(
+        [not (isinstance(i, (int, np.integer)) and i < 0) for i in found_ids], dtype=bool))
+    truth_rows, truth_ids = first_k(truth, k)
+    hits, wanted = hit_counts(len(truth), found_rows[answered], found_ids[answered],
+                              truth_rows, truth_ids)
+    return share(hits, wanted)

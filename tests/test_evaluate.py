@@ -52,9 +52,14 @@ def test_sweep_recall_grows_with_probes_and_tune_picks_the_cheapest(setup):
     model, items, queries, sample = setup
     trials = sweep(model, items, queries, probes=[1, 2, 4, 32], ef=[5, 10, 40],
                    evaluation=sample)  # 32 > 16 partitions and ef 5 < k are skipped
-    assert [(t.num_probes, t.ef_search) for t in trials] == [
-        (1, 10), (2, 10), (1, 40), (4, 10), (2, 40), (4, 40)]
+    assert sorted((t.num_probes, t.ef_search) for t in trials) == [
+        (1, 10), (1, 40), (2, 10), (2, 40), (4, 10), (4, 40)]
+    assert [t.cost for t in trials] == sorted(t.cost for t in trials)  # cheapest first
+    assert trials == sorted(trials, key=lambda t: (t.cost, t.num_probes))
     by = {(t.num_probes, t.ef_search): t.recall for t in trials}
+    cost = {(t.num_probes, t.ef_search): t.cost for t in trials}
+    assert cost[(1, 10)] < cost[(2, 10)] < cost[(4, 10)] and cost[(4, 10)] < cost[(4, 40)]
+    assert cost[(2, 40)] == pytest.approx(4 * cost[(2, 10)], rel=1e-3)  # linear in efSearch
     assert by[(1, 40)] < by[(2, 40)] < by[(4, 40)]
     assert all(t.queries_per_second > 0 and t.seconds > 0 for t in trials)
     target = round((by[(2, 40)] + by[(4, 40)]) / 2, 4)
@@ -63,6 +68,7 @@ def test_sweep_recall_grows_with_probes_and_tune_picks_the_cheapest(setup):
                  evaluation=sample)
     assert (tuned.num_probes, tuned.ef_search) == (expected.num_probes, expected.ef_search)
     assert tuned.recall >= target and len(tuned.trials) <= 6
+    assert tuned.cost == expected.cost
     assert tuned.apply(model).getNumProbes() == tuned.num_probes
     assert tuned.params() == {"numProbes": tuned.num_probes, "efSearch": tuned.ef_search}
 
@@ -77,16 +83,41 @@ def test_tune_errors(setup):
         tune(model, items, queries, 0.5, probes=[99], evaluation=sample)
 
 
+def test_tune_works_for_pq_on_its_rerank_ladder(spark, hard_data):
+    base, queries = hard_data
+    items, query_frame = vectors_frame(spark, base), vectors_frame(spark, queries, id_name="qid")
+    model = ANNIndex(indexType="pq", pqSubvectors=8, rerankK=20, numPartitions=4, k=10,
+                     seed=1, targetRecall=0).fit(items)
+    sample = QuerySample(model, items, query_frame, k=10, sample=40, seed=3)
+    with pytest.raises(ValueError, match="ef=\\[16\\]: indexType='pq' has no efSearch"):
+        tune(model, items, query_frame, 0.5, ef=[16], evaluation=sample)
+    trials = sweep(model, items, query_frame, probes=[1, 4], evaluation=sample)
+    assert {t.num_probes for t in trials} == {1, 4} and all(
+        set(t.setting) == {"rerankK"} for t in trials)
+    one = sorted((t for t in trials if t.num_probes == 1), key=lambda t: t.setting["rerankK"])
+    assert [t.cost for t in one] == sorted(t.cost for t in one) and one[0].cost < one[-1].cost
+    target = min(t.recall for t in trials if t.num_probes == 4)
+    tuned = tune(model, items, query_frame, target, probes=[1, 4], evaluation=sample)
+    expected = cheapest(trials, target)
+    assert (tuned.num_probes, tuned.setting) == (expected.num_probes, expected.setting)
+    assert tuned.apply(model).getRerankK() == tuned.setting["rerankK"]
+
+
 def test_cheapest_prefers_least_work_then_fewer_probes():
-    trials = [Trial(4, 16, 0.97, 1.0, 100.0), Trial(2, 32, 0.96, 1.0, 90.0),
-              Trial(1, 128, 0.99, 1.0, 50.0), Trial(1, 16, 0.80, 1.0, 300.0)]
-    assert (cheapest(trials, 0.95).num_probes, cheapest(trials, 0.95).ef_search) == (2, 32)
+    def trial(probes, ef, recall, cost):
+        return Trial(probes, {"efSearch": ef}, recall, 1.0, 100.0, cost)
+
+    trials = [trial(4, 16, 0.97, 64.0), trial(2, 32, 0.96, 64.0), trial(1, 128, 0.99, 128.0),
+              trial(1, 16, 0.80, 16.0), trial(8, 16, 0.99, 60.0)]
+    assert (cheapest(trials, 0.95).num_probes, cheapest(trials, 0.95).ef_search) == (8, 16)
+    assert (cheapest(trials[:4], 0.95).num_probes, cheapest(trials[:4], 0.95).ef_search) == (
+        2, 32)
     assert cheapest(trials, 0.999) is None
 
 
 def test_plot_sweep_writes_a_png(tmp_path):
-    trials = [Trial(p, e, min(1.0, 0.5 + 0.1 * p + e / 400), 1.0, 1000.0 / (p * e))
-              for p in (1, 2, 4) for e in (16, 64)]
+    trials = [Trial(p, {"efSearch": e}, min(1.0, 0.5 + 0.1 * p + e / 400), 1.0,
+                    1000.0 / (p * e), float(p * e)) for p in (1, 2, 4) for e in (16, 64)]
     path = plot_sweep(trials, str(tmp_path / "chart.png"))
     assert Path(path).read_bytes()[:8] == PNG_MAGIC
 

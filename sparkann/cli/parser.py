@@ -261,7 +261,8 @@ def _add_evaluate(commands, common) -> None:
     p = commands.add_parser("evaluate", parents=[common],
                             help="recall and queries/s of an index over a parameter sweep",
                             description="Measure recall@k against exact search and queries/s "
-                                        "for every numProbes x efSearch on a sample of queries; "
+                                        "for every numProbes x efSearch (or the index type's own "
+                                        "setting) on a sample of queries; "
                                         "write OUT/report.json and OUT/recall_vs_qps.png.")
     p.add_argument("--index", required=True, help="index directory written by 'build'")
     p.add_argument("--base", required=True, metavar="PARQUET",
@@ -271,8 +272,9 @@ def _add_evaluate(commands, common) -> None:
     p.add_argument("--k", type=positive_int, default=10, help="neighbours per query (default: 10)")
     p.add_argument("--probes", type=int_list, default=[1, 2, 4, 8],
                    help="numProbes values (default: 1,2,4,8)")
-    p.add_argument("--ef", type=int_list, default=[16, 32, 64, 128],
-                   help="efSearch values (default: 16,32,64,128)")
+    p.add_argument("--ef", type=int_list, default=None,
+                   help="efSearch values, for index types with efSearch (default: k,16,32,64,"
+                        "128,256); other types sweep the settings their calibration tries")
     p.add_argument("--sample", type=non_negative_int, default=1000,
                    help="queries sampled for the sweep (default: 1000; 0 = all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")

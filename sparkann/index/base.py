@@ -184,12 +184,11 @@ def padded(labels: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, n
 def exact_among(vectors: np.ndarray, labels: np.ndarray, query: np.ndarray, k: int,
                 metric: Metric) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of one query among ``vectors`` (rows of ``labels``): (1, k), padded."""
-    from ..exact import top_k
+    from ..exact import knn
 
     if len(labels) == 0:
         return padded(np.empty((1, 0), np.int64), np.empty((1, 0), np.float32), k)
-    dists = metric.pairwise(query[None], vectors)
-    order, best = top_k(dists, k)
+    order, best = knn(vectors, query[None], k, metric)
     return padded(labels[order[0]][None], best, k)
 
 
