@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +38,15 @@ from .partitioning.router import (
 )
 from .sampling import collect_sample, sampled
 from .storage import tables
-from .storage.format import IndexFormatError, Locations, Manifest, Meta, Partitions, sha256
+from .storage.format import (
+    MAX_META_BYTES,
+    IndexFormatError,
+    Locations,
+    Manifest,
+    Meta,
+    Partitions,
+    sha256,
+)
 from .storage.fs import join, read_file, store_for
 from .storage.versions import CommitStateUnknownError, check_index_root, new_run
 from .tasks import resolve_threads, threads_per_task
@@ -64,10 +72,9 @@ class MetaHandle:
     uri: str
     sha256: str
     dim: int
-    inline: bytes | None = None
 
     def read(self) -> Meta:
-        data = self.inline if self.inline is not None else read_file(self.uri, 8 << 30)
+        data = read_file(self.uri, MAX_META_BYTES)
         if sha256(data) != self.sha256:
             raise IndexFormatError(f"the meta file {self.uri} changed during the build")
         return Meta.from_bytes(data, self.dim)
@@ -97,7 +104,7 @@ def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, 
     return rows, kind
 
 
-def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: bool,
+def build_index(rows: DataFrame, kind: str, params: dict, root: str,
                 stage: StageTimer) -> tuple[Built, int, int]:
     """Write an index of ``rows`` (id, vector) under ``root``; returns what was built,
     the row count and the dimension. Nothing is published. With ``targetRecall`` > 0 a
@@ -110,13 +117,13 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
         num_rows, dim = check_rows(rows, params)
     log.info("sparkann: indexing %d vectors of dimension %d", num_rows, dim)
     cls = index_type(params["indexType"])
-    check_index_params(params, dim)
+    cls.check_params(params, dim)
     num_clusters = params["numPartitions"] or kmeans.default_num_clusters(num_rows)
     if num_clusters > num_rows:
         raise ValueError(f"numPartitions={num_clusters} is larger than the number of rows "
                          f"({num_rows})")
     max_rows = params["maxPartitionRows"] or kmeans.default_max_partition_rows(
-        dim, int(params.get("hnswM", 16)))
+        cls.stored_row_bytes(params, dim))
     seed = int(params["seed"])
     with stage("train centroids"):
         centroids, sample, estimated = train_centroids(rows, metric, num_clusters, num_rows,
@@ -131,7 +138,7 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
         nearest = ranker.nearest(sample)
         shared = cls.train_shared(sample, sample - centroids[nearest], context, seed)
     meta_value = Meta(centroids, plan.counts, graph, shared)
-    meta = write_meta(spark, root, meta_value, inline)
+    meta = write_meta(spark, root, meta_value)
     cplan = None
     if params["targetRecall"] > 0:
         with stage("plan calibration"):
@@ -139,14 +146,15 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
             cplan, _ = calibrate.plan_calibration(held, ranker, plan, np.maximum(estimated, 1),
                                                   int(params["k"]),
                                                   cls.search_ladder(int(params["k"]), params))
-            plan_file = write_plan(spark, root, cplan.to_bytes(), inline)
+            plan_file = write_plan(spark, root, cplan.to_bytes())
     run = new_run("data")
     threads = build_threads(spark, params, plan.num_partitions)
-    written = [run, meta[0]] + ([plan_file[0]] if cplan else [])
+    written = [run, meta.relative] + ([plan_file.relative] if cplan else [])
     try:
         with stage("build partition indexes"), removed_on_failure(spark, root, written):
-            assigned = assign(rows, meta[1], metric, dim, kind)
-            task = build_fn(meta[1], params, dim, threads, plan_file[1] if cplan else None)
+            assigned = assign(rows, meta.handle, metric, dim, kind)
+            task = build_fn(meta.handle, params, dim, threads,
+                            plan_file.handle if cplan else None)
             table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind))
             tables.write_table(table, join(root, run), "partition_id")
         with stage("check partitions"):
@@ -155,12 +163,12 @@ def build_index(rows: DataFrame, kind: str, params: dict, root: str, inline: boo
             found = calibrate.found_at_fit(spark, root, run) if cplan else None
     finally:
         if cplan:
-            store_for(spark, root).delete(join(root, plan_file[0]))
-    with stage("write id locations"), removed_on_failure(spark, root, [run, meta[0]]):
+            store_for(spark, root).delete(join(root, plan_file.relative))
+    with stage("write id locations"), removed_on_failure(spark, root, [run, meta.relative]):
         locations, locations_run = write_locations(spark, root, partitions, num_rows, kind)
-    built = Built(partitions, meta[0], meta[1].sha256, locations, num_clusters, max_rows,
-                  meta_value, (cplan, found) if cplan else None,
-                  (run, meta[0], locations_run))
+    built = Built(partitions, meta.relative, meta.handle.sha256, locations, num_clusters,
+                  max_rows, meta_value, (cplan, found) if cplan else None,
+                  (run, meta.relative, locations_run))
     return built, num_rows, dim
 
 
@@ -180,19 +188,26 @@ class PlanHandle:
 
     uri: str
     sha256: str
-    inline: bytes | None = None
 
     def read(self) -> "calibrate.CalibrationPlan":
-        data = self.inline if self.inline is not None else read_file(self.uri, 1 << 30)
+        data = read_file(self.uri, 1 << 30)
         if sha256(data) != self.sha256:
             raise IndexFormatError(f"the calibration plan {self.uri} changed during the build")
         return calibrate.CalibrationPlan.from_bytes(data)
 
 
-def write_plan(spark, root: str, data: bytes, inline: bool) -> tuple[str, PlanHandle]:
+@dataclass(frozen=True)
+class Written:
+    """A file the driver wrote under the index root, and how tasks find it."""
+
+    relative: str  # its path under the root
+    handle: Any  # a MetaHandle or a PlanHandle
+
+
+def write_plan(spark, root: str, data: bytes) -> Written:
     relative = f"staging/{uuid.uuid4().hex}-calibration.bin"
     store_for(spark, root).write(join(root, relative), data)
-    return relative, PlanHandle(join(root, relative), sha256(data), data if inline else None)
+    return Written(relative, PlanHandle(join(root, relative), sha256(data)))
 
 
 def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
@@ -251,13 +266,6 @@ def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
 def duplicate_example(rows: DataFrame):
     row = rows.groupBy("id").count().where(F.col("count") > 1).first()
     return None if row is None else row["id"]
-
-
-def check_index_params(params: dict, dim: int) -> None:
-    """Settings that can only be checked against the data's dimension."""
-    if params["indexType"] == "pq" and params["pqSubvectors"] > dim:
-        raise ValueError(f"pqSubvectors={params['pqSubvectors']} is larger than the "
-                         f"dimension {dim}")
 
 
 # ----------------------------------------------------------------- centroids
@@ -348,13 +356,13 @@ def _fine_fn(counts: np.ndarray, dim: int, seed: int, space: str):
     return train
 
 
-def write_meta(spark, root: str, meta: Meta, inline: bool) -> tuple[str, MetaHandle]:
+def write_meta(spark, root: str, meta: Meta) -> Written:
     """Write the meta file; returns its path (relative to the root) and a task handle."""
     data = meta.to_bytes()
     relative = f"{new_run('meta')}.bin"
     store_for(spark, root).write(join(root, relative), data)
-    return relative, MetaHandle(join(root, relative), sha256(data), meta.centroids.shape[1],
-                                data if inline else None)
+    return Written(relative, MetaHandle(join(root, relative), sha256(data),
+                                        meta.centroids.shape[1]))
 
 
 # ------------------------------------------------------------ assign and build
@@ -428,7 +436,8 @@ def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
         index = cls.build(vectors[~held], context, seed, task_threads)
         kept = ids.filter(pa.array(~held))
         searched = time.perf_counter()
-        found = calibrate.search_held_out(index, plan, pid, kept, cls.knobs, task_threads)
+        found = calibrate.search_held_out(index, plan, pid, kept, cls.search_knobs,
+                                          task_threads)
         searching = time.perf_counter() - searched
         index.add(vectors[held], task_threads)  # held-out rows join the index afterwards
         order = pa.concat_arrays([kept, ids.filter(pa.array(held))])
@@ -560,11 +569,11 @@ def new_manifest(root: str, built: Built, params: dict, user_set: list[str], dim
     """The manifest of a fresh build (version numbers are set when it is published)."""
     stored = {**params, "numPartitions": built.num_clusters,
               "maxPartitionRows": built.max_partition_rows}
-    return Manifest(root=root, version=0, index_type=params["indexType"],
-                    metric=params["metric"], dim=dim, id_type=kind, params=stored,
-                    user_set=list(user_set), meta_file=built.meta_file,
-                    meta_sha256=built.meta_sha256, partitions=built.partitions,
-                    locations=built.locations, build_seconds=build_seconds)
+    return Manifest.with_param_values(
+        stored, list(user_set), root=root, version=0, index_type=params["indexType"],
+        metric=params["metric"], dim=dim, id_type=kind, meta_file=built.meta_file,
+        meta_sha256=built.meta_sha256, partitions=built.partitions,
+        locations=built.locations, build_seconds=build_seconds)
 
 
 def with_checked_meta(spark, manifest: Manifest) -> Meta:

@@ -199,7 +199,7 @@ def _ladder_fn(handle: IndexHandle, vectors: np.ndarray, settings: list[dict], f
                 part = partition(index, pid, with_vectors)
                 for number, setting in enumerate(settings):
                     labels, dists = part.index.search(vectors[queries], fetch,
-                                                      index.cls.knobs(setting))
+                                                      index.cls.search_knobs(setting))
                     yield _ladder_rows(pid, queries, number, labels, dists, part.ids)
 
     return run
@@ -356,7 +356,7 @@ def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int
         raise ValueError("the calibration sample is empty")
     truth = exact_neighbors(base, sample, metric, k, manifest.dim, manifest.id_type)
     settings = index.cls.search_ladder(k, manifest.params)
-    with_vectors = any(int(s.get("rerankK", 0)) > 0 for s in settings)
+    with_vectors = any(index.cls.search_knobs(s).needs_vectors for s in settings)
     epsilons = epsilons_to_try(epsilon)
     ranked, dists, found = ladder_results(spark, handle, index, sample, k, settings,
                                           min(epsilons), with_vectors)

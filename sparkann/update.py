@@ -245,8 +245,8 @@ def _existing(index: LoadedIndex, pid: int):
 
 def _keeps_vectors(index: LoadedIndex) -> bool:
     """Whether partitions store exact vectors that an update must carry along."""
-    return int(index.manifest.params.get("rerankK", 0) or 0) > 0 and \
-        index.manifest.index_type == "pq"
+    spec = index.manifest.spec
+    return index.cls.keeps_vectors(spec.params)
 
 
 def _with_location_files(spark, root: str, locations: Locations | None, written: list,

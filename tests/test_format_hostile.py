@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 
 import sparkann
 from sparkann import datasets
-from sparkann.index import PartitionContext, SearchKnobs, StoredPartition
+from sparkann.index import PartitionContext, StoredPartition
 from sparkann.index import hnsw as hnsw_module
 from sparkann.index import pq as pq_module
-from sparkann.index.hnsw import HNSWIndex, graph_from_bytes, graph_to_bytes
+from sparkann.index.hnsw import HNSWIndex, HNSWKnobs, graph_from_bytes, graph_to_bytes
 from sparkann.index.pq import PQIndex, codebook_from_bytes, codebook_to_bytes
 from sparkann.metrics import get_metric
 from sparkann.storage.format import (
@@ -72,7 +72,7 @@ ROOT = "s3://bucket/indexes/demo"
 def good_manifest() -> Manifest:
     return Manifest(
         root=ROOT, version=3, base_version=2, index_type="hnsw", metric="l2", dim=DIM,
-        id_type="long", params={"hnswM": 16, "efConstruction": 200, "numPartitions": 2},
+        id_type="long", build_spec={"hnswM": 16, "efConstruction": 200, "numPartitions": 2},
         user_set=["metric"],
         meta_file="meta/v3.bin", meta_sha256="ab" * 32,
         partitions=Partitions(
@@ -728,7 +728,7 @@ def test_hnsw_deletion_marks_in_a_payload_are_cleared_at_load():
     index = HNSWIndex.load(StoredPartition(payload), context)
     assert not index.hidden.any()
     labels, _ = index.search(datasets.clustered(3, DIM, seed=1, sample_seed=2), n,
-                             SearchKnobs(ef_search=n))
+                             HNSWKnobs(ef_search=n))
     assert (labels >= 0).all()
     index.hide([0, 1])  # and rows can be hidden again (hnswlib refuses to mark a marked row)
 
@@ -790,8 +790,8 @@ CHILD = textwrap.dedent("""
     sys.modules["sparkann"] = package
 
     import numpy as np
-    from sparkann.index import PartitionContext, SearchKnobs, StoredPartition
-    from sparkann.index.hnsw import HNSWIndex
+    from sparkann.index import PartitionContext, StoredPartition
+    from sparkann.index.hnsw import HNSWIndex, HNSWKnobs
     from sparkann.metrics import get_metric
 
     payload = open(sys.argv[1], "rb").read()
@@ -803,7 +803,7 @@ CHILD = textwrap.dedent("""
         print("REFUSED", err)
         sys.exit(0)
     vectors = index.live_vectors(np.arange(index.count))
-    index.search(vectors, 5, SearchKnobs(ef_search=16))
+    index.search(vectors, 5, HNSWKnobs(ef_search=16))
     print("LOADED AND SEARCHED")
 """)
 

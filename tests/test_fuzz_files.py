@@ -208,7 +208,6 @@ def _read(root: str, text: bytes, rng: np.random.Generator) -> None:
     import pyarrow as pa
 
     from sparkann import loader
-    from sparkann.index import SearchKnobs
     from sparkann.search.local import answer_batch
     from sparkann.search.plan import SearchPlan
     from sparkann.storage.format import sha256
@@ -216,8 +215,8 @@ def _read(root: str, text: bytes, rng: np.random.Generator) -> None:
     handle = loader.IndexHandle(root, 1, sha256(text))
     index = loader.open_index(handle)
     manifest = index.manifest
-    with_vectors = manifest.index_type == "pq" and int(manifest.params.get("rerankK") or 0) > 0
-    knobs = SearchKnobs(ef_search=16, rerank_k=20 if with_vectors else 0, threads=1)
+    with_vectors = index.cls.keeps_vectors(manifest.spec.params)
+    knobs = index.cls.search_knobs({"efSearch": 16, "rerankK": 20 if with_vectors else 0})
     plan = SearchPlan(handle=handle, id_type=manifest.id_type, dim=manifest.dim,
                       vector_col="vector", neighbors_col="neighbors", k=5, num_probes=2,
                       probe_epsilon=0.0, knobs=knobs, with_vectors=with_vectors,

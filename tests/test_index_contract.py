@@ -83,7 +83,7 @@ def fresh(case):
 
 def best_knobs(cls, context) -> SearchKnobs:
     """The type's most expensive search setting."""
-    return cls.knobs(cls.search_ladder(K, context.params)[-1])
+    return cls.search_knobs(cls.search_ladder(K, context.params)[-1])
 
 
 def assert_no_answer(labels, dists):
@@ -129,7 +129,8 @@ def test_search_ladder_is_cheapest_first(case):
     assert ladder and all(isinstance(s, dict) for s in ladder)
     costs = [cls.probe_cost(s, N, DIM) for s in ladder]
     assert all(c > 0 for c in costs) and costs == sorted(costs)
-    assert all(isinstance(cls.knobs(s), SearchKnobs) for s in ladder)
+    assert issubclass(cls.Knobs, SearchKnobs)
+    assert all(isinstance(cls.search_knobs(s), cls.Knobs) for s in ladder)
 
 
 def test_hide_removes_labels_from_every_answer(case):

@@ -152,7 +152,7 @@ class _Session:
 def manifest(index_type: str, params: dict, rows: int, stored: int, partitions: int = 4):
     return Manifest(
         root="/tmp/index", version=1, index_type=index_type, metric="l2", dim=DIM,
-        id_type="long", params={"numPartitions": partitions, **params}, user_set=[],
+        id_type="long", build_spec={"numPartitions": partitions, **params}, user_set=[],
         meta_file="meta/m.bin", meta_sha256="ab" * 32,
         partitions=Partitions(
             files=[f"data/partition_id={p}/part.parquet" for p in range(partitions)],

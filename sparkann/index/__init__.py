@@ -7,7 +7,14 @@ subclass and one entry in :data:`REGISTRY`.
 
 from __future__ import annotations
 
-from .base import PartitionContext, PartitionIndex, SearchKnobs, StoredPartition
+from .base import (
+    IndexSpec,
+    PartitionContext,
+    PartitionIndex,
+    SearchKnobs,
+    StoredPartition,
+    TypeParams,
+)
 from .hnsw import HNSWIndex
 from .hnsw_sq import HNSWSQIndex
 from .pq import PQIndex
@@ -25,5 +32,16 @@ def index_type(name: str) -> type[PartitionIndex]:
                          f"{sorted(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "PartitionContext", "PartitionIndex", "SearchKnobs", "StoredPartition",
-           "index_type"]
+def search_param_names() -> tuple[str, ...]:
+    """The search params of every registered type (each calibrated per index)."""
+    return tuple(dict.fromkeys(name for cls in REGISTRY.values() for name in cls.search_params))
+
+
+def build_param_names() -> tuple[str, ...]:
+    """The build params of every registered type."""
+    return tuple(dict.fromkeys(name for cls in REGISTRY.values() for name in cls.build_params))
+
+
+__all__ = ["REGISTRY", "IndexSpec", "PartitionContext", "PartitionIndex", "SearchKnobs",
+           "StoredPartition", "TypeParams", "build_param_names", "index_type",
+           "search_param_names"]
