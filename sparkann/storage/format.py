@@ -402,14 +402,13 @@ def _sections(doc: dict, format_version: int, index_kind: str, user_set: list[st
     """The checked param sections of a manifest document (format 3 kept them in one
     ``params`` object)."""
     if format_version == 3:
-        sections = split_params(index_kind, _dict(doc["params"], "params"), user_set)
-        where = {name: "params" for name in SECTIONS}
-    else:
-        sections = {name: _dict(doc[key], key) for name, key in SECTIONS.items()}
-        where = SECTIONS
-    checked = {name: _params(values, where[name]) for name, values in sections.items()
+        params = _params(_dict(doc["params"], "params"), "params")
+        sections = split_params(index_kind, params, user_set)
+        return {**sections, "stats": _stats(sections["stats"], "params")}
+    sections = {name: _dict(doc[key], key) for name, key in SECTIONS.items()}
+    checked = {name: _params(values, SECTIONS[name]) for name, values in sections.items()
                if name != "stats"}
-    return {**checked, "stats": _stats(sections["stats"], where["stats"])}
+    return {**checked, "stats": _stats(sections["stats"], "stats")}
 
 
 def _params(params: dict, section: str) -> dict:
