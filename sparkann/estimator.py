@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from . import build, calibrate, update
-from .index import index_type
+from .index import DEFAULT_INDEX_TYPE, index_type
 from .loader import IndexHandle
 from .observe import StageTimer, job_label
 from .params import CALIBRATED, MODEL_PARAMS, ANNParams
@@ -79,7 +79,8 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
     """
 
     @keyword_only
-    def __init__(self, *, vectorCol="vector", idCol="id", metric="l2", indexType="hnsw",
+    def __init__(self, *, vectorCol="vector", idCol="id", metric="l2",
+                 indexType=DEFAULT_INDEX_TYPE,
                  numPartitions=0, maxPartitionRows=0, sampleSize=0, seed=42, numThreads=0,
                  deterministic=False, allowDuplicateIds=False, indexPath=None,
                  targetRecall=0.95, hnswM=16, efConstruction=200, efSearch=None,

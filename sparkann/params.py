@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pyspark.ml.param import Param, Params, TypeConverters
 
-from .index import REGISTRY, search_param_names
+from .index import DEFAULT_INDEX_TYPE, REGISTRY, search_param_names
 from .metrics import METRICS
 
 PQ_CODEBOOKS = ("partition", "global")
@@ -96,8 +96,8 @@ class CommonParams(Params):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._setDefault(vectorCol="vector", idCol="id", metric="l2", indexType="hnsw",
-                         numThreads=0)
+        self._setDefault(vectorCol="vector", idCol="id", metric="l2",
+                         indexType=DEFAULT_INDEX_TYPE, numThreads=0)
 
     def getVectorCol(self) -> str:
         return self.getOrDefault(self.vectorCol)

@@ -7,6 +7,7 @@ the type's ``build_params`` unless :data:`VARIANTS` says otherwise. No Spark.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -254,3 +255,26 @@ def test_subset_search_is_exact_within_a_small_subset(case):
 def test_memory_bytes_is_positive(case):
     index = fresh(case)
     assert isinstance(index.memory_bytes(), int) and index.memory_bytes() > 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad magic", "trailing byte"])
+def test_a_damaged_payload_is_refused(case, damage):
+    cls, context, *_, stored = case
+    payload = {"truncated": stored.payload[: len(stored.payload) // 2],
+               "bad magic": bytes([stored.payload[0] ^ 0xFF]) + stored.payload[1:],
+               "trailing byte": stored.payload + b"\x00"}[damage]
+    with pytest.raises(ValueError):
+        cls.load(replace(stored, payload=payload), context, with_vectors=False)
+
+
+def test_build_params_and_knobs_round_trip(case):
+    cls, context, *_ = case
+    spec = cls.spec(context.params)
+    assert spec.index_type == cls.name
+    assert spec.params.to_params() == {name: context.params[name] for name in cls.build_params}
+    assert cls.spec(spec.params) == spec
+    for setting in cls.search_ladder(K, context.params):
+        knobs = cls.search_knobs(setting, threads=2)
+        assert knobs.threads == 2 and knobs.settings() == setting
+        assert cls.model_knobs(setting, K, set(), 2) == knobs
+        assert not knobs.needs_vectors or cls.keeps_vectors(context.params)

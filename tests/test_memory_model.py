@@ -41,6 +41,19 @@ CASES = {
 }
 
 
+def default_params(cls) -> dict:
+    from sparkann import ANNIndex
+
+    estimator = ANNIndex()
+    return {name: estimator.getOrDefault(name) for name in cls.build_params
+            if estimator.isDefined(name)}
+
+
+# every other registered type, with the estimator's defaults
+CASES.update({name: (name, default_params(cls), False) for name, cls in sorted(REGISTRY.items())
+              if name not in {case[0] for case in CASES.values()}})
+
+
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 

@@ -21,6 +21,7 @@ from .pq import PQIndex
 
 REGISTRY: dict[str, type[PartitionIndex]] = {
     cls.name: cls for cls in (HNSWIndex, HNSWSQIndex, PQIndex)}
+DEFAULT_INDEX_TYPE = HNSWIndex.name
 
 
 def index_type(name: str) -> type[PartitionIndex]:
@@ -42,6 +43,6 @@ def build_param_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for cls in REGISTRY.values() for name in cls.build_params))
 
 
-__all__ = ["REGISTRY", "IndexSpec", "PartitionContext", "PartitionIndex", "SearchKnobs",
-           "StoredPartition", "TypeParams", "build_param_names", "index_type",
+__all__ = ["DEFAULT_INDEX_TYPE", "REGISTRY", "IndexSpec", "PartitionContext", "PartitionIndex",
+           "SearchKnobs", "StoredPartition", "TypeParams", "build_param_names", "index_type",
            "search_param_names"]
