@@ -70,7 +70,7 @@ def build_corpus(base: str) -> Corpus:
     from sparkann.index import PartitionContext, index_type
     from sparkann.metrics import get_metric
     from sparkann.partitioning.router import build_centroid_graph, rank_brute_force
-    from sparkann.storage.format import FORMAT_VERSION, Meta
+    from sparkann.storage.format import FORMAT_VERSION, SECTIONS, Meta, split_params
     from sparkann.storage.tables import id_buckets
 
     kind = {"hnsw": "hnsw", "hnsw_sq8": "hnsw_sq8"}.get(base, "pq")
@@ -104,7 +104,8 @@ def build_corpus(base: str) -> Corpus:
     locations = [(ids[buckets == b], pid_of[buckets == b]) for b in range(2)]
     doc = {"format": "sparkann-index", "formatVersion": FORMAT_VERSION, "version": 1,
            "baseVersion": 0,
-           "indexType": kind, "metric": "l2", "dim": DIM, "idType": "long", "params": params,
+           "indexType": kind, "metric": "l2", "dim": DIM, "idType": "long",
+           **{SECTIONS[name]: values for name, values in split_params(kind, params, []).items()},
            "userSet": [], "meta": {"file": "", "sha256": ""},
            "partitions": {"files": [], "rows": [], "payloadBytes": [], "checksums": [],
                           "sqErrors": [], "deletes": [[] for _ in parts]},
