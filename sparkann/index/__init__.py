@@ -15,12 +15,13 @@ from .base import (
     StoredPartition,
     TypeParams,
 )
+from .flat import FlatIndex
 from .hnsw import HNSWIndex
 from .hnsw_sq import HNSWSQIndex
 from .pq import PQIndex
 
 REGISTRY: dict[str, type[PartitionIndex]] = {
-    cls.name: cls for cls in (HNSWIndex, HNSWSQIndex, PQIndex)}
+    cls.name: cls for cls in (HNSWIndex, HNSWSQIndex, PQIndex, FlatIndex)}
 DEFAULT_INDEX_TYPE = HNSWIndex.name
 
 
