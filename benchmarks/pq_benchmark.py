@@ -40,7 +40,7 @@ import pyarrow.parquet as papq
 
 from sparkann import ANNIndex, datasets
 from sparkann.index import pq
-from sparkann.index.base import SearchKnobs
+from sparkann.index.pq import PQKnobs
 
 # bench, benchmark and shared_data sit next to this script and are not installed
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -214,7 +214,7 @@ def loaded_bytes(spark, model) -> dict:
 
     warm = fresh_partition(index, pids[0], True)
     probe = np.zeros((64, model.manifest.dim), np.float32)
-    warm.index.search(probe, K, SearchKnobs(rerank_k=2 * K))
+    warm.index.search(probe, K, PQKnobs(rerank_k=2 * K))
     del warm
     start = rss()
     codes = [fresh_partition(index, p, False) for p in pids]

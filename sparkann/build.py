@@ -36,7 +36,7 @@ from .partitioning.router import (
 )
 from .sampling import collect_sample, sampled
 from .storage import tables
-from .storage.format import IndexFormatError, Manifest, Meta, Partitions, sha256
+from .storage.format import MAX_META_BYTES, IndexFormatError, Manifest, Meta, Partitions, sha256
 from .storage.fs import join, read_file, store_for
 from .storage.transaction import Transaction
 from .storage.versions import check_index_root
@@ -60,10 +60,9 @@ class MetaHandle:
     uri: str
     sha256: str
     dim: int
-    inline: bytes | None = None
 
     def read(self) -> Meta:
-        data = self.inline if self.inline is not None else read_file(self.uri, 8 << 30)
+        data = read_file(self.uri, MAX_META_BYTES)
         if sha256(data) != self.sha256:
             raise IndexFormatError(f"the meta file {self.uri} changed during the build")
         return Meta.from_bytes(data, self.dim)
@@ -89,7 +88,7 @@ def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, 
     return rows, kind
 
 
-def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction, inline: bool,
+def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction,
                 stage: StageTimer) -> tuple[Built, int, int]:
     """Write an index of ``rows`` (id, vector) through ``txn``: meta file, partitions
     and id locations. Returns what was built, the row count and the dimension; nothing
@@ -102,13 +101,13 @@ def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction, inli
         num_rows, dim = check_rows(rows, params)
     log.info("sparkann: indexing %d vectors of dimension %d", num_rows, dim)
     cls = index_type(params["indexType"])
-    check_index_params(params, dim)
+    cls.check_params(params, dim)
     num_clusters = params["numPartitions"] or kmeans.default_num_clusters(num_rows)
     if num_clusters > num_rows:
         raise ValueError(f"numPartitions={num_clusters} is larger than the number of rows "
                          f"({num_rows})")
     max_rows = params["maxPartitionRows"] or kmeans.default_max_partition_rows(
-        dim, int(params.get("hnswM", 16)))
+        cls.stored_row_bytes(params, dim))
     seed = int(params["seed"])
     with stage("train centroids"):
         centroids, sample, estimated = train_centroids(rows, metric, num_clusters, num_rows,
@@ -123,14 +122,13 @@ def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction, inli
         nearest = ranker.nearest(sample)
         shared = cls.train_shared(sample, sample - centroids[nearest], context, seed)
     meta_value = Meta(centroids, plan.counts, graph, shared)
-    meta = write_meta(txn, meta_value, inline)
+    meta = write_meta(txn, meta_value)
     held = None
     if params["targetRecall"] > 0:
         with stage("plan calibration"):
             held = calibrate.plan_held_out(rows, num_rows, params, metric, dim, ranker, plan,
                                            np.maximum(estimated, 1),
-                                           cls.search_ladder(int(params["k"]), params), root,
-                                           inline)
+                                           cls.search_ladder(int(params["k"]), params), root)
     threads = build_threads(spark, params, plan.num_partitions)
     try:
         with stage("build partition indexes"):
@@ -216,13 +214,6 @@ def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
 def duplicate_example(rows: DataFrame):
     row = rows.groupBy("id").count().where(F.col("count") > 1).first()
     return None if row is None else row["id"]
-
-
-def check_index_params(params: dict, dim: int) -> None:
-    """Settings that can only be checked against the data's dimension."""
-    if params["indexType"] == "pq" and params["pqSubvectors"] > dim:
-        raise ValueError(f"pqSubvectors={params['pqSubvectors']} is larger than the "
-                         f"dimension {dim}")
 
 
 # ----------------------------------------------------------------- centroids
@@ -313,12 +304,11 @@ def _fine_fn(counts: np.ndarray, dim: int, seed: int, space: str):
     return train
 
 
-def write_meta(txn: Transaction, meta: Meta, inline: bool) -> MetaHandle:
+def write_meta(txn: Transaction, meta: Meta) -> MetaHandle:
     """Write the meta file through ``txn``; returns the handle tasks read it by."""
     data = meta.to_bytes()
     path = txn.write_meta(data)
-    return MetaHandle(join(txn.root, path), sha256(data), meta.centroids.shape[1],
-                      data if inline else None)
+    return MetaHandle(join(txn.root, path), sha256(data), meta.centroids.shape[1])
 
 
 # ------------------------------------------------------------ assign and build
@@ -407,10 +397,10 @@ def new_manifest(root: str, built: Built, params: dict, user_set: list[str], dim
     stored = {**params, "numPartitions": built.num_clusters,
               "maxPartitionRows": built.max_partition_rows,
               "balanceAtBuild": balance(built.partitions.rows)}
-    return Manifest(root=root, version=0, index_type=params["indexType"],
-                    metric=params["metric"], dim=dim, id_type=kind, params=stored,
-                    user_set=list(user_set), meta_file="", meta_sha256="",
-                    partitions=built.partitions, build_seconds=build_seconds)
+    return Manifest.with_param_values(
+        stored, list(user_set), root=root, version=0, index_type=params["indexType"],
+        metric=params["metric"], dim=dim, id_type=kind, meta_file="", meta_sha256="",
+        partitions=built.partitions, build_seconds=build_seconds)
 
 
 def balance(sizes) -> float:

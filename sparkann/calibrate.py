@@ -190,7 +190,7 @@ def _ladder_fn(handle: IndexHandle, vectors: np.ndarray, settings: list[dict], f
                 part = partition(index, pid, with_vectors)
                 for number, setting in enumerate(settings):
                     labels, dists = part.index.search(vectors[queries], fetch,
-                                                      index.cls.knobs(setting))
+                                                      index.cls.search_knobs(setting))
                     yield _ladder_rows(pid, queries, number, labels, dists, part.ids)
 
     return run
@@ -229,7 +229,7 @@ def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int
         raise ValueError("the calibration sample is empty")
     truth = exact_neighbors(base, sample, metric, k, manifest.dim, manifest.id_type)
     settings = index.cls.search_ladder(k, manifest.params)
-    with_vectors = any(int(s.get("rerankK", 0)) > 0 for s in settings)
+    with_vectors = any(index.cls.search_knobs(s).needs_vectors for s in settings)
     epsilons = epsilons_to_try(epsilon)
     ranked, dists, found = ladder_results(spark, handle, index, sample, k, settings,
                                           min(epsilons), with_vectors)
@@ -322,10 +322,9 @@ class PlanHandle:
 
     uri: str
     sha256: str
-    inline: bytes | None = None
 
     def read(self) -> CalibrationPlan:
-        data = self.inline if self.inline is not None else read_file(self.uri, 1 << 30)
+        data = read_file(self.uri, 1 << 30)
         if sha256(data) != self.sha256:
             raise IndexFormatError(f"the calibration plan {self.uri} changed during the build")
         return CalibrationPlan.from_bytes(data)
@@ -351,8 +350,8 @@ class HeldOut:
 
 
 def plan_held_out(rows: DataFrame, num_rows: int, params: dict, metric: Metric, dim: int,
-                  ranker, shards, sizes: np.ndarray, settings: list[dict], root: str,
-                  inline: bool) -> PlanFile:
+                  ranker, shards, sizes: np.ndarray, settings: list[dict],
+                  root: str) -> PlanFile:
     """Draw the fit's held-out queries, route them as deep as any probe setting on the
     ladder goes, and write the plan for the build tasks."""
     sample = draw_sample(rows, num_rows, int(params["seed"]), metric, dim, True, held=True)
@@ -361,7 +360,7 @@ def plan_held_out(rows: DataFrame, num_rows: int, params: dict, metric: Metric, 
     relative = f"staging/{uuid.uuid4().hex}-calibration.bin"
     store_for(rows.sparkSession, root).write(join(root, relative), data)
     return PlanFile(plan, relative,
-                    PlanHandle(join(root, relative), sha256(data), data if inline else None))
+                    PlanHandle(join(root, relative), sha256(data)))
 
 
 def plan_calibration(sample: Sample, ranker, shards, sizes: np.ndarray, k: int,
@@ -399,7 +398,7 @@ def build_holding_out(cls, handle: PlanHandle, pid: int, vectors: np.ndarray, id
     index = cls.build(vectors[~held], context, seed, threads)
     kept = ids.filter(pa.array(~held))
     started = time.perf_counter()
-    found = search_held_out(index, plan, pid, kept, cls.knobs, threads)
+    found = search_held_out(index, plan, pid, kept, cls.search_knobs, threads)
     seconds = time.perf_counter() - started
     index.add(vectors[held], threads)
     return HeldOutBuild(index, pa.concat_arrays([kept, ids.filter(pa.array(held))]), found,

@@ -29,10 +29,10 @@ from pyspark.sql import functions as F
 
 from . import build, calibrate, update
 from .build import balance
-from .index import SearchKnobs, index_type
+from .index import DEFAULT_INDEX_TYPE, index_type
 from .loader import IndexHandle
 from .observe import StageTimer, job_label
-from .params import ANNParams
+from .params import MODEL_PARAMS, ANNParams
 from .search import (
     SearchPlan,
     check_query_schema,
@@ -53,12 +53,7 @@ from .vectors import vector_column
 
 log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
-DEFAULT_MIN_EF = 64
-CALIBRATED = ("numProbes", "probeEpsilon", "efSearch", "rerankK")
-# Params a built model may change: how it searches and names its columns. Every other
-# param describes the stored index and is read from its manifest, never from the model.
-SEARCH_PARAMS = frozenset({*CALIBRATED, "k", "searchStrategy", "neighborsCol", "allowedIdsCol",
-                           "excludeSelf", "numThreads", "vectorCol", "idCol"})
+SEARCH_PARAMS = MODEL_PARAMS
 
 
 class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadable):
@@ -86,7 +81,8 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
     """
 
     @keyword_only
-    def __init__(self, *, vectorCol="vector", idCol="id", metric="l2", indexType="hnsw",
+    def __init__(self, *, vectorCol="vector", idCol="id", metric="l2",
+                 indexType=DEFAULT_INDEX_TYPE,
                  numPartitions=0, maxPartitionRows=0, sampleSize=0, seed=42, numThreads=0,
                  deterministic=False, allowDuplicateIds=False, indexPath=None,
                  targetRecall=0.95, hnswM=16, efConstruction=200, efSearch=None,
@@ -105,13 +101,12 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
     def _fit(self, dataset: DataFrame) -> "ANNIndexModel":
         spark = dataset.sparkSession
         params = self.param_values()
-        params.setdefault("rerankK", 0)
         root = index_root(spark, self.optional("indexPath"))
         stage = StageTimer(spark)
-        rows, kind = build.input_rows(dataset, params["vectorCol"], params["idCol"])
+        rows, id_type = build.input_rows(dataset, params["vectorCol"], params["idCol"])
         with Transaction(spark, root) as txn:
-            built, _, dim = build.build_index(rows, kind, params, txn, False, stage)
-            header = build.new_manifest(root, built, params, self.user_set(), dim, kind,
+            built, _, dim = build.build_index(rows, id_type, params, txn, stage)
+            header = build.new_manifest(root, built, params, self.user_set(), dim, id_type,
                                         stage.seconds)
             manifest, digest = commit_build(txn, "fit", built, header, rows, stage)
         return self._copyValues(ANNIndexModel(manifest, digest))._with_index_defaults()
@@ -141,9 +136,9 @@ def fixed_defaults(manifest: Manifest) -> dict:
     """Search defaults without calibration."""
     clusters = manifest.params["numPartitions"]
     k = int(manifest.params.get("k", 10))
+    spec = manifest.spec
     return {"numProbes": int(min(clusters, max(3, math.ceil(math.sqrt(clusters))))),
-            "efSearch": max(DEFAULT_MIN_EF, k),
-            "rerankK": int(manifest.params.get("rerankK") or 0)}
+            **index_type(spec.index_type).fixed_search_defaults(spec.params, k)}
 
 
 def index_root(spark: SparkSession, path: str | None) -> str:
@@ -211,8 +206,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
     def _handle(self, spark) -> IndexHandle:
         from .search import handle_for
 
-        return handle_for(spark, self.manifest, self._manifest_sha,
-                          payload_reads(spark, self.manifest))
+        return handle_for(self.manifest, self._manifest_sha)
 
     # ---------------------------------------------------------------- search
 
@@ -224,15 +218,15 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             log.info("sparkann: numProbes=%d is more than the %d clusters; searching all",
                      probes, clusters)
         k = self.getK()
-        ef = self.getEfSearch()
-        if ef < k:
-            if self.isSet(self.efSearch):
-                raise ValueError(f"efSearch={ef} must be >= k={k}")
-            ef = k
-        return {"k": k, "numProbes": min(probes, clusters), "efSearch": ef,
-                "rerankK": self.getRerankK() if self.manifest.index_type == "pq" else 0,
+        return {"k": k, "numProbes": min(probes, clusters), **self._knobs(k).settings(),
                 "probeEpsilon": self.getProbeEpsilon(),
                 "searchStrategy": self.getSearchStrategy()}
+
+    def _knobs(self, k: int):
+        """The index type's search knobs for this model's values of its search params."""
+        cls = index_type(self.manifest.index_type)
+        values = {name: self.optional(name) for name in cls.search_params}
+        return cls.model_knobs(values, k, self.user_set(), self.getNumThreads())
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         spark = dataset.sparkSession
@@ -243,7 +237,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         check_query_schema(dataset, self.getVectorCol(), self.getNeighborsCol(), allowed,
                            self.getIdCol() if exclude else None, manifest.id_type)
         reads = payload_reads(spark, manifest)
-        with_vectors = manifest.index_type == "pq" and settings["rerankK"] > 0
+        knobs = self._knobs(settings["k"])
+        with_vectors = knobs.needs_vectors
         strategy = choose_strategy(spark, manifest, settings["searchStrategy"], reads,
                                    with_vectors)
         plan = SearchPlan(
@@ -251,13 +246,13 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             vector_col=self.getVectorCol(), neighbors_col=self.getNeighborsCol(),
             k=settings["k"], num_probes=settings["numProbes"],
             probe_epsilon=settings["probeEpsilon"],
-            knobs=SearchKnobs(settings["efSearch"], settings["rerankK"], self.getNumThreads()),
+            knobs=knobs,
             with_vectors=with_vectors, allowed_col=allowed, exclude_self=exclude,
             id_col=self.getIdCol(), strategy=strategy, reads=reads,
             location_buckets=manifest.locations.buckets if manifest.locations else 1)
-        log.info("sparkann: search planned (%s strategy, k=%d, numProbes=%d, efSearch=%d%s)",
-                 strategy, plan.k, plan.num_probes, plan.knobs.ef_search,
-                 f", rerankK={plan.knobs.rerank_k}" if with_vectors else "")
+        log.info("sparkann: search planned (%s strategy, k=%d, numProbes=%d%s)",
+                 strategy, plan.k, plan.num_probes,
+                 "".join(f", {n}={v}" for n, v in knobs.settings().items()))
         return run_search(self._watched(dataset, plan), manifest, plan)
 
     def _watched(self, dataset: DataFrame, plan: SearchPlan) -> DataFrame:
@@ -294,10 +289,7 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         m = self.manifest
         live = m.partitions.live
         current = balance(live)
-        extra = {}
-        if m.index_type == "pq":
-            stored = max(sum(m.partitions.rows), 1)
-            extra["pqReconstructionRMSE"] = (sum(m.partitions.sq_errors) / stored) ** 0.5
+        extra = index_type(m.index_type).summary_extra(m.partitions.rows, m.partitions.sq_errors)
         return {
             **extra,
             "numVectors": m.num_vectors,
@@ -314,7 +306,9 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             "indexBytes": m.index_bytes,
             "bytesPerVector": m.index_bytes / max(m.num_vectors, 1),
             "memoryBytesPerWorker": memory_needed(m, False),
-            "searchDefaults": {name: m.params.get(name) for name in CALIBRATED},
+            "searchDefaults": {name: m.params.get(name) for name in
+                               ("numProbes", "probeEpsilon",
+                                *index_type(m.index_type).search_params)},
             "calibration": {k: v for k, v in m.calibration.items() if k != "trials"},
             "path": m.root,
             "version": m.version,
@@ -482,7 +476,7 @@ class IndexWriter(MLWriter):
                 raise FileExistsError(f"{path} exists and is not a sparkann index; refusing "
                                       "to write into it")
         params, user_set = self.model._stored_params()
-        manifest = replace(manifest, params=params, user_set=user_set)
+        manifest = manifest.with_params(params, user_set)
         if root.rstrip("/") != manifest.root.rstrip("/"):
             copy_index(spark, manifest, root)
         else:

@@ -45,18 +45,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexHandle:
-    """How a task finds one version of an index. ``inline`` carries the manifest
-    and meta bytes when tasks cannot read the index root themselves."""
+    """How a task finds one version of an index: its manifest's path and SHA-256 (the
+    manifest names the meta file and its SHA-256). No index data travels with it."""
 
     root: str
     version: int
     manifest_sha256: str
-    inline: tuple[bytes, bytes] | None = None
-    manifest_file: str = ""  # a staged manifest (calibration before publishing)
 
     def manifest_uri(self) -> str:
-        if self.manifest_file:
-            return join(self.root, self.manifest_file)
         return manifest_path(self.root, self.version)
 
 
@@ -158,16 +154,12 @@ def open_index(handle: IndexHandle) -> LoadedIndex:
 
 
 def _load_index(handle: IndexHandle) -> tuple[LoadedIndex, int]:
-    if handle.inline is not None:
-        text, meta_bytes = handle.inline
-    else:
-        text = read_file(handle.manifest_uri(), MAX_MANIFEST_BYTES)
+    text = read_index_file(handle.manifest_uri(), MAX_MANIFEST_BYTES)
     if sha256(text) != handle.manifest_sha256:
         raise IndexFormatError(f"{handle.root}: version {handle.version}'s manifest changed "
                                "after the search was planned")
     manifest = Manifest.from_json(handle.root, text, handle.version)
-    if handle.inline is None:
-        meta_bytes = read_index_file(join(handle.root, manifest.meta_file), MAX_META_BYTES)
+    meta_bytes = read_index_file(join(handle.root, manifest.meta_file), MAX_META_BYTES)
     loaded = LoadedIndex.create(manifest, checked_meta(manifest, meta_bytes))
     return loaded, len(text) + len(meta_bytes)
 

@@ -16,14 +16,20 @@ from typing import Any, Callable
 
 from pyspark.ml.param import Param, Params, TypeConverters
 
-from .index import REGISTRY
+from .index import DEFAULT_INDEX_TYPE, REGISTRY, search_param_names
 from .metrics import METRICS
 
 PQ_CODEBOOKS = ("partition", "global")
 INT32_MAX = (1 << 31) - 1  # the bound of values handed to hnswlib and faiss as C ints
 PQ_BITS = (4, 8)
-STRATEGIES = ("auto", "local", "partition")
 MAX_K = 100_000  # neighbours per query: bounds what a search task holds per query
+STRATEGIES = ("auto", "local", "partition")
+# Search settings an index calibrates: the probes, and each index type's own.
+CALIBRATED = ("numProbes", "probeEpsilon", *search_param_names())
+# Params a built model may change: how it searches and names its columns. Every other
+# param describes the stored index and is read from its manifest, never from the model.
+MODEL_PARAMS = frozenset({*CALIBRATED, "k", "searchStrategy", "neighborsCol", "allowedIdsCol",
+                          "excludeSelf", "numThreads", "vectorCol", "idCol"})
 
 
 def _choice(name: str, choices) -> Callable[[Any], Any]:
@@ -90,8 +96,8 @@ class CommonParams(Params):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._setDefault(vectorCol="vector", idCol="id", metric="l2", indexType="hnsw",
-                         numThreads=0)
+        self._setDefault(vectorCol="vector", idCol="id", metric="l2",
+                         indexType=DEFAULT_INDEX_TYPE, numThreads=0)
 
     def getVectorCol(self) -> str:
         return self.getOrDefault(self.vectorCol)

@@ -186,8 +186,8 @@ def _existing(index: LoadedIndex, pid: int):
 
 def _keeps_vectors(index: LoadedIndex) -> bool:
     """Whether partitions store exact vectors that an update must carry along."""
-    return int(index.manifest.params.get("rerankK", 0) or 0) > 0 and \
-        index.manifest.index_type == "pq"
+    spec = index.manifest.spec
+    return index.cls.keeps_vectors(spec.params)
 
 
 # ----------------------------------------------------------------- compact
@@ -271,7 +271,7 @@ def rebalance(spark, manifest: Manifest, handle: IndexHandle, params: dict, txn:
                     "not calibrated and uses the fixed search defaults", manifest.index_type)
         params["targetRecall"] = 0.0
     rows = live_rows(spark, manifest, handle)
-    built, _, dim = build.build_index(rows, manifest.id_type, params, txn, False, stage)
+    built, _, dim = build.build_index(rows, manifest.id_type, params, txn, stage)
     header = build.new_manifest(manifest.root, built, params, manifest.user_set, dim,
                                 manifest.id_type, stage.seconds)
     return built, header, rows

@@ -168,13 +168,14 @@ def test_deterministic_builds_write_identical_bytes(frames, tmp_path):
     assert len(seeds) == 10_000 and partition_seed(3, 7) != partition_seed(4, 7)
 
 
-def test_a_build_task_ignores_the_order_its_rows_arrive_in(frames):
+def test_a_build_task_ignores_the_order_its_rows_arrive_in(frames, tmp_path):
     # A build task gets its partition's rows in shuffle-fetch order, which differs
     # between attempts; the rows of one partition are fed to the real task function
     # (sparkann.build.build_fn, as per_partition calls it) in two orders.
     meta = Meta(np.zeros((1, 32), np.float32), np.array([1], np.int64))
     data = meta.to_bytes()
-    handle = MetaHandle("unused:/meta.bin", sha256(data), 32, inline=data)
+    (tmp_path / "meta.bin").write_bytes(data)
+    handle = MetaHandle(str(tmp_path / "meta.bin"), sha256(data), 32)
     params = {"metric": "l2", "indexType": "hnsw", "deterministic": True, "seed": 5,
               "hnswM": 16, "efConstruction": 100}
     build = build_fn(handle, params, 32, 2)

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 
 import sparkann
 from sparkann import datasets
-from sparkann.index import PartitionContext, SearchKnobs, StoredPartition
+from sparkann.index import PartitionContext, StoredPartition
 from sparkann.index import hnsw as hnsw_module
 from sparkann.index import pq as pq_module
-from sparkann.index.hnsw import HNSWIndex, graph_from_bytes, graph_to_bytes
+from sparkann.index.hnsw import HNSWIndex, HNSWKnobs, graph_from_bytes, graph_to_bytes
 from sparkann.index.pq import PQIndex, codebook_from_bytes, codebook_to_bytes
 from sparkann.metrics import get_metric
 from sparkann.storage.format import (
@@ -72,7 +72,7 @@ ROOT = "s3://bucket/indexes/demo"
 def good_manifest() -> Manifest:
     return Manifest(
         root=ROOT, version=3, base_version=2, index_type="hnsw", metric="l2", dim=DIM,
-        id_type="long", params={"hnswM": 16, "efConstruction": 200, "numPartitions": 2},
+        id_type="long", build_spec={"hnswM": 16, "efConstruction": 200, "numPartitions": 2},
         user_set=["metric"],
         meta_file="meta/v3.bin", meta_sha256="ab" * 32,
         partitions=Partitions(
@@ -87,6 +87,15 @@ def good_manifest() -> Manifest:
 
 def good_doc() -> dict:
     return json.loads(good_manifest().to_json())
+
+
+def format3_doc(doc: dict | None = None) -> dict:
+    """A manifest document as format 3 wrote it: every value in one ``params`` object."""
+    doc = good_doc() if doc is None else doc
+    params = {"indexType": doc["indexType"], "metric": doc["metric"]}
+    for section in ("stats", "buildSpec", "searchDefaults", "modelParams"):
+        params.update(doc.pop(section))
+    return {**doc, "formatVersion": 3, "params": params}
 
 
 def parse(doc_or_text, version: int = 3) -> Manifest:
@@ -223,20 +232,47 @@ STORED_PARAMS = [
 
 @pytest.mark.parametrize("name, value, reason", STORED_PARAMS,
                          ids=[f"{n}={v!r}" for n, v, _ in STORED_PARAMS])
-def test_manifest_params_are_checked_like_the_params_that_set_them(name, value, reason):
+@pytest.mark.parametrize("section", ["buildSpec", "searchDefaults", "modelParams", "params"])
+def test_manifest_params_are_checked_like_the_params_that_set_them(name, value, reason,
+                                                                   section):
     import re
 
-    message = refused(parse, edit(**{f"params.{name}": value})(good_doc()),
-                      match=f"params.{name}={value!r}", error=IndexFormatError)
+    doc = format3_doc() if section == "params" else good_doc()
+    message = refused(parse, edit(**{f"{section}.{name}": value})(doc),
+                      match=f"{section}.{name}={value!r}", error=IndexFormatError)
     assert re.search(reason, message), message
 
 
-def test_manifest_params_are_converted_and_unknown_names_kept():
-    doc = edit(**{"params.hnswM": 16.0, "params.balanceAtBuild": 1.25,
-                  "params.efSearch": None})(good_doc())
-    params = parse(doc).params
-    assert params["hnswM"] == 16 and type(params["hnswM"]) is int
-    assert params["balanceAtBuild"] == 1.25 and params["efSearch"] is None
+def test_manifest_params_are_converted_and_stats_kept():
+    doc = edit(**{"buildSpec.hnswM": 16.0, "stats.balanceAtBuild": 1.25,
+                  "searchDefaults.efSearch": None})(good_doc())
+    manifest = parse(doc)
+    assert manifest.build_spec["hnswM"] == 16 and type(manifest.build_spec["hnswM"]) is int
+    assert manifest.stats == {"balanceAtBuild": 1.25}
+    assert manifest.params["balanceAtBuild"] == 1.25 and manifest.params["efSearch"] is None
+    assert manifest.spec.params.m == 16 and manifest.spec.index_type == "hnsw"
+
+
+@pytest.mark.parametrize("value", ["1.5", float("inf"), True, [1], {"a": 1}], ids=repr)
+def test_manifest_stats_must_be_finite_numbers(value):
+    refused(parse, edit(**{"stats.balanceAtBuild": value})(good_doc()),
+            match="stats.balanceAtBuild=", error=IndexFormatError)
+
+
+def test_format_3_manifests_load_into_sections():
+    doc = format3_doc(edit(**{"stats.balanceAtBuild": 1.5, "searchDefaults.efSearch": 80,
+                              "searchDefaults.numProbes": 2, "modelParams.k": 7,
+                              "modelParams.efSearch": 120, "buildSpec.seed": 3})(good_doc()))
+    doc["userSet"] = ["efSearch"]
+    manifest = parse(doc)
+    assert manifest.build_spec == {"hnswM": 16, "efConstruction": 200, "numPartitions": 2,
+                                   "seed": 3}
+    assert manifest.search_defaults == {"numProbes": 2}  # the user's efSearch is no default
+    assert manifest.model_params == {"k": 7, "efSearch": 120}
+    assert manifest.stats == {"balanceAtBuild": 1.5}
+    assert manifest.params["efSearch"] == 120 and manifest.params["indexType"] == "hnsw"
+    again = parse(json.loads(manifest.to_json()))  # written back in the current format
+    assert again == manifest and json.loads(manifest.to_json())["formatVersion"] == 4
 
 
 @pytest.mark.parametrize("field, value", [("indexType", "ivf"), ("metric", "manhattan")])
@@ -250,13 +286,18 @@ def test_manifest_index_type_and_metric_must_be_known(field, value):
 def test_manifest_without_a_param_its_index_type_needs(index_type, dropped):
     doc = edit(indexType=index_type)(good_doc())  # a pq index with hnsw params lacks its own
     if dropped:
-        del doc["params"][dropped]
+        del doc["buildSpec"][dropped]
     refused(parse, doc, match=f"lacks the params ['{dropped or 'pqSubvectors'}'",
             error=IndexFormatError)
 
 
 TYPES = [
-    ("params not an object", edit(params=["hnswM"])),
+    ("build spec not an object", edit(buildSpec=["hnswM"])),
+    ("build spec missing", edit(buildSpec=_DELETE)),
+    ("search defaults not an object", edit(searchDefaults=3)),
+    ("model params not an object", edit(modelParams="k")),
+    ("stats not an object", edit(stats=[1.0])),
+    ("format 3 params not an object", lambda doc: doc.update(format3_doc(), params=["x"])),
     ("userSet holds a number", edit(userSet=[1])),
     ("userSet not a list", edit(userSet=5)),
     ("index type not text", edit(indexType=7)),
@@ -290,7 +331,7 @@ def test_manifest_with_the_wrong_format_name(name):
             error=IndexFormatError)
 
 
-@pytest.mark.parametrize("version", [4, 99, "4"])
+@pytest.mark.parametrize("version", [5, 99, "5"])
 def test_manifest_in_a_newer_format_says_to_upgrade(version):
     message = refused(parse, edit(formatVersion=version)(good_doc()), error=IndexFormatError)
     assert "upgrade sparkann" in message and ROOT in message
@@ -728,7 +769,7 @@ def test_hnsw_deletion_marks_in_a_payload_are_cleared_at_load():
     index = HNSWIndex.load(StoredPartition(payload), context)
     assert not index.hidden.any()
     labels, _ = index.search(datasets.clustered(3, DIM, seed=1, sample_seed=2), n,
-                             SearchKnobs(ef_search=n))
+                             HNSWKnobs(ef_search=n))
     assert (labels >= 0).all()
     index.hide([0, 1])  # and rows can be hidden again (hnswlib refuses to mark a marked row)
 
@@ -790,8 +831,8 @@ CHILD = textwrap.dedent("""
     sys.modules["sparkann"] = package
 
     import numpy as np
-    from sparkann.index import PartitionContext, SearchKnobs, StoredPartition
-    from sparkann.index.hnsw import HNSWIndex
+    from sparkann.index import PartitionContext, StoredPartition
+    from sparkann.index.hnsw import HNSWIndex, HNSWKnobs
     from sparkann.metrics import get_metric
 
     payload = open(sys.argv[1], "rb").read()
@@ -803,7 +844,7 @@ CHILD = textwrap.dedent("""
         print("REFUSED", err)
         sys.exit(0)
     vectors = index.live_vectors(np.arange(index.count))
-    index.search(vectors, 5, SearchKnobs(ef_search=16))
+    index.search(vectors, 5, HNSWKnobs(ef_search=16))
     print("LOADED AND SEARCHED")
 """)
 

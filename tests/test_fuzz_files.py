@@ -70,7 +70,7 @@ def build_corpus(base: str) -> Corpus:
     from sparkann.index import PartitionContext, index_type
     from sparkann.metrics import get_metric
     from sparkann.partitioning.router import build_centroid_graph, rank_brute_force
-    from sparkann.storage.format import FORMAT_VERSION, Meta
+    from sparkann.storage.format import FORMAT_VERSION, SECTIONS, Meta, split_params
     from sparkann.storage.tables import id_buckets
 
     kind = {"hnsw": "hnsw", "hnsw_sq8": "hnsw_sq8"}.get(base, "pq")
@@ -104,7 +104,8 @@ def build_corpus(base: str) -> Corpus:
     locations = [(ids[buckets == b], pid_of[buckets == b]) for b in range(2)]
     doc = {"format": "sparkann-index", "formatVersion": FORMAT_VERSION, "version": 1,
            "baseVersion": 0,
-           "indexType": kind, "metric": "l2", "dim": DIM, "idType": "long", "params": params,
+           "indexType": kind, "metric": "l2", "dim": DIM, "idType": "long",
+           **{SECTIONS[name]: values for name, values in split_params(kind, params, []).items()},
            "userSet": [], "meta": {"file": "", "sha256": ""},
            "partitions": {"files": [], "rows": [], "payloadBytes": [], "checksums": [],
                           "sqErrors": [], "deletes": [[] for _ in parts]},
@@ -208,7 +209,6 @@ def _read(root: str, text: bytes, rng: np.random.Generator) -> None:
     import pyarrow as pa
 
     from sparkann import loader
-    from sparkann.index import SearchKnobs
     from sparkann.search.local import answer_batch
     from sparkann.search.plan import SearchPlan
     from sparkann.storage.format import sha256
@@ -216,8 +216,8 @@ def _read(root: str, text: bytes, rng: np.random.Generator) -> None:
     handle = loader.IndexHandle(root, 1, sha256(text))
     index = loader.open_index(handle)
     manifest = index.manifest
-    with_vectors = manifest.index_type == "pq" and int(manifest.params.get("rerankK") or 0) > 0
-    knobs = SearchKnobs(ef_search=16, rerank_k=20 if with_vectors else 0, threads=1)
+    with_vectors = index.cls.keeps_vectors(manifest.spec.params)
+    knobs = index.cls.search_knobs({"efSearch": 16, "rerankK": 20 if with_vectors else 0})
     plan = SearchPlan(handle=handle, id_type=manifest.id_type, dim=manifest.dim,
                       vector_col="vector", neighbors_col="neighbors", k=5, num_probes=2,
                       probe_epsilon=0.0, knobs=knobs, with_vectors=with_vectors,

@@ -126,7 +126,7 @@ def search_plan(k: int) -> SearchPlan:
 
 def test_a_large_k_allocates_no_more_than_the_partition_holds():
     part, vectors = ten_row_partition()
-    queries, knobs = np.repeat(vectors, 20, axis=0), SearchKnobs(ef_search=64)
+    queries, knobs = np.repeat(vectors, 20, axis=0), REGISTRY["hnsw"].search_knobs({"efSearch": 64})
     labels, dists = part.search(queries, 50_000, knobs)
     assert labels.shape == dists.shape == (200, 10)
     assert sorted(labels[0]) == list(range(10))

@@ -10,7 +10,8 @@ import pytest
 from conftest import neighbor_ids, vectors_frame
 
 from sparkann import ANNIndex, datasets, exact
-from sparkann.index import PartitionContext, SearchKnobs
+from sparkann.index import PartitionContext
+from sparkann.index.hnsw import HNSWKnobs
 from sparkann.index.hnsw_sq import HNSWSQIndex
 from sparkann.metrics import get_metric
 
@@ -57,7 +58,7 @@ def test_a_quarter_of_the_vector_memory_and_a_round_trip(built):
     payload = index.store().payload
     assert join(*split(payload)) == payload
     again = load(context, payload)
-    knobs = SearchKnobs(ef_search=64)
+    knobs = HNSWKnobs(ef_search=64)
     for a, b in zip(index.search(base[:20], 10, knobs), again.search(base[:20], 10, knobs)):
         np.testing.assert_array_equal(a, b)
 

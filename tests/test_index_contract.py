@@ -7,6 +7,7 @@ the type's ``build_params`` unless :data:`VARIANTS` says otherwise. No Spark.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -83,7 +84,7 @@ def fresh(case):
 
 def best_knobs(cls, context) -> SearchKnobs:
     """The type's most expensive search setting."""
-    return cls.knobs(cls.search_ladder(K, context.params)[-1])
+    return cls.search_knobs(cls.search_ladder(K, context.params)[-1])
 
 
 def assert_no_answer(labels, dists):
@@ -129,7 +130,8 @@ def test_search_ladder_is_cheapest_first(case):
     assert ladder and all(isinstance(s, dict) for s in ladder)
     costs = [cls.probe_cost(s, N, DIM) for s in ladder]
     assert all(c > 0 for c in costs) and costs == sorted(costs)
-    assert all(isinstance(cls.knobs(s), SearchKnobs) for s in ladder)
+    assert issubclass(cls.Knobs, SearchKnobs)
+    assert all(isinstance(cls.search_knobs(s), cls.Knobs) for s in ladder)
 
 
 def test_hide_removes_labels_from_every_answer(case):
@@ -253,3 +255,26 @@ def test_subset_search_is_exact_within_a_small_subset(case):
 def test_memory_bytes_is_positive(case):
     index = fresh(case)
     assert isinstance(index.memory_bytes(), int) and index.memory_bytes() > 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad magic", "trailing byte"])
+def test_a_damaged_payload_is_refused(case, damage):
+    cls, context, *_, stored = case
+    payload = {"truncated": stored.payload[: len(stored.payload) // 2],
+               "bad magic": bytes([stored.payload[0] ^ 0xFF]) + stored.payload[1:],
+               "trailing byte": stored.payload + b"\x00"}[damage]
+    with pytest.raises(ValueError):
+        cls.load(replace(stored, payload=payload), context, with_vectors=False)
+
+
+def test_build_params_and_knobs_round_trip(case):
+    cls, context, *_ = case
+    spec = cls.spec(context.params)
+    assert spec.index_type == cls.name
+    assert spec.params.to_params() == {name: context.params[name] for name in cls.build_params}
+    assert cls.spec(spec.params) == spec
+    for setting in cls.search_ladder(K, context.params):
+        knobs = cls.search_knobs(setting, threads=2)
+        assert knobs.threads == 2 and knobs.settings() == setting
+        assert cls.model_knobs(setting, K, set(), 2) == knobs
+        assert not knobs.needs_vectors or cls.keeps_vectors(context.params)

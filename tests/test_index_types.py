@@ -6,6 +6,8 @@ test_index_contract.py; hostile payloads are in test_format_hostile.py.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -21,9 +23,17 @@ from sparkann.index import (
 from sparkann.index import base as index_base
 from sparkann.index import hnsw as hnsw_module
 from sparkann.index import pq as pq_module
-from sparkann.index.hnsw import HNSWIndex, graph_from_bytes, graph_to_bytes
+from sparkann.index.hnsw import (
+    HNSWBuildParams,
+    HNSWIndex,
+    HNSWKnobs,
+    graph_from_bytes,
+    graph_to_bytes,
+)
 from sparkann.index.pq import (
+    PQBuildParams,
     PQIndex,
+    PQKnobs,
     codebook_from_bytes,
     codebook_to_bytes,
     pad,
@@ -33,7 +43,7 @@ from sparkann.index.pq import (
 from sparkann.metrics import get_metric
 
 N, NQ, DIM = 2000, 40, 16
-KNOBS = SearchKnobs(ef_search=100)
+KNOBS = HNSWKnobs(ef_search=100)
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -87,17 +97,38 @@ def test_registry_maps_names_to_index_types():
     for name, cls in REGISTRY.items():
         assert cls.name == name and index_type(name) is cls
         assert issubclass(cls, PartitionIndex)
-        assert cls.build_params and all(isinstance(p, str) for p in cls.build_params)
+        assert cls.build_params == cls.Params.param_names()
+        assert all(isinstance(p, str) for p in cls.build_params)
     assert HNSWIndex.build_params == ("hnswM", "efConstruction")
     assert PQIndex.build_params == ("pqSubvectors", "pqBits", "pqCodebook", "rerankK")
-    with pytest.raises(ValueError, match=r"indexType='annoy'.*\['hnsw', 'hnsw_sq8', 'pq'\]"):
+    with pytest.raises(ValueError, match=r"indexType='annoy'.*" + re.escape(str(sorted(REGISTRY)))):
         index_type("annoy")
 
 
 def test_knobs_of_a_setting():
-    assert PartitionIndex.knobs({"efSearch": 99, "rerankK": 7}, threads=3) == SearchKnobs(
-        ef_search=99, rerank_k=7, threads=3)
-    assert PartitionIndex.knobs({}) == SearchKnobs(ef_search=64, rerank_k=0, threads=1)
+    assert PartitionIndex.search_knobs({"efSearch": 99, "rerankK": 7}, threads=3) == SearchKnobs(
+        threads=3)
+    assert HNSWIndex.search_knobs({"efSearch": 99, "rerankK": 7}, threads=3) == HNSWKnobs(
+        ef_search=99, threads=3)
+    assert HNSWIndex.search_knobs({}) == HNSWKnobs(ef_search=64, threads=1)
+    assert PQIndex.search_knobs({"rerankK": 7}) == PQKnobs(rerank_k=7)
+    assert PQKnobs(rerank_k=7).needs_vectors and not PQKnobs().needs_vectors
+    assert not HNSWKnobs(ef_search=500).needs_vectors
+
+
+def test_typed_params_of_each_type():
+    spec = PQIndex.spec({"pqSubvectors": 8, "pqBits": 4, "pqCodebook": "global", "k": 10})
+    assert spec.params == PQBuildParams(subvectors=8, bits=4, codebook="global", rerank_k=0)
+    assert spec.to_params() == {"indexType": "pq", "pqSubvectors": 8, "pqBits": 4,
+                                "pqCodebook": "global", "rerankK": 0}
+    assert HNSWBuildParams.of(spec.params.to_params() | {"hnswM": 8, "efConstruction": 20}).m == 8
+    with pytest.raises(KeyError, match="hnswM"):
+        HNSWIndex.spec({"efConstruction": 20})
+    with pytest.raises(TypeError, match="PQBuildParams given where HNSWBuildParams"):
+        HNSWBuildParams.of(spec.params)
+    with pytest.raises(ValueError, match="pqSubvectors=16 is larger than the dimension 8"):
+        PQIndex.check_params({"pqSubvectors": 16, "pqBits": 8, "pqCodebook": "global"}, 8)
+    HNSWIndex.check_params({"hnswM": 64, "efConstruction": 20}, 2)  # nothing to check
 
 
 # ----------------------------------------------------------- base helpers
@@ -149,7 +180,7 @@ def test_hnsw_search_ladder_and_probe_cost():
     assert HNSWIndex.search_ladder(1000, {}) == [{"efSearch": 1000}]
     setting = {"efSearch": 64}
     assert HNSWIndex.probe_cost(setting, 1000, DIM) < HNSWIndex.probe_cost(setting, 10**6, DIM)
-    assert HNSWIndex.knobs(setting) == SearchKnobs(ef_search=64)
+    assert HNSWIndex.search_knobs(setting) == HNSWKnobs(ef_search=64)
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
@@ -226,7 +257,7 @@ def test_hnsw_deletions_are_not_stored(data):
     labels, _ = index.search(queries, 300, KNOBS)
     assert not np.isin(labels, hidden).any() and (labels >= 0).sum(1).max() == 200
     loaded = HNSWIndex.load(index.store(), hnsw_context())
-    labels, _ = loaded.search(queries[:3], 300, SearchKnobs(ef_search=300))
+    labels, _ = loaded.search(queries[:3], 300, HNSWKnobs(ef_search=300))
     assert all(sorted(row) == list(range(300)) for row in labels.tolist())
 
 
@@ -359,7 +390,7 @@ def test_pq_dimension_is_zero_padded_to_a_multiple_of_m(data):
     base, queries = data[0][:, :14], data[1][:, :14]
     index = PQIndex.build(base, pq_context(base, m=4, bits=8, rerank=1), seed=0, threads=1)
     assert index.width == 16 and index.codewords.shape == (4, 256, 4)
-    labels, dists = index.search(queries, 10, SearchKnobs(rerank_k=200))
+    labels, dists = index.search(queries, 10, PQKnobs(rerank_k=200))
     truth, truth_dists = exact.knn(base, queries, 10)
     assert exact.recall_at_k(labels, truth, 10) >= 0.95
     np.testing.assert_allclose(dists[:, 0], truth_dists[:, 0], rtol=1e-4, atol=1e-4)
@@ -479,11 +510,11 @@ def test_exact_vectors_are_kept_only_with_rerank(data):
     np.testing.assert_array_equal(kept.live_vectors([3, 1]), base[[3, 1]])
     # loaded without its vectors, it searches by ADC alone
     light = PQIndex.load(stored, context, with_vectors=False)
-    np.testing.assert_array_equal(light.search(queries, 10, SearchKnobs(rerank_k=100))[0],
+    np.testing.assert_array_equal(light.search(queries, 10, PQKnobs(rerank_k=100))[0],
                                   codes_only.search(queries, 10, SearchKnobs())[0])
     heavy = PQIndex.load(stored, context, with_vectors=True)
     truth, _ = exact.knn(base, queries, 10)
-    found, _ = heavy.search(queries, 10, SearchKnobs(rerank_k=400))
+    found, _ = heavy.search(queries, 10, PQKnobs(rerank_k=400))
     assert exact.recall_at_k(found, truth, 10) >= 0.95
     for bad in (stored.vectors[:-4], stored.vectors[:-4] + np.float32(np.nan).tobytes()):
         damaged = StoredPartition(stored.payload, stored.codebook, bad, stored.sq_error)
@@ -527,7 +558,7 @@ def test_pq_compact_gives_the_answers_of_hiding_the_rest(data):
         assert small.count == len(keep)
         np.testing.assert_array_equal(small.codes, index.codes[keep])
         index.hide(np.setdiff1d(np.arange(N), keep))
-        knobs = SearchKnobs(rerank_k=100 * rerank)
+        knobs = PQKnobs(rerank_k=100 * rerank)
         hidden_labels, hidden_dists = index.search(queries, 10, knobs)
         labels, dists = small.search(queries, 10, knobs)
         np.testing.assert_array_equal(keep[labels], hidden_labels)
@@ -540,10 +571,11 @@ def test_pq_compact_gives_the_answers_of_hiding_the_rest(data):
 
 
 def test_pq_search_ladder_and_probe_cost():
-    assert PQIndex.search_ladder(10, {"rerankK": 0}) == [{"rerankK": 0}]
-    ladder = PQIndex.search_ladder(10, {"rerankK": 5})
+    codes = {"pqSubvectors": 8, "pqBits": 8, "pqCodebook": "partition"}
+    assert PQIndex.search_ladder(10, {**codes, "rerankK": 0}) == [{"rerankK": 0}]
+    ladder = PQIndex.search_ladder(10, {**codes, "rerankK": 5})
     assert [s["rerankK"] for s in ladder] == [10 * f for f in PQIndex.RERANK_FACTORS]
     costs = [PQIndex.probe_cost(s, 5000, DIM) for s in ladder]
     assert all(a < b for a, b in zip(costs, costs[1:]))
     assert PQIndex.probe_cost({}, 1000, DIM) < PQIndex.probe_cost({}, 10**6, DIM)
-    assert PQIndex.knobs(ladder[-1], threads=2) == SearchKnobs(rerank_k=640, threads=2)
+    assert PQIndex.search_knobs(ladder[-1], threads=2) == PQKnobs(rerank_k=640, threads=2)

@@ -41,6 +41,19 @@ CASES = {
 }
 
 
+def default_params(cls) -> dict:
+    from sparkann import ANNIndex
+
+    estimator = ANNIndex()
+    return {name: estimator.getOrDefault(name) for name in cls.build_params
+            if estimator.isDefined(name)}
+
+
+# every other registered type, with the estimator's defaults
+CASES.update({name: (name, default_params(cls), False) for name, cls in sorted(REGISTRY.items())
+              if name not in {case[0] for case in CASES.values()}})
+
+
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
@@ -152,7 +165,7 @@ class _Session:
 def manifest(index_type: str, params: dict, rows: int, stored: int, partitions: int = 4):
     return Manifest(
         root="/tmp/index", version=1, index_type=index_type, metric="l2", dim=DIM,
-        id_type="long", params={"numPartitions": partitions, **params}, user_set=[],
+        id_type="long", build_spec={"numPartitions": partitions, **params}, user_set=[],
         meta_file="meta/m.bin", meta_sha256="ab" * 32,
         partitions=Partitions(
             files=[f"data/partition_id={p}/part.parquet" for p in range(partitions)],

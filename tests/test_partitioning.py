@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkann import datasets, exact
+from sparkann.index import REGISTRY
 from sparkann.metrics import get_metric
 from sparkann.partitioning import kmeans
 from sparkann.partitioning.router import (
@@ -245,9 +246,14 @@ def test_defaults_scale_with_data():
     assert kmeans.default_num_clusters(10) == 1
     assert kmeans.default_num_clusters(250_000) == 13
     assert kmeans.default_num_clusters(10**9) == 50_000
-    assert kmeans.default_max_partition_rows(128, 16) > 500_000
-    assert kmeans.default_max_partition_rows(128, 16) > kmeans.default_max_partition_rows(1024, 16)
-    assert kmeans.default_max_partition_rows(10**6, 64) == 1000
+    hnsw = REGISTRY["hnsw"]
+
+    def rows(dim, m):
+        return kmeans.default_max_partition_rows(
+            hnsw.stored_row_bytes({"hnswM": m, "efConstruction": 40}, dim))
+    assert rows(128, 16) > 500_000
+    assert rows(128, 16) > rows(1024, 16)
+    assert rows(10**6, 64) == 1000
     assert kmeans.sample_rows(1) == kmeans.MIN_SAMPLE_ROWS
     assert kmeans.sample_rows(10_000) == 640_000
     assert kmeans.sample_rows(10_000, requested=5000) == 5000

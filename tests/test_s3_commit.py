@@ -267,7 +267,7 @@ def test_racing_publishes_keep_every_file_of_the_committed_version(endpoint, aws
         store.write(join(root, name), b"data of " + name.encode())
     publish(session, Manifest(
         root=root, version=0, index_type="hnsw", metric="l2", dim=4, id_type="long",
-        params={"hnswM": 16, "efConstruction": 40, "numPartitions": 2}, user_set=[],
+        build_spec={"hnswM": 16, "efConstruction": 40, "numPartitions": 2}, user_set=[],
         meta_file=f"meta/{run.split('/')[1]}.bin", meta_sha256="ab" * 32,
         partitions=Partitions(files=files, rows=[3, 4], payload_bytes=[10, 10],
                               checksums=["c0", "c1"], sq_errors=[0.0, 0.0],

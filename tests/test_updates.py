@@ -11,6 +11,7 @@ import pytest
 from conftest import neighbor_ids, vectors_frame
 
 from sparkann import ANNIndex, ANNIndexModel, datasets, exact
+from sparkann.index import index_type
 from sparkann.selfjoin import knn_graph
 
 
@@ -41,9 +42,8 @@ def test_add_matches_a_fresh_build_and_keeps_the_old_version(spark, data, tmp_pa
     assert grown.summary()["numVectors"] == 6000 and grown.manifest.version == 2
     fresh = ANNIndex(**params).fit(vectors_frame(spark, base, ids))
     same = fresh.searchSettings()  # both searched alike: only the indexes differ
-    grown_recall = _recall(grown.copy({grown.numProbes: same["numProbes"],
-                                       grown.probeEpsilon: same["probeEpsilon"],
-                                       grown.efSearch: same["efSearch"]}),
+    tuned = ("numProbes", "probeEpsilon", *index_type(kind).search_params)
+    grown_recall = _recall(grown.copy({grown.getParam(name): same[name] for name in tuned}),
                            base, ids, qdf, queries)
     assert abs(grown_recall - _recall(fresh, base, ids, qdf, queries)) <= 0.01
     old = ANNIndexModel.load(path, version=1)

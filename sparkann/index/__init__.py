@@ -7,13 +7,22 @@ subclass and one entry in :data:`REGISTRY`.
 
 from __future__ import annotations
 
-from .base import PartitionContext, PartitionIndex, SearchKnobs, StoredPartition
+from .base import (
+    IndexSpec,
+    PartitionContext,
+    PartitionIndex,
+    SearchKnobs,
+    StoredPartition,
+    TypeParams,
+)
+from .flat import FlatIndex
 from .hnsw import HNSWIndex
 from .hnsw_sq import HNSWSQIndex
 from .pq import PQIndex
 
 REGISTRY: dict[str, type[PartitionIndex]] = {
-    cls.name: cls for cls in (HNSWIndex, HNSWSQIndex, PQIndex)}
+    cls.name: cls for cls in (HNSWIndex, HNSWSQIndex, PQIndex, FlatIndex)}
+DEFAULT_INDEX_TYPE = HNSWIndex.name
 
 
 def index_type(name: str) -> type[PartitionIndex]:
@@ -25,5 +34,16 @@ def index_type(name: str) -> type[PartitionIndex]:
                          f"{sorted(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "PartitionContext", "PartitionIndex", "SearchKnobs", "StoredPartition",
-           "index_type"]
+def search_param_names() -> tuple[str, ...]:
+    """The search params of every registered type (each calibrated per index)."""
+    return tuple(dict.fromkeys(name for cls in REGISTRY.values() for name in cls.search_params))
+
+
+def build_param_names() -> tuple[str, ...]:
+    """The build params of every registered type."""
+    return tuple(dict.fromkeys(name for cls in REGISTRY.values() for name in cls.build_params))
+
+
+__all__ = ["DEFAULT_INDEX_TYPE", "REGISTRY", "IndexSpec", "PartitionContext", "PartitionIndex",
+           "SearchKnobs", "StoredPartition", "TypeParams", "build_param_names", "index_type",
+           "search_param_names"]

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar, Collection, Mapping, TypeVar
 
 import numpy as np
 
@@ -31,13 +31,64 @@ SUBSET_SCAN_SHARE = 0.1
 LOADED_ROW_BYTES = 9
 
 
+P = TypeVar("P", bound="TypeParams")
+
+
+@dataclass(frozen=True)
+class TypeParams:
+    """The build params of an index type, one field per param. Each field's
+    ``metadata["param"]`` is the param's name (as in ``ANNIndex`` and the manifest);
+    a field without a default must be stored with the index."""
+
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        return tuple(f.metadata["param"] for f in fields(cls))
+
+    @classmethod
+    def of(cls: type[P], values: "Mapping[str, Any] | TypeParams") -> P:
+        """These params from a mapping by param name (``KeyError`` naming a missing one)."""
+        if isinstance(values, cls):
+            return values
+        if isinstance(values, TypeParams):
+            raise TypeError(f"{type(values).__name__} given where {cls.__name__} is expected")
+        given = {f.name: values[f.metadata["param"]] for f in fields(cls)
+                 if f.metadata["param"] in values or f.default is MISSING}
+        return cls(**given)
+
+    def to_params(self) -> dict[str, Any]:
+        """Param name -> value."""
+        return {f.metadata["param"]: getattr(self, f.name) for f in fields(self)}
+
+
+def param(name: str, **kwargs) -> Any:
+    """A :class:`TypeParams` field stored under the param name ``name``."""
+    return field(metadata={"param": name}, **kwargs)
+
+
+@dataclass(frozen=True)
+class NoParams(TypeParams):
+    """The params of an index type that has none."""
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What an index is built as: its type and that type's build params."""
+
+    index_type: str
+    params: TypeParams
+
+    def to_params(self) -> dict[str, Any]:
+        return {"indexType": self.index_type, **self.params.to_params()}
+
+
 @dataclass(frozen=True)
 class PartitionContext:
     """What every partition of an index shares."""
 
     metric: Metric
     dim: int
-    params: Mapping[str, Any]  # the index's build params, as stored in its manifest
+    # the index's build params: its type's TypeParams, or a mapping by param name
+    params: Any
     centroid: np.ndarray | None = None  # the partition's coarse centroid
     shared: bytes = b""  # index-wide trained data (e.g. a global PQ codebook)
 
@@ -54,20 +105,33 @@ class StoredPartition:
 
 @dataclass(frozen=True)
 class SearchKnobs:
-    """Search-time settings a partition index may use."""
+    """Search-time settings of a partition index: the threads it may use. Index types
+    with settings of their own subclass it (see :meth:`PartitionIndex.search_knobs`)."""
 
-    ef_search: int = 64
-    rerank_k: int = 0
     threads: int = 1
-    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_vectors(self) -> bool:
+        """Whether searching with these knobs reads the partitions' exact vectors."""
+        return False
+
+    def settings(self) -> dict[str, Any]:
+        """The type's own settings by param name (threads aside)."""
+        return {}
 
 
 class PartitionIndex(ABC):
     """One partition's index; see the module docstring."""
 
     name: ClassVar[str] = ""
-    # Params of this index type stored with the index and needed to build or load it.
+    # The type's build params, stored with the index and needed to build or load it.
+    Params: ClassVar[type[TypeParams]] = NoParams
+    # Their param names (derived from Params).
     build_params: ClassVar[tuple[str, ...]] = ()
+    # The type's search knobs.
+    Knobs: ClassVar[type[SearchKnobs]] = SearchKnobs
+    # Search params (by name) of this type that calibration sets and a model may change.
+    search_params: ClassVar[tuple[str, ...]] = ()
     # Whether distances are exact (else to quantized vectors, within a few percent).
     exact_distances: ClassVar[bool] = True
     # Whether live_vectors gives the exact vectors (else quantized reconstructions, which
@@ -81,18 +145,46 @@ class PartitionIndex(ABC):
     # (or the type overrides loaded_bytes).
     LOADED_BYTES_FACTOR: ClassVar[float] = 1.25
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.build_params = cls.Params.param_names()
+
     @classmethod
-    def loaded_bytes_factor(cls, params: Mapping[str, Any], dim: int) -> float:
+    def spec(cls, params: Mapping[str, Any] | TypeParams) -> IndexSpec:
+        """The :class:`IndexSpec` of an index of this type with these build params."""
+        return IndexSpec(cls.name, cls.Params.of(params))
+
+    @classmethod
+    def check_params(cls, params: Any, dim: int) -> None:
+        """``ValueError`` naming a build param that does not fit vectors of ``dim``."""
+
+    @classmethod
+    def stored_row_bytes(cls, params: Any, dim: int) -> int:
+        """About how many bytes a stored row takes (sizes the default shards)."""
+        return 4 * dim + 16
+
+    @classmethod
+    def keeps_vectors(cls, params: Any) -> bool:
+        """Whether partitions store exact vectors beside the index (updates carry them)."""
+        return False
+
+    @classmethod
+    def summary_extra(cls, rows: list[int], sq_errors: list[float]) -> dict[str, Any]:
+        """Type-specific entries of ``ANNIndexModel.summary()``, from the partition facts."""
+        return {}
+
+    @classmethod
+    def loaded_bytes_factor(cls, params: Any, dim: int) -> float:
         """Loaded bytes per stored byte of a partition with these build params."""
         return cls.LOADED_BYTES_FACTOR
 
     @classmethod
-    def loaded_partition_bytes(cls, params: Mapping[str, Any], dim: int) -> int:
+    def loaded_partition_bytes(cls, params: Any, dim: int) -> int:
         """Bytes each loaded partition holds besides what grows with its stored bytes."""
         return 0
 
     @classmethod
-    def loaded_bytes(cls, stored_bytes: int, partitions: int, params: Mapping[str, Any],
+    def loaded_bytes(cls, stored_bytes: int, partitions: int, params: Any,
                      dim: int) -> int:
         """Bytes ``partitions`` loaded partitions of ``stored_bytes`` stored bytes (payloads
         and codebooks) hold, exact vectors aside."""
@@ -107,7 +199,7 @@ class PartitionIndex(ABC):
         return b""
 
     @classmethod
-    def search_ladder(cls, k: int, params: Mapping[str, Any]) -> list[dict]:
+    def search_ladder(cls, k: int, params: Any) -> list[dict]:
         """Search settings calibration may choose from, cheapest first (param name ->
         value, e.g. ``{"efSearch": 64}``)."""
         return [{}]
@@ -118,10 +210,26 @@ class PartitionIndex(ABC):
         return 1.0
 
     @classmethod
-    def knobs(cls, setting: dict, threads: int = 1) -> SearchKnobs:
-        """The :class:`SearchKnobs` of a setting."""
-        return SearchKnobs(ef_search=int(setting.get("efSearch", 64)),
-                           rerank_k=int(setting.get("rerankK", 0)), threads=threads)
+    def fixed_search_defaults(cls, params: Any, k: int) -> dict[str, Any]:
+        """The type's search settings (param name -> value) of an uncalibrated index."""
+        return {}
+
+    @classmethod
+    def search_knobs(cls, setting: Mapping[str, Any], threads: int = 1) -> SearchKnobs:
+        """The knobs of a setting (param name -> value; missing ones take their defaults)."""
+        return cls.Knobs(threads=threads)
+
+    @classmethod
+    def model_knobs(cls, values: Mapping[str, Any], k: int, user_set: Collection[str],
+                    threads: int) -> SearchKnobs:
+        """The knobs a model searches ``k`` neighbours with, from its param values;
+        ``ValueError`` naming a value the user set that cannot serve ``k``."""
+        return cls.search_knobs(values, threads)
+
+    @classmethod
+    def own_knobs(cls, knobs: SearchKnobs) -> Any:
+        """``knobs`` as this type's knobs (the defaults when given another type's)."""
+        return knobs if isinstance(knobs, cls.Knobs) else cls.Knobs(threads=knobs.threads)
 
     @classmethod
     @abstractmethod

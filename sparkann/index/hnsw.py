@@ -13,6 +13,7 @@ import io
 import json
 import math
 import struct
+from dataclasses import dataclass
 
 import hnswlib
 import numpy as np
@@ -25,9 +26,11 @@ from .base import (
     PartitionIndex,
     SearchKnobs,
     StoredPartition,
+    TypeParams,
     checked_labels,
     exact_among,
     padded,
+    param,
     strict_json,
 )
 
@@ -58,12 +61,33 @@ _LABEL_LOCK_BYTES = 65_536 * 40
 _LOADED_ROW_EXTRA = 71 + LOADED_ROW_BYTES
 
 
-class HNSWIndex(PartitionIndex):
-    """An hnswlib graph over a partition's prepared vectors."""
+DEFAULT_EF = 64  # efSearch of an uncalibrated index (at least k)
 
-    name = "hnsw"
-    build_params = ("hnswM", "efConstruction")
 
+@dataclass(frozen=True)
+class HNSWBuildParams(TypeParams):
+    """Graph settings of HNSW partitions."""
+
+    m: int = param("hnswM")
+    ef_construction: int = param("efConstruction")
+
+
+@dataclass(frozen=True)
+class HNSWKnobs(SearchKnobs):
+    """The beam width of an HNSW search."""
+
+    ef_search: int = DEFAULT_EF
+
+    def settings(self):
+        return {"efSearch": self.ef_search}
+
+
+class HNSWSearch(PartitionIndex):
+    """Build params, search knobs and calibration ladder every HNSW type shares."""
+
+    Params = HNSWBuildParams
+    Knobs = HNSWKnobs
+    search_params = ("efSearch",)
     EF_LADDER = (16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
 
     @classmethod
@@ -75,10 +99,35 @@ class HNSWIndex(PartitionIndex):
         return float(setting["efSearch"]) * (1.0 + np.log2(np.maximum(rows, 2)) / 16.0)
 
     @classmethod
+    def fixed_search_defaults(cls, params, k):
+        return {"efSearch": max(DEFAULT_EF, k)}
+
+    @classmethod
+    def search_knobs(cls, setting, threads=1):
+        return HNSWKnobs(threads=threads, ef_search=int(setting.get("efSearch") or DEFAULT_EF))
+
+    @classmethod
+    def model_knobs(cls, values, k, user_set, threads):
+        ef = int(values.get("efSearch") or DEFAULT_EF)
+        if ef < k and "efSearch" in user_set:
+            raise ValueError(f"efSearch={ef} must be >= k={k}")
+        return HNSWKnobs(threads=threads, ef_search=max(ef, k))
+
+    @classmethod
+    def stored_row_bytes(cls, params, dim):
+        return 4 * dim + 8 * (HNSWBuildParams.of(params).m + 1) + 16
+
+
+class HNSWIndex(HNSWSearch):
+    """An hnswlib graph over a partition's prepared vectors."""
+
+    name = "hnsw"
+
+    @classmethod
     def loaded_bytes_factor(cls, params, dim):
         # a stored row: its vector, 2M level-0 links and their count, its label (twice:
         # level 0 and the label lookup), its level and about one upper-level link list
-        stored = 4 * dim + 8 * int(params["hnswM"]) + 32
+        stored = 4 * dim + 8 * HNSWBuildParams.of(params).m + 32
         return 1.0 + _LOADED_ROW_EXTRA / stored
 
     @classmethod
@@ -94,10 +143,10 @@ class HNSWIndex(PartitionIndex):
     @classmethod
     def build(cls, vectors, context, seed, threads):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        spec = HNSWBuildParams.of(context.params)
         graph = hnswlib.Index(space=context.metric.hnsw_space, dim=context.dim)
-        graph.init_index(max_elements=len(vectors), M=int(context.params["hnswM"]),
-                         ef_construction=int(context.params["efConstruction"]),
-                         random_seed=seed)
+        graph.init_index(max_elements=len(vectors), M=spec.m,
+                         ef_construction=spec.ef_construction, random_seed=seed)
         if len(vectors):
             graph.add_items(vectors, np.arange(len(vectors)), num_threads=threads)
         return cls(graph, context)
@@ -126,7 +175,7 @@ class HNSWIndex(PartitionIndex):
         if width == 0 or len(queries) == 0:
             return padded(np.empty((len(queries), 0), np.int64),
                           np.empty((len(queries), 0), np.float32), k)
-        self.graph.set_ef(max(knobs.ef_search, width))
+        self.graph.set_ef(max(self.own_knobs(knobs).ef_search, width))
         try:
             labels, raw = self.graph.knn_query(queries, k=width, num_threads=knobs.threads)
             labels = labels.astype(np.int64)
@@ -141,7 +190,7 @@ class HNSWIndex(PartitionIndex):
             return exact_among(self.live_vectors(labels), labels, query, k, self.context.metric)
         allowed = np.zeros(self.count, dtype=bool)
         allowed[labels] = True
-        self.graph.set_ef(max(knobs.ef_search, k))
+        self.graph.set_ef(max(self.own_knobs(knobs).ef_search, k))
         found, raw = _search_one_by_one(self.graph, query[None], min(k, len(labels)),
                                         lambda label: bool(allowed[label]))
         return padded(found, self.context.metric.from_hnsw(raw), k)

@@ -21,7 +21,6 @@ from .base import (
     SUBSET_SCAN_ROWS,
     SUBSET_SCAN_SHARE,
     PartitionContext,
-    PartitionIndex,
     SearchKnobs,
     StoredPartition,
     checked_labels,
@@ -29,7 +28,7 @@ from .base import (
     padded,
     strict_json,
 )
-from .hnsw import HNSWIndex
+from .hnsw import HNSWBuildParams, HNSWSearch
 
 MAGIC = b"SANNHSQ1"
 _HEADER = struct.Struct("<8sQ")  # magic, json length
@@ -40,21 +39,22 @@ _ARRAYS = (("levels", np.int32), ("offsets", np.int64), ("neighbors", np.int32),
            ("trained", np.float32), ("codes", np.uint8))
 
 
-class HNSWSQIndex(PartitionIndex):
+class HNSWSQIndex(HNSWSearch):
     """An HNSW graph (faiss) over a partition's 8-bit scalar-quantized vectors."""
 
     name = "hnsw_sq8"
-    build_params = ("hnswM", "efConstruction")
     exact_distances = False
     exact_vectors = False
-    search_ladder = HNSWIndex.search_ladder
-    probe_cost = HNSWIndex.probe_cost
+
+    @classmethod
+    def stored_row_bytes(cls, params, dim):
+        return dim + 8 * (HNSWBuildParams.of(params).m + 1) + 16
 
     @classmethod
     def loaded_bytes_factor(cls, params, dim):
         # a stored row: its 8-bit code, about 2M + 1 links, its level and its offset;
         # loaded, faiss holds the same arrays and the caller adds the row's id and mark
-        stored = dim + 8 * int(params["hnswM"]) + 16
+        stored = dim + 8 * HNSWBuildParams.of(params).m + 16
         return 1.0 + LOADED_ROW_BYTES / stored
 
     def __init__(self, index, context: PartitionContext):
@@ -71,13 +71,14 @@ class HNSWSQIndex(PartitionIndex):
         kind = faiss.METRIC_INNER_PRODUCT if context.metric.faiss_inner_product \
             else faiss.METRIC_L2
         quantizer: Any = faiss.ScalarQuantizer.QT_8bit  # an enum value faiss's stubs type apart
-        return faiss.IndexHNSWSQ(context.dim, quantizer, int(context.params["hnswM"]), kind)
+        return faiss.IndexHNSWSQ(context.dim, quantizer, HNSWBuildParams.of(context.params).m,
+                                 kind)
 
     @classmethod
     def build(cls, vectors, context, seed, threads):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         index = cls._empty(context)
-        index.hnsw.efConstruction = int(context.params["efConstruction"])
+        index.hnsw.efConstruction = HNSWBuildParams.of(context.params).ef_construction
         faiss.omp_set_num_threads(max(1, threads))
         if len(vectors):
             storage = _storage(index)
@@ -123,7 +124,8 @@ class HNSWSQIndex(PartitionIndex):
         if width == 0 or len(queries) == 0:
             return padded(np.empty((len(queries), 0), np.int64),
                           np.empty((len(queries), 0), np.float32), k)
-        labels, dists = self._search(queries, width, knobs.ef_search, knobs.threads)
+        labels, dists = self._search(queries, width, self.own_knobs(knobs).ef_search,
+                                     knobs.threads)
         return padded(labels, dists, k)
 
     def search_subset(self, query, labels, k, knobs):
@@ -134,7 +136,7 @@ class HNSWSQIndex(PartitionIndex):
         allowed = np.zeros(self.count, dtype=bool)
         allowed[labels] = True
         found, dists = self._search(np.asarray(query, np.float32)[None], min(k, len(labels)),
-                                    knobs.ef_search, 1, allowed)
+                                    self.own_knobs(knobs).ef_search, 1, allowed)
         return padded(found, dists, k)
 
     # ---------------------------------------------------------------- updating
@@ -157,7 +159,7 @@ class HNSWSQIndex(PartitionIndex):
     def compact(self, keep, seed, threads):
         keep = checked_labels(keep, self.count)
         fresh = self._empty(self.context)
-        fresh.hnsw.efConstruction = int(self.context.params["efConstruction"])
+        fresh.hnsw.efConstruction = HNSWBuildParams.of(self.context.params).ef_construction
         _set_trained(fresh, _trained(self.index))  # decoded rows re-encode to the same codes
         faiss.omp_set_num_threads(max(1, threads))
         fresh.add(self.live_vectors(keep))
@@ -206,7 +208,8 @@ def _to_payload(index, context: PartitionContext) -> bytes:
         "trained": _trained(index),
         "codes": _codes(index),
     }
-    head = {"n": int(index.ntotal), "dim": context.dim, "M": int(context.params["hnswM"]),
+    head = {"n": int(index.ntotal), "dim": context.dim,
+            "M": HNSWBuildParams.of(context.params).m,
             "entry": int(hnsw.entry_point), "maxLevel": int(hnsw.max_level),
             "efConstruction": int(hnsw.efConstruction),
             "lengths": {name: int(arrays[name].size) for name, _ in _ARRAYS}}
@@ -234,9 +237,10 @@ def _from_payload(data, context: PartitionContext, index):
             raise ValueError(f"bad efConstruction {ef_construction}")
     except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
         raise ValueError("HNSW-SQ payload is damaged: unreadable header") from None
-    if dim != context.dim or m != int(context.params["hnswM"]):
+    want_m = HNSWBuildParams.of(context.params).m
+    if dim != context.dim or m != want_m:
         raise ValueError(f"HNSW-SQ payload has dim={dim}, M={m}; the index has "
-                         f"dim={context.dim}, M={context.params['hnswM']}")
+                         f"dim={context.dim}, M={want_m}")
     expected = {"levels": n, "offsets": n + 1, "trained": 2 * dim, "codes": n * dim}
     if any(lengths[name] != size for name, size in expected.items()):
         raise ValueError("HNSW-SQ payload is damaged: array lengths do not match its rows")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import struct
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -29,9 +30,11 @@ from .base import (
     PartitionIndex,
     SearchKnobs,
     StoredPartition,
+    TypeParams,
     checked_labels,
     exact_among,
     padded,
+    param,
     strict_json,
 )
 
@@ -107,17 +110,44 @@ def codebook_from_bytes(data, m: int, nbits: int, width: int) -> np.ndarray:
     return codewords.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class PQBuildParams(TypeParams):
+    """Code settings of PQ partitions."""
+
+    subvectors: int = param("pqSubvectors")
+    bits: int = param("pqBits")
+    codebook: str = param("pqCodebook")
+    # > 0 at fit: partitions also store the exact vectors, for re-ranking
+    rerank_k: int = param("rerankK", default=0)
+
+
+@dataclass(frozen=True)
+class PQKnobs(SearchKnobs):
+    """How many ADC candidates a PQ search re-ranks by exact distance (0: none)."""
+
+    rerank_k: int = 0
+
+    @property
+    def needs_vectors(self) -> bool:
+        return self.rerank_k > 0
+
+    def settings(self):
+        return {"rerankK": self.rerank_k}
+
+
 class PQIndex(PartitionIndex):
     """IVFADC codes of one partition, searched with faiss."""
 
     name = "pq"
-    build_params = ("pqSubvectors", "pqBits", "pqCodebook", "rerankK")
+    Params = PQBuildParams
+    Knobs = PQKnobs
+    search_params = ("rerankK",)
 
     RERANK_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 
     @classmethod
     def search_ladder(cls, k, params):
-        if int(params.get("rerankK", 0)) <= 0:
+        if not cls.keeps_vectors(params):
             return [{"rerankK": 0}]
         return [{"rerankK": k * f} for f in cls.RERANK_FACTORS]
 
@@ -126,27 +156,57 @@ class PQIndex(PartitionIndex):
         return rows / 64.0 + float(setting.get("rerankK", 0)) * dim / 64.0
 
     @classmethod
+    def fixed_search_defaults(cls, params, k):
+        return {"rerankK": PQBuildParams.of(params).rerank_k}
+
+    @classmethod
+    def search_knobs(cls, setting, threads=1):
+        return PQKnobs(threads=threads, rerank_k=int(setting.get("rerankK") or 0))
+
+    @classmethod
+    def check_params(cls, params, dim):
+        subvectors = PQBuildParams.of(params).subvectors
+        if subvectors > dim:
+            raise ValueError(f"pqSubvectors={subvectors} is larger than the dimension {dim}")
+
+    @classmethod
+    def keeps_vectors(cls, params):
+        return PQBuildParams.of(params).rerank_k > 0
+
+    @classmethod
+    def stored_row_bytes(cls, params, dim):
+        spec = PQBuildParams.of(params)
+        vectors = 4 * dim if spec.rerank_k > 0 else 0
+        return code_size(spec.subvectors, spec.bits) + vectors + 16
+
+    @classmethod
+    def summary_extra(cls, rows, sq_errors):
+        return {"pqReconstructionRMSE": (sum(sq_errors) / max(sum(rows), 1)) ** 0.5}
+
+    @classmethod
     def loaded_bytes_factor(cls, params, dim):
         # a row's code is held twice (the array updates use and faiss's inverted list),
         # with faiss's 8-byte label, the caller's id and its hidden mark
-        size = code_size(int(params["pqSubvectors"]), int(params["pqBits"]))
+        spec = PQBuildParams.of(params)
+        size = code_size(spec.subvectors, spec.bits)
         return 2.0 + (8 + LOADED_ROW_BYTES) / size
 
     @classmethod
     def loaded_bytes(cls, stored_bytes, partitions, params, dim):
         # the codebook is held twice by each loaded partition (its codewords and faiss's),
         # whether it was stored with the partition or once for the index
-        m, nbits = int(params["pqSubvectors"]), int(params["pqBits"])
-        codebook = _CODEBOOK.size + 4 * (1 << nbits) * padded_dim(dim, m)
+        spec = PQBuildParams.of(params)
+        codebook = _CODEBOOK.size + 4 * (1 << spec.bits) * padded_dim(dim, spec.subvectors)
         codes = stored_bytes
-        if params["pqCodebook"] != "global":
+        if spec.codebook != "global":
             codes = max(stored_bytes - partitions * codebook, 0)
         return int(cls.loaded_bytes_factor(params, dim) * codes + 2 * partitions * codebook)
 
     def __init__(self, context: PartitionContext, codewords: np.ndarray, codes: np.ndarray,
                  vectors: np.ndarray | None, sq_error: float = 0.0):
         self.context = context
-        self.m, self.nbits = int(context.params["pqSubvectors"]), int(context.params["pqBits"])
+        code_params = PQBuildParams.of(context.params)
+        self.m, self.nbits = code_params.subvectors, code_params.bits
         self.width = padded_dim(context.dim, self.m)
         self.codewords, self.codes, self.vectors = codewords, codes, vectors
         self.count = len(codes)
@@ -159,15 +219,17 @@ class PQIndex(PartitionIndex):
 
     @classmethod
     def train_shared(cls, sample, residuals, context, seed):
-        if context.params["pqCodebook"] != "global":
+        spec = PQBuildParams.of(context.params)
+        if spec.codebook != "global":
             return b""
-        m, nbits = int(context.params["pqSubvectors"]), int(context.params["pqBits"])
+        m, nbits = spec.subvectors, spec.bits
         width = padded_dim(context.dim, m)
         return codebook_to_bytes(train_codebook(pad(residuals, width), m, nbits, seed))
 
     @classmethod
     def build(cls, vectors, context, seed, threads):
-        m, nbits = int(context.params["pqSubvectors"]), int(context.params["pqBits"])
+        spec = PQBuildParams.of(context.params)
+        m, nbits = spec.subvectors, spec.bits
         width = padded_dim(context.dim, m)
         residuals = pad(np.asarray(vectors, np.float32) - _centroid(context), width)
         if context.shared:
@@ -176,12 +238,13 @@ class PQIndex(PartitionIndex):
             codewords = train_codebook(residuals, m, nbits, seed)
         codes = _encode(codewords, residuals, nbits)
         error = float(((residuals - _decode(codewords, codes, nbits)) ** 2).sum())
-        keep = np.array(vectors, np.float32) if int(context.params["rerankK"]) > 0 else None
+        keep = np.array(vectors, np.float32) if spec.rerank_k > 0 else None
         return cls(context, codewords, codes, keep, error)
 
     @classmethod
     def load(cls, stored, context, with_vectors=False):
-        m, nbits = int(context.params["pqSubvectors"]), int(context.params["pqBits"])
+        spec = PQBuildParams.of(context.params)
+        m, nbits = spec.subvectors, spec.bits
         width = padded_dim(context.dim, m)
         codewords = codebook_from_bytes(context.shared or stored.codebook, m, nbits, width)
         codes = _codes_from_payload(stored.payload, m, nbits)
@@ -266,7 +329,7 @@ class PQIndex(PartitionIndex):
         if self.count == 0 or len(queries) == 0:
             return padded(np.empty((len(queries), 0), np.int64),
                           np.empty((len(queries), 0), np.float32), k)
-        rerank = knobs.rerank_k if self.vectors is not None else 0
+        rerank = self.own_knobs(knobs).rerank_k if self.vectors is not None else 0
         labels, dists = self._adc(queries, max(k, rerank), knobs.threads)
         if rerank:
             labels, dists = self._rerank(queries, labels, k)

@@ -35,10 +35,10 @@ def default_num_clusters(num_rows: int) -> int:
     return max(1, math.ceil(num_rows / TARGET_CLUSTER_ROWS))
 
 
-def default_max_partition_rows(dim: int, hnsw_m: int) -> int:
-    """Rows per shard so a serialised graph stays near ``TARGET_PARTITION_BYTES``."""
-    bytes_per_row = 4 * dim + 8 * (hnsw_m + 1) + 16
-    return max(1000, TARGET_PARTITION_BYTES // bytes_per_row)
+def default_max_partition_rows(row_bytes: int) -> int:
+    """Rows per shard so a stored partition of rows of ``row_bytes`` bytes each stays
+    near ``TARGET_PARTITION_BYTES``."""
+    return max(1000, TARGET_PARTITION_BYTES // max(row_bytes, 1))
 
 
 def sample_rows(num_clusters: int, requested: int | None = None) -> int:

@@ -59,14 +59,7 @@ def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan) -> Data
                           manifest.num_partitions, files)
 
 
-def handle_for(spark, manifest: Manifest, manifest_sha: str, reads: str) -> IndexHandle:
-    """The task handle of a version: inline data when tasks cannot read the root."""
-    if reads != "join":
-        return IndexHandle(manifest.root, manifest.version, manifest_sha)
-    from ..storage.fs import store_for
-    from ..storage.versions import manifest_path
-
-    store = store_for(spark, manifest.root)
-    text = store.read(manifest_path(manifest.root, manifest.version), 256 << 20)
-    meta = store.read(join(manifest.root, manifest.meta_file), 8 << 30)
-    return IndexHandle(manifest.root, manifest.version, manifest_sha, (text, meta))
+def handle_for(manifest: Manifest, manifest_sha: str) -> IndexHandle:
+    """The task handle of a version: tasks read its manifest and meta file themselves,
+    checked against their SHA-256."""
+    return IndexHandle(manifest.root, manifest.version, manifest_sha)

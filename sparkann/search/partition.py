@@ -55,13 +55,14 @@ def record_schema(queries: DataFrame, id_type: str) -> T.StructType:
     """Every stage's records: the query's own columns (set on row records only),
     then the search's."""
     own = [T.StructField(f.name, f.dataType, True) for f in queries.schema.fields]
-    kind = T.LongType() if id_type == "long" else T.StringType()
+    spark_id = T.LongType() if id_type == "long" else T.StringType()
     return T.StructType(own + [
         T.StructField(K1, T.LongType()), T.StructField(K2, T.LongType()),
         T.StructField(PID, T.IntegerType()), T.StructField(BUCKET, T.IntegerType()),
         T.StructField(NEED, T.LongType()), T.StructField(COVER, T.LongType()),
-        T.StructField(QVEC, T.ArrayType(T.FloatType())), T.StructField(SELF, kind),
-        T.StructField(ALLOWED, T.ArrayType(kind)), T.StructField(CIDS, T.ArrayType(kind)),
+        T.StructField(QVEC, T.ArrayType(T.FloatType())), T.StructField(SELF, spark_id),
+        T.StructField(ALLOWED, T.ArrayType(spark_id)),
+        T.StructField(CIDS, T.ArrayType(spark_id)),
         T.StructField(CDIST, T.ArrayType(T.FloatType())),
     ])
 
@@ -185,10 +186,10 @@ def records(batch: pa.RecordBatch, own: list[str], plan: SearchPlan, rows: np.nd
 def assemble(source: pa.Schema, own: list[str], plan: SearchPlan, columns: dict,
              count: int) -> pa.RecordBatch:
     """A record batch in the record schema, nulls where ``columns`` says nothing."""
-    kind = plan.arrow_id_type
+    arrow_id = plan.arrow_id_type
     internal = {K1: pa.int64(), K2: pa.int64(), PID: pa.int32(), BUCKET: pa.int32(),
                 NEED: pa.int64(), COVER: pa.int64(), QVEC: pa.list_(pa.float32()),
-                SELF: kind, ALLOWED: pa.list_(kind), CIDS: pa.list_(kind),
+                SELF: arrow_id, ALLOWED: pa.list_(arrow_id), CIDS: pa.list_(arrow_id),
                 CDIST: pa.list_(pa.float32())}
     names = own + list(internal)
     types = [source.field(name).type for name in own] + list(internal.values())
@@ -350,7 +351,7 @@ class _Query:
 
 def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
     """Records met by key: each row record leaves with its top ``k``."""
-    kind = plan.arrow_id_type
+    arrow_id = plan.arrow_id_type
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         pending: dict = {}
@@ -380,11 +381,11 @@ def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
                     query.found[int(pids[i]), int(buckets[i])] = (cids[i].values,
                                                                   cdist[i].values)
             if len(done) >= 1024:
-                yield _output(done, own, plan.neighbors_col, kind, plan.k)
+                yield _output(done, own, plan.neighbors_col, arrow_id, plan.k)
                 done = []
         done += [_finish(query) for query in pending.values()]
         if done:
-            yield _output(done, own, plan.neighbors_col, kind, plan.k)
+            yield _output(done, own, plan.neighbors_col, arrow_id, plan.k)
 
     return run
 
@@ -405,7 +406,7 @@ def _finish(query: _Query):
     return query.rows, ids, dists
 
 
-def _output(done: list, own: list[str], column: str, kind: pa.DataType,
+def _output(done: list, own: list[str], column: str, arrow_id: pa.DataType,
             k: int) -> pa.RecordBatch:
     """Output rows (their own columns and neighbours) of finished queries."""
     parts, rows, dist_parts, id_parts = [], [], [], []
@@ -414,12 +415,12 @@ def _output(done: list, own: list[str], column: str, kind: pa.DataType,
             parts.append(batch.slice(row, 1).select(own))
             rows.append(np.full(len(dists), len(parts) - 1, np.int64))
             dist_parts.append(dists)
-            id_parts.append(ids if ids is not None else pa.array([], kind))
+            id_parts.append(ids if ids is not None else pa.array([], arrow_id))
     table = pa.Table.from_batches(parts).combine_chunks()
     neighbors = top_k_lists(len(parts), np.concatenate(rows) if rows else np.empty(0, np.int64),
                             np.concatenate(dist_parts) if dist_parts else np.empty(0, np.float32),
-                            pa.concat_arrays([a.cast(kind) for a in id_parts]) if id_parts
-                            else pa.array([], kind), k)
+                            pa.concat_arrays([a.cast(arrow_id) for a in id_parts]) if id_parts
+                            else pa.array([], arrow_id), k)
     return pa.RecordBatch.from_arrays([table.column(i).combine_chunks()
                                        for i in range(table.num_columns)] + [neighbors],
                                       own + [column])

@@ -12,13 +12,13 @@ from pyspark.sql import types as T
 
 from ..index import SearchKnobs, index_type
 from ..loader import CACHE_CONF, DEFAULT_CACHE_BYTES, IndexHandle
+from ..params import STRATEGIES
 from ..storage.format import Manifest
 from ..storage.fs import is_local
 from ..vectors import vector_column
 
 STRATEGY_CONF = "spark.sparkann.searchStrategy"
 PAYLOAD_READS_CONF = "spark.sparkann.payloadReads"
-STRATEGIES = ("auto", "local", "partition")
 PAYLOAD_READS = ("auto", "task", "join")
 # Stores pyarrow reads in tasks when payloadReads is "auto".
 TASK_READ_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
@@ -75,11 +75,11 @@ def output_schema(queries: DataFrame, plan: SearchPlan) -> T.StructType:
 
 def helper_columns(queries: DataFrame, plan: SearchPlan) -> list[Column]:
     """The query vector as array<float>, the allowed ids and the row's own id."""
-    kind = plan.id_type
-    allowed = F.lit(None).cast(f"array<{kind}>")
+    id_type = plan.id_type
+    allowed = F.lit(None).cast(f"array<{id_type}>")
     if plan.allowed:
-        allowed = F.col(plan.allowed_col).cast(f"array<{kind}>")
-    own = F.col(plan.id_col).cast(kind) if plan.exclude_self else F.lit(None).cast(kind)
+        allowed = F.col(plan.allowed_col).cast(f"array<{id_type}>")
+    own = F.col(plan.id_col).cast(id_type) if plan.exclude_self else F.lit(None).cast(id_type)
     return [vector_column(queries, plan.vector_col).alias(VEC), allowed.alias(ALLOWED),
             own.alias(SELF)]
 

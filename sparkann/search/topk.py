@@ -7,10 +7,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def neighbors_type(id_type: pa.DataType) -> pa.DataType:
-    return pa.list_(pa.struct([("id", id_type), ("distance", pa.float32())]))
-
-
 class Candidates:
     """Candidate neighbours of a batch of ``n`` queries, gathered partition by partition."""
 

@@ -12,13 +12,19 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ..index import IndexSpec
+
 FORMAT_NAME = "sparkann-index"
-FORMAT_VERSION = 3  # 3: length-framed payload digests, id-location file checksums
+# 3: length-framed payload digests, id-location file checksums; 4: the params in
+# sections (build spec, search defaults, model params, stats). Format 3 still loads.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (3, 4)
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_META_BYTES = 8 << 30
 MAX_PARTITIONS = (1 << 31) - 1  # partition ids are int32
@@ -217,7 +223,9 @@ class Manifest:
     metric: str
     dim: int
     id_type: str
-    params: dict  # every param's value at build (and search defaults), by name
+    # the params that describe the stored index, as built (the type's build params among
+    # them); indexType and metric are the fields above
+    build_spec: dict
     user_set: list[str]  # names of the params the user set (the rest are defaults)
     meta_file: str
     meta_sha256: str
@@ -227,6 +235,40 @@ class Manifest:
     build_seconds: dict = field(default_factory=dict)
     base_version: int = 0
     operation: str = ""  # one of OPERATIONS: what made this version
+    search_defaults: dict = field(default_factory=dict)  # calibrated (or fixed) settings
+    model_params: dict = field(default_factory=dict)  # how the model searches, names columns
+    stats: dict = field(default_factory=dict)  # build statistics (balanceAtBuild)
+
+    @classmethod
+    def with_param_values(cls, params: dict, user_set: list[str], **fields) -> "Manifest":
+        """A manifest whose sections hold ``params`` (every param value by name, and
+        build statistics), each in its section."""
+        from ..index import index_type
+
+        sections: dict[str, Any] = split_params(fields["index_type"], params, user_set)
+        spec = index_type(fields["index_type"]).spec(sections["build_spec"])
+        sections["build_spec"].update(spec.params.to_params())  # defaults written out
+        return cls(user_set=list(user_set), **sections, **fields)
+
+    @property
+    def params(self) -> dict:
+        """Every stored value by param name: the build spec, then the search defaults,
+        then the model's params (a later section wins), and the stats."""
+        return {**self.stats, **self.build_spec, "indexType": self.index_type,
+                "metric": self.metric, **self.search_defaults, **self.model_params}
+
+    @property
+    def spec(self) -> "IndexSpec":
+        """The typed build spec of the index type."""
+        from ..index import index_type
+
+        return index_type(self.index_type).spec(self.build_spec)
+
+    def with_params(self, params: dict, user_set: list[str]) -> "Manifest":
+        """The manifest with a model's params and user settings: build params and search
+        defaults stay as stored."""
+        sections = split_params(self.index_type, params, user_set)
+        return replace(self, model_params=sections["model_params"], user_set=list(user_set))
 
     @property
     def num_partitions(self) -> int:
@@ -240,11 +282,6 @@ class Manifest:
     def index_bytes(self) -> int:
         return int(sum(self.partitions.payload_bytes))
 
-    @property
-    def token(self) -> str:
-        """Identifies this exact version inside worker caches."""
-        return f"{self.root}#{self.version}#{sha256(self.to_json().encode())[:16]}"
-
     def to_json(self) -> str:
         p = self.partitions
         doc = {
@@ -256,7 +293,10 @@ class Manifest:
             "metric": self.metric,
             "dim": self.dim,
             "idType": self.id_type,
-            "params": self.params,
+            "buildSpec": self.build_spec,
+            "searchDefaults": self.search_defaults,
+            "modelParams": self.model_params,
+            "stats": self.stats,
             "userSet": sorted(self.user_set),
             "meta": {"file": self.meta_file, "sha256": self.meta_sha256},
             "partitions": {
@@ -282,22 +322,24 @@ class Manifest:
             if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
                 raise IndexFormatError(f"{root} is not a sparkann index")
             format_version = _format_version(doc["formatVersion"])
-            if format_version != FORMAT_VERSION:
+            if format_version not in READABLE_VERSIONS:
                 newer = format_version > FORMAT_VERSION
                 raise IndexFormatError(
                     f"{root} version {version} is in index format {doc['formatVersion']}; this "
-                    f"sparkann reads format {FORMAT_VERSION}"
+                    f"sparkann reads formats {READABLE_VERSIONS[0]} to {FORMAT_VERSION}"
                     + ("; upgrade sparkann to read it" if newer else "; rebuild the index"))
+            index_kind = _param("indexType", _text(doc["indexType"], "indexType"))
+            user_set = [_text(x, "userSet") for x in doc["userSet"]]
             manifest = cls(
                 root=root,
                 version=_int(doc["version"], "version", 0),
                 base_version=_int(doc.get("baseVersion", 0), "baseVersion", 0),
-                index_type=_param("indexType", _text(doc["indexType"], "indexType")),
+                index_type=index_kind,
                 metric=_param("metric", _text(doc["metric"], "metric")),
                 dim=_int(doc["dim"], "dim", 1, 1 << 16),
                 id_type=_text(doc["idType"], "idType"),
-                params=_params(_dict(doc["params"], "params")),
-                user_set=[_text(x, "userSet") for x in doc["userSet"]],
+                user_set=user_set,
+                **_sections(doc, format_version, index_kind, user_set),
                 meta_file=safe_relative(doc["meta"]["file"], "meta"),
                 meta_sha256=_text(doc["meta"]["sha256"], "meta"),
                 partitions=_partitions(doc["partitions"]),
@@ -318,7 +360,7 @@ class Manifest:
         if manifest.id_type not in ID_TYPES:
             raise IndexFormatError(f"{root}: unknown id type {manifest.id_type!r}")
         missing = [name for name in _required_params(manifest.index_type)
-                   if manifest.params.get(name) is None]
+                   if manifest.build_spec.get(name) is None]
         if missing:
             raise IndexFormatError(f"{root}: the manifest of version {version} lacks the params "
                                    f"{missing} of its index type {manifest.index_type!r}")
@@ -341,13 +383,55 @@ def _int(value, what: str, low: int = 0, high: int = 1 << 62) -> int:
     return value
 
 
-def _params(params: dict) -> dict:
+SECTIONS = {"build_spec": "buildSpec", "search_defaults": "searchDefaults",
+            "model_params": "modelParams", "stats": "stats"}
+
+
+def split_params(index_kind: str, params: dict, user_set: list[str]) -> dict[str, dict]:
+    """Param values by section: the index type's build params and every param that
+    describes the stored index go to the build spec; calibrated settings the user did
+    not set to the search defaults; what a model may change to the model params; other
+    names (build statistics) to the stats. indexType and metric are manifest fields."""
+    from ..index import build_param_names, index_type
+    from ..params import CALIBRATED, MODEL_PARAMS, stored_param_converters
+
+    known, own = stored_param_converters(), index_type(index_kind).build_params
+    other_types = set(build_param_names()) - set(own) - set(CALIBRATED)
+    sections: dict[str, dict] = {name: {} for name in SECTIONS}
+    for name, value in params.items():
+        if name in ("indexType", "metric") or name in other_types:
+            continue
+        if name in own or (name in known and name not in MODEL_PARAMS):
+            sections["build_spec"][name] = value
+        if name in CALIBRATED and name not in user_set:
+            sections["search_defaults"][name] = value
+        elif name in MODEL_PARAMS:
+            sections["model_params"][name] = value
+        elif name not in known:
+            sections["stats"][name] = value
+    return sections
+
+
+def _sections(doc: dict, format_version: int, index_kind: str, user_set: list[str]) -> dict:
+    """The checked param sections of a manifest document (format 3 kept them in one
+    ``params`` object)."""
+    if format_version == 3:
+        params = _params(_dict(doc["params"], "params"), "params")
+        sections = split_params(index_kind, params, user_set)
+        return {**sections, "stats": _stats(sections["stats"], "params")}
+    sections = {name: _dict(doc[key], key) for name, key in SECTIONS.items()}
+    checked = {name: _params(values, SECTIONS[name]) for name, values in sections.items()
+               if name != "stats"}
+    return {**checked, "stats": _stats(sections["stats"], "stats")}
+
+
+def _params(params: dict, section: str) -> dict:
     """Stored params, each checked (and converted) by the converter its param has when
-    it is set; values of other names (build statistics) are kept as they are."""
-    return {name: _param(name, value) for name, value in params.items()}
+    it is set; values of other names are kept as they are."""
+    return {name: _param(name, value, section) for name, value in params.items()}
 
 
-def _param(name: str, value):
+def _param(name: str, value, section: str = "params"):
     from ..params import stored_param_converters
 
     converter = stored_param_converters().get(name)
@@ -356,14 +440,26 @@ def _param(name: str, value):
     try:
         return converter(value)
     except (TypeError, ValueError) as err:
-        raise IndexFormatError(f"manifest field params.{name}={value!r} is invalid "
+        raise IndexFormatError(f"manifest field {section}.{name}={value!r} is invalid "
                                f"({err})") from None
 
 
-def _required_params(kind: str) -> tuple[str, ...]:
+def _stats(stats: dict, section: str) -> dict:
+    """Build statistics: finite numbers (or null)."""
+    for name, value in stats.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise IndexFormatError(f"manifest field {section}.{name}={value!r} is not a "
+                                   "finite number")
+    return stats
+
+
+def _required_params(index_kind: str) -> tuple[str, ...]:
     from ..index import index_type
 
-    return ("numPartitions", *index_type(kind).build_params)
+    cls = index_type(index_kind)
+    return ("numPartitions", *(f.metadata["param"] for f in fields(cls.Params)
+                               if f.default is MISSING))
 
 
 def _operation(value) -> str:

@@ -276,10 +276,8 @@ def add_task_seconds(seconds: dict, build: float, search: float) -> None:
 
 def with_search_defaults(manifest: Manifest, values: dict) -> Manifest:
     """The manifest with search defaults stored, never over a value the user set."""
-    params = dict(manifest.params)
-    params.update({name: value for name, value in values.items()
-                   if name not in manifest.user_set})
-    return replace(manifest, params=params)
+    kept = {name: value for name, value in values.items() if name not in manifest.user_set}
+    return replace(manifest, search_defaults={**manifest.search_defaults, **kept})
 
 
 def location_buckets(spark, num_rows: int) -> int:
