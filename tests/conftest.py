@@ -7,6 +7,7 @@ the repository's ``benchmarks`` folder, which is not installed: it is put on
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -26,10 +27,6 @@ if BENCHMARKS not in sys.path:
     sys.path.insert(0, BENCHMARKS)
 
 import shared_data  # noqa: E402
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts extra JVMs or processes")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +78,32 @@ def loaded_index(model):
 
     spark = __import__("pyspark").sql.SparkSession.getActiveSession()
     return LoadedIndex.create(model.manifest, with_checked_meta(spark, model.manifest))
+
+
+class ProgressSeen(logging.Handler):
+    """Creates the file ``marker`` once sparkann logs a progress line."""
+
+    def __init__(self, marker):
+        super().__init__(logging.INFO)
+        self.marker = str(marker)
+
+    def emit(self, record):
+        if "tasks done" in record.getMessage():
+            open(self.marker, "a").close()
+
+
+def held_until(marker, timeout: float = 300.0):
+    """A mapInArrow function whose tasks wait until the file ``marker`` exists (or
+    ``timeout`` passes): a stage that lasts until its progress has been reported."""
+    marker = str(marker)
+
+    def hold(batches):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield from batches
+
+    return hold
 
 
 def neighbor_ids(rows, key="id", column="neighbors"):

@@ -280,7 +280,7 @@ def check_injected(per_stage: dict, stages: int) -> None:
         assert stage["all_retried_ok"], per_stage
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_injected_first_attempt_failures_are_retried(tmp_path):
     result = run_driver([sys.executable, "retry_job.py"], env=driver_env(tmp_path))
     assert result["master"] == "local[2,4]"
@@ -309,7 +309,7 @@ def test_injected_first_attempt_failures_are_retried(tmp_path):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_lost_executors_during_build_and_search(tmp_path):
     home = spark_home(tmp_path)
     result = run_driver([sys.executable, "lost_executor_job.py"],
@@ -383,7 +383,7 @@ def standalone_cluster(tmp_path: Path, worker_hosts=("127.0.0.1", "127.0.0.2")):
                 process.kill()
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_standalone_cluster_with_speculation(tmp_path):
     with standalone_cluster(tmp_path) as url:
         result = run_driver([
@@ -488,7 +488,7 @@ def manifest_temporaries(path: Path) -> list[str]:
     return sorted(p.name for p in (path / "manifests").glob("*.tmp"))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_driver_killed_mid_save_leaves_the_previous_version(saved, frames, tmp_path):
     queries = frames[1].limit(50)
     target = copy_of(saved, tmp_path)

@@ -253,16 +253,22 @@ def test_lifecycle_every_version_answers_from_its_own_rows(spark, pool, tmp_path
 
 RANDOM_STEPS = {"add": 6, "re-add": 5, "delete": 8, "compact": 4, "rebalance": 1,
                 "save-copy": 1, "save-same": 2, "old-version": 3}  # 30 steps, shuffled
+SHORT_STEPS = {"add": 2, "re-add": 2, "delete": 3, "compact": 1, "rebalance": 1,
+               "save-copy": 1, "save-same": 1, "old-version": 1}  # every kind of step, 12
 
 
+@pytest.mark.parametrize("length", [
+    "short", pytest.param("long", marks=pytest.mark.heavy)])
 @pytest.mark.parametrize("kind", ["hnsw", "pq"])
-def test_random_mixed_steps_keep_answers_exact(spark, pool, tmp_path, kind):
-    """30 seeded random steps; after each one the model answers from exactly the live
-    rows (recall@10 >= 0.95, no deleted id) and counts them right."""
+def test_random_mixed_steps_keep_answers_exact(spark, pool, tmp_path, kind, length):
+    """Seeded random steps (12, or 30 in the heavy tier); after each one the model
+    answers from exactly the live rows (recall@10 >= 0.95, no deleted id) and counts
+    them right."""
     base, other, queries = pool
     qdf = vectors_frame(spark, queries, id_name="qid")
-    rng = np.random.default_rng(2024 if kind == "hnsw" else 4202)
-    steps = [name for name, n in RANDOM_STEPS.items() for _ in range(n)]
+    rng = np.random.default_rng((2024 if kind == "hnsw" else 4202) + (length == "short"))
+    plan = RANDOM_STEPS if length == "long" else SHORT_STEPS
+    steps = [name for name, n in plan.items() for _ in range(n)]
     rng.shuffle(steps)
     live, gone = Live(), set()  # gone: deleted and not added again
     live.put(np.arange(1500), base[:1500])
@@ -591,7 +597,7 @@ def _winner_and_loser(outcome):
     return outcome[winner], outcome[loser]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_racing_writers_in_two_processes_exactly_one_wins(spark, pool, race):
     base, _, queries = pool
     path, before, outcome = race
@@ -622,7 +628,7 @@ def test_racing_writers_in_two_processes_exactly_one_wins(spark, pool, race):
     assert not stray, f"files left behind by the losing writer: {sorted(stray)[:10]}"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_racing_loser_error_names_both_versions(race):
     _, _, outcome = race
     _, loser = _winner_and_loser(outcome)
