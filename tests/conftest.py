@@ -21,8 +21,8 @@ import pytest
 
 from sparkann import datasets
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(REPO, "benchmarks")
 if BENCHMARKS not in sys.path:
     sys.path.insert(0, BENCHMARKS)
 
@@ -69,6 +69,22 @@ def vectors_frame(spark, vectors: np.ndarray, ids=None, id_name="id", vector_typ
     offsets = pa.array(np.arange(0, vectors.size + 1, vectors.shape[1]), pa.int32())
     table = pa.table({id_name: pa.array(ids), "vector": pa.ListArray.from_arrays(offsets, values)})
     return spark.createDataFrame(table)
+
+
+def run_job(capsys, monkeypatch, job: str, *args) -> tuple[int, str, str]:
+    """``jobs/<job>`` run as a script in this process, on the test session's Spark (as
+    spark-submit runs it, minus the JVM): (exit code, stdout, stderr)."""
+    import runpy
+
+    script = os.path.join(REPO, "jobs", job)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def loaded_index(model):

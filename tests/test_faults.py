@@ -614,27 +614,34 @@ def test_a_saved_copy_names_each_id_location_file_once(saved):
     assert rows == manifest.num_vectors
 
 
-def damage_payload(path: Path, partition: int) -> None:
-    """Flip one byte of a partition's payload, as bit rot on an object store would
-    (the local file system's .crc sidecar is dropped: object stores have none)."""
+def damage_payload(path: Path, partition: int, damage: str) -> None:
+    """Damage a partition's payload: flip one byte (bit rot on an object store),
+    truncate it, or overwrite its tail. The local file system's .crc sidecar is
+    dropped: object stores have none, so the index's own checksums must catch it."""
     (file,) = glob.glob(f"{path}/data/*/partition_id={partition}/*.parquet")
     for crc in glob.glob(f"{os.path.dirname(file)}/.*.crc"):
         os.remove(crc)
     table = pq.read_table(file, partitioning=None)
     payload = bytearray(table.column("payload")[0].as_py())
-    payload[len(payload) // 2] ^= 0xFF
+    if damage == "flip":
+        payload[len(payload) // 2] ^= 0xFF
+    elif damage == "truncate":
+        payload = payload[: len(payload) // 2]
+    else:
+        payload[-64:] = b"\x07" * 64
     column = table.schema.get_field_index("payload")
     table = table.set_column(column, table.schema.field(column),
                              pa.array([bytes(payload)], pa.binary()))
     pq.write_table(table, file)
 
 
-@pytest.mark.parametrize("reads,strategy", [("task", "local"), ("task", "partition"),
-                                            ("join", "partition")])
-def test_a_damaged_payload_fails_naming_its_partition(saved, frames, tmp_path, spark, reads,
-                                                      strategy):
+@pytest.mark.parametrize("damage,reads,strategy", [
+    ("flip", "task", "local"), ("truncate", "task", "partition"),
+    ("overwrite", "join", "partition")])
+def test_a_damaged_payload_fails_naming_its_partition(saved, frames, tmp_path, spark, damage,
+                                                      reads, strategy):
     path = copy_of(saved, tmp_path)
-    damage_payload(path, 2)
+    damage_payload(path, 2, damage)
     model = ANNIndexModel.load(str(path)).setSearchStrategy(strategy)
     spark.conf.set("spark.sparkann.payloadReads", reads)
     try:
@@ -654,7 +661,8 @@ def test_a_newer_manifest_format_is_refused(saved, tmp_path):
                                                f"{FORMAT_VERSION + 1}; this sparkann reads "
                                                f"format {FORMAT_VERSION}; upgrade sparkann"):
         ANNIndexModel.load(str(path))
-    assert ANNIndexModel.load(str(path), version=1).manifest.version == 1
+    older = ANNIndexModel.load(str(path), version=1)
+    assert older.manifest.version == 1 and older.summary()["numVectors"] == 6000
 
 
 PICKLERS = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve",

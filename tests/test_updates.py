@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import neighbor_ids, vectors_frame
+from conftest import neighbor_ids, run_job, vectors_frame
 
 from sparkann import ANNIndex, ANNIndexModel, datasets, exact
 from sparkann.selfjoin import knn_graph
@@ -115,17 +113,13 @@ def test_exclude_self_needs_the_id_column(spark, data):
         model.transform(vectors_frame(spark, data[1], id_name="qid"))
 
 
-@pytest.mark.slow
-def test_knn_join_job(spark, data, tmp_path):
+def test_knn_join_job(spark, data, tmp_path, capsys, monkeypatch):
     source = str(tmp_path / "items.parquet")
     vectors_frame(spark, data[0][:2000]).write.parquet(source)
     out = str(tmp_path / "edges.parquet")
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    job = os.path.join(os.path.dirname(__file__), "..", "jobs", "knn_join.py")
-    done = subprocess.run([sys.executable, job, "--input", source, "--output", out, "--k", "4",
-                           "--master", "local[2]"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    code, _, err = run_job(capsys, monkeypatch, "knn_join.py", "--input", source, "--output", out,
+                           "--k", "4", "--log-level", "ERROR")
+    assert code == 0, err[-2000:]
     edges = spark.read.parquet(out)
     assert edges.columns == ["id", "neighbor_id", "distance", "rank"]
     assert edges.count() == 2000 * 4
