@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,31 @@ def spark(tmp_path_factory):
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+class IndexPool:
+    """Indexes built once per run; each test gets a copy of its own, so a test that
+    adds, deletes, compacts or vacuums changes only its copy."""
+
+    def __init__(self, root):
+        self.root, self.built = str(root), {}
+
+    def copy(self, name: str, build, target):
+        """A copy at ``target`` of the index ``name``, which ``build(path)`` writes the
+        first time it is asked for; returns the copy, loaded."""
+        from sparkann import ANNIndexModel
+
+        if name not in self.built:
+            path = os.path.join(self.root, name)
+            build(path)
+            self.built[name] = path
+        shutil.copytree(self.built[name], str(target))
+        return ANNIndexModel.load(str(target))
+
+
+@pytest.fixture(scope="session")
+def index_pool(tmp_path_factory):
+    return IndexPool(tmp_path_factory.mktemp("index-pool"))
 
 
 def vectors_frame(spark, vectors: np.ndarray, ids=None, id_name="id", vector_type=pa.float32()):
@@ -136,9 +162,14 @@ def clustered_data():
 
 
 def shared_dataset(name):
+    """A shared real dataset; the test is skipped, saying where it looked, if it is absent
+    (the pytest configuration prints skip reasons)."""
     root = shared_data.default_data_root()
-    if root is None or not os.path.isdir(os.path.join(root, name)):
-        pytest.skip(f"shared dataset {name} not present")
+    if root is None:
+        pytest.skip(f"shared dataset {name!r}: no data folder ($SPARKANN_DATA is unset and "
+                    f"{os.path.join(os.path.dirname(REPO), 'shared', 'data')} does not exist)")
+    if not os.path.isdir(os.path.join(root, name)):
+        pytest.skip(f"shared dataset {name!r} is not in {root}")
     return shared_data.load_dataset(name, root)
 
 

@@ -395,7 +395,7 @@ def test_search_keeps_the_index_k_and_neighbors_col(spark, tmp_path, capsys):
     vectorio.write_vectors_parquet(base, str(tmp_path / "items.parquet"))
     vectorio.write_vectors_parquet(base[:20], str(tmp_path / "queries.parquet"))
     index = str(tmp_path / "index")
-    ANNIndex(numPartitions=2, k=4, neighborsCol="nn", indexPath=index).fit(
+    ANNIndex(numPartitions=2, k=4, neighborsCol="nn", indexPath=index, targetRecall=0).fit(
         spark.read.parquet(str(tmp_path / "items.parquet")))
     output = str(tmp_path / "out.parquet")
 

@@ -169,6 +169,17 @@ def changed_partitions(old: ANNIndexModel, new: ANNIndexModel) -> set[int]:
                                                  new.manifest.partitions.files)) if a != b}
 
 
+def pooled(spark, pool, index_pool, rows: int, target):
+    """A copy at ``target`` of a fit of ids 0..rows-1 (NUM_PARTITIONS, no calibration)."""
+    base = pool[0]
+
+    def build(path):
+        ANNIndex(indexPath=path, numPartitions=NUM_PARTITIONS, targetRecall=0).fit(
+            frame(spark, np.arange(rows), base[:rows]))
+
+    return index_pool.copy(f"lifecycle-{rows}", build, target)
+
+
 def child_env() -> dict:
     return dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
 
@@ -359,7 +370,8 @@ def test_one_partition_delete_then_add_keeps_working(spark, pool):
     qdf = vectors_frame(spark, queries, id_name="qid")
     live = Live()
     live.put(np.arange(1000), base[:1000])
-    model = ANNIndex(numPartitions=1).fit(frame(spark, np.arange(1000), base[:1000]))
+    model = ANNIndex(numPartitions=1, targetRecall=0).fit(
+        frame(spark, np.arange(1000), base[:1000]))
     model = model.delete([1, 2, 3])
     live.drop([1, 2, 3])
     new = np.arange(1000, 1200)
@@ -374,12 +386,11 @@ def test_one_partition_delete_then_add_keeps_working(spark, pool):
     check(model, live, queries, qdf, "after another add and a compaction", gone=[1, 3])
 
 
-def test_a_deleted_id_can_be_added_again_and_is_found(spark, pool):
+def test_a_deleted_id_can_be_added_again_and_is_found(spark, pool, index_pool, tmp_path):
     """Delete an id, add it again with a vector from another cluster: it is found at
     its new place (distance 0), no longer at its old one; delete it again: gone."""
     base, other, _ = pool
-    model = ANNIndex(numPartitions=NUM_PARTITIONS, targetRecall=0).fit(
-        frame(spark, np.arange(2000), base[:2000]))
+    model = pooled(spark, pool, index_pool, 2000, tmp_path / "index")
     target = 7
     moved = (base[1500] + 0.5 * (other[0] - base[1500])).astype(np.float32)  # elsewhere
     probes = vectors_frame(spark, np.vstack([base[target], moved]), id_name="qid")
@@ -492,12 +503,11 @@ def test_rebalance_keeps_the_users_column_names(spark, pool, tmp_path):
     assert loaded.add(more).summary()["numVectors"] == 2100
 
 
-def test_save_into_an_existing_empty_directory(spark, pool, tmp_path):
+def test_save_into_an_existing_empty_directory(spark, pool, index_pool, tmp_path):
     """save() into a directory that exists but is empty needs no overwrite."""
     base, _, queries = pool
     qdf = vectors_frame(spark, queries, id_name="qid")
-    model = ANNIndex(numPartitions=NUM_PARTITIONS, targetRecall=0).fit(
-        frame(spark, np.arange(1000), base[:1000]))
+    model = pooled(spark, pool, index_pool, 1000, tmp_path / "index")
     target = tempfile.mkdtemp(dir=tmp_path)
     assert os.path.isdir(target) and not os.listdir(target)
     model.save(target)
@@ -506,13 +516,13 @@ def test_save_into_an_existing_empty_directory(spark, pool, tmp_path):
     assert answers(loaded, qdf) == answers(model, qdf)
 
 
-def test_a_saved_copy_lists_each_file_once_and_can_be_copied_again(spark, pool, tmp_path):
+def test_a_saved_copy_lists_each_file_once_and_can_be_copied_again(spark, pool, index_pool,
+                                                                   tmp_path):
     """save() to a new path writes a manifest that names each id-location file once, so
     the copy can itself be saved elsewhere, loaded and searched."""
     base, _, queries = pool
     qdf = vectors_frame(spark, queries, id_name="qid")
-    model = ANNIndex(numPartitions=NUM_PARTITIONS, targetRecall=0).fit(
-        frame(spark, np.arange(1000), base[:1000]))
+    model = pooled(spark, pool, index_pool, 1000, tmp_path / "index")
     model.save(str(tmp_path / "copy"))
     copy = ANNIndexModel.load(str(tmp_path / "copy"))
     for files in copy.manifest.locations.files:
@@ -642,12 +652,9 @@ def test_racing_loser_error_names_both_versions(race):
 
 
 @pytest.fixture(scope="module")
-def contested(spark, pool, tmp_path_factory):
+def contested(spark, pool, index_pool, tmp_path_factory):
     """An index with deleted rows in every partition, for stale writers to race on."""
-    base, _, _ = pool
-    path = str(tmp_path_factory.mktemp("stale") / "index")
-    model = ANNIndex(indexPath=path, numPartitions=NUM_PARTITIONS, targetRecall=0).fit(
-        frame(spark, np.arange(2000), base[:2000]))
+    model = pooled(spark, pool, index_pool, 2000, tmp_path_factory.mktemp("stale") / "index")
     return model.delete(np.arange(0, 2000, 5).tolist())
 
 
@@ -716,14 +723,13 @@ def unreferenced_dirs(root, models) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def versions5(spark, pool, tmp_path_factory):
+def versions5(spark, pool, index_pool, tmp_path_factory):
     """Five versions: fit; add to partitions 0 and 1; delete; add to 0; add to 1.
     Returns the path, the answers of every version, and the data bytes."""
     base, _, queries = pool
     path = str(tmp_path_factory.mktemp("vacuum") / "index")
     qdf = vectors_frame(spark, queries, id_name="qid")
-    v1 = ANNIndex(indexPath=path, numPartitions=NUM_PARTITIONS, targetRecall=0).fit(
-        frame(spark, np.arange(2000), base[:2000]))
+    v1 = pooled(spark, pool, index_pool, 2000, path)
     near = {p: rows_near_partition(v1, p, 40, seed=p) for p in (0, 1)}
     v2 = v1.add(frame(spark, np.arange(3000, 3080), np.vstack([near[0], near[1]])))
     assert changed_partitions(v1, v2) == {0, 1}

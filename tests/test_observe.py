@@ -79,7 +79,8 @@ def test_build_names_its_stages(spark, clustered_data, caplog):
     from sparkann import ANNIndex
 
     with caplog.at_level(logging.INFO, logger="sparkann"):
-        model = ANNIndex(numPartitions=2).fit(vectors_frame(spark, clustered_data[0][:500]))
+        model = ANNIndex(numPartitions=2, targetRecall=0).fit(
+            vectors_frame(spark, clustered_data[0][:500]))
         model.transform(vectors_frame(spark, clustered_data[1][:5])).count()
     messages = [r.getMessage() for r in caplog.records]
     for name in ("validate input", "train centroids", "build partition indexes", "publish"):
