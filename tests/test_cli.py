@@ -491,8 +491,8 @@ def test_build_and_search_jobs(spark, tmp_path, capsys, monkeypatch):
 
 
 def test_spark_submit_runs_a_job(spark, tmp_path):
-    """One job through spark-submit itself: its own driver JVM, its Python on PATH,
-    its exit code and printed result, and an error that prints no traceback."""
+    """One job through spark-submit itself: its own driver JVM, its Python, its exit
+    code and printed result (the jobs' errors are checked in-process above)."""
     rows = 2_000
     vectorio.write_vectors_parquet(datasets.clustered(rows, 8, seed=3),
                                    str(tmp_path / "items.parquet"))
@@ -506,10 +506,7 @@ def test_spark_submit_runs_a_job(spark, tmp_path):
     summary = last_json(built.stdout)
     assert summary["numVectors"] == rows and summary["numPartitions"] == 2
     assert ANNIndexModel.load(index).summary()["numVectors"] == rows
-    again = spark_submit("build_index.py", *build_args, cwd=tmp_path)
-    assert again.returncode == 2, describe(again)
-    assert f"error: {index} already exists" in again.stdout + again.stderr
-    assert "Traceback" not in again.stdout + again.stderr
+    assert "Traceback" not in built.stdout + built.stderr
 
 
 def test_demo_reports_recall(spark, tmp_path, capsys):
