@@ -494,7 +494,8 @@ def test_a_driver_killed_mid_save_leaves_the_previous_version(saved, frames, tmp
     target = copy_of(saved, tmp_path)
     before = neighbours(ANNIndexModel.load(str(target)), queries)
     # The same index with another k, written by a fit (a save of `saved`, itself a
-    # copy, would also depend on test_a_saved_copy_names_each_id_location_file_once).
+    # copy, would also depend on what test_lifecycle.py's
+    # test_a_saved_copy_lists_each_file_once_and_can_be_copied_again checks).
     source = tmp_path / "other"
     ANNIndex(numPartitions=4, numProbes=4, seed=1, targetRecall=0, k=5,
              indexPath=str(source)).fit(frames[0])
@@ -600,18 +601,6 @@ def test_an_interrupted_manifest_write_never_blocks_the_next_save(saved, tmp_pat
     kept = ANNIndexModel.load(str(path)).vacuum(retainVersions=2)
     assert kept["keptVersions"] == [1, 2] and kept["removedVersions"] == []
     assert ANNIndexModel.load(str(path)).manifest.version == 2
-
-
-def test_a_saved_copy_names_each_id_location_file_once(saved):
-    # Regression: copy_index once appended the id-location file for every id row that
-    # tables.written returned, so a copy's manifest named one file num_vectors times, a
-    # task loaded num_vectors**2 location rows, and saving the copy elsewhere again
-    # collected them all on the driver (an OutOfMemoryError for 6000 vectors).
-    manifest, _ = load_version(None, str(saved))  # `saved` was written by save(), a copy
-    named = [f for files in manifest.locations.files for f in files]
-    rows = sum(pq.ParquetFile(saved / f).metadata.num_rows for f in named)
-    assert len(named) == len(set(named)), f"{len(named)} names of {len(set(named))} files"
-    assert rows == manifest.num_vectors
 
 
 def damage_payload(path: Path, partition: int, damage: str) -> None:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import loaded_index, vectors_frame
 from lifecycle_jobs import race_writer
@@ -527,6 +528,11 @@ def test_a_saved_copy_lists_each_file_once_and_can_be_copied_again(spark, pool, 
     copy = ANNIndexModel.load(str(tmp_path / "copy"))
     for files in copy.manifest.locations.files:
         assert len(files) == len(set(files)), f"{len(files)} entries, {len(set(files))} files"
+    # Regression: copy_index once named one file per id row, so a task loaded
+    # num_vectors**2 location rows. The named files hold each id once.
+    named = [f for files in copy.manifest.locations.files for f in files]
+    assert sum(pq.ParquetFile(os.path.join(copy.manifest.root, f)).metadata.num_rows
+               for f in named) == copy.manifest.num_vectors == 1000
     source_size = os.path.getsize(manifest_path(model.manifest.root, model.manifest.version))
     assert os.path.getsize(manifest_path(copy.manifest.root, 1)) < 2 * source_size
     copy.save(str(tmp_path / "copy-of-copy"))
