@@ -26,7 +26,7 @@ def test_quick_benchmark_writes_results(tmp_path):
     ]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=1200)  # a loaded machine is slow, not broken
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert {"machine", "cases", "headline_case", "targets", "scaling"} <= set(results)
