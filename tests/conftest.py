@@ -7,7 +7,9 @@ the repository's ``benchmarks`` folder, which is not installed: it is put on
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,16 +22,12 @@ import pytest
 
 from sparkann import datasets
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(REPO, "benchmarks")
 if BENCHMARKS not in sys.path:
     sys.path.insert(0, BENCHMARKS)
 
 import shared_data  # noqa: E402
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts extra JVMs or processes")
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +63,31 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+class IndexPool:
+    """Indexes built once per run; each test gets a copy of its own, so a test that
+    adds, deletes, compacts or vacuums changes only its copy."""
+
+    def __init__(self, root):
+        self.root, self.built = str(root), {}
+
+    def copy(self, name: str, build, target):
+        """A copy at ``target`` of the index ``name``, which ``build(path)`` writes the
+        first time it is asked for; returns the copy, loaded."""
+        from sparkann import ANNIndexModel
+
+        if name not in self.built:
+            path = os.path.join(self.root, name)
+            build(path)
+            self.built[name] = path
+        shutil.copytree(self.built[name], str(target))
+        return ANNIndexModel.load(str(target))
+
+
+@pytest.fixture(scope="session")
+def index_pool(tmp_path_factory):
+    return IndexPool(tmp_path_factory.mktemp("index-pool"))
+
+
 def vectors_frame(spark, vectors: np.ndarray, ids=None, id_name="id", vector_type=pa.float32()):
     """A DataFrame (id, vector) built through Arrow, not row by row."""
     ids = np.arange(len(vectors)) if ids is None else ids
@@ -74,6 +97,22 @@ def vectors_frame(spark, vectors: np.ndarray, ids=None, id_name="id", vector_typ
     return spark.createDataFrame(table)
 
 
+def run_job(capsys, monkeypatch, job: str, *args) -> tuple[int, str, str]:
+    """``jobs/<job>`` run as a script in this process, on the test session's Spark (as
+    spark-submit runs it, minus the JVM): (exit code, stdout, stderr)."""
+    import runpy
+
+    script = os.path.join(REPO, "jobs", job)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def loaded_index(model):
     """A model's index as tasks load it (centroids, router), loaded on the driver."""
     from sparkann.build import with_checked_meta
@@ -81,6 +120,32 @@ def loaded_index(model):
 
     spark = __import__("pyspark").sql.SparkSession.getActiveSession()
     return LoadedIndex.create(model.manifest, with_checked_meta(spark, model.manifest))
+
+
+class ProgressSeen(logging.Handler):
+    """Creates the file ``marker`` once sparkann logs a progress line."""
+
+    def __init__(self, marker):
+        super().__init__(logging.INFO)
+        self.marker = str(marker)
+
+    def emit(self, record):
+        if "tasks done" in record.getMessage():
+            open(self.marker, "a").close()
+
+
+def held_until(marker, timeout: float = 300.0):
+    """A mapInArrow function whose tasks wait until the file ``marker`` exists (or
+    ``timeout`` passes): a stage that lasts until its progress has been reported."""
+    marker = str(marker)
+
+    def hold(batches):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield from batches
+
+    return hold
 
 
 def neighbor_ids(rows, key="id", column="neighbors"):
@@ -97,9 +162,14 @@ def clustered_data():
 
 
 def shared_dataset(name):
+    """A shared real dataset; the test is skipped, saying where it looked, if it is absent
+    (the pytest configuration prints skip reasons)."""
     root = shared_data.default_data_root()
-    if root is None or not os.path.isdir(os.path.join(root, name)):
-        pytest.skip(f"shared dataset {name} not present")
+    if root is None:
+        pytest.skip(f"shared dataset {name!r}: no data folder ($SPARKANN_DATA is unset and "
+                    f"{os.path.join(os.path.dirname(REPO), 'shared', 'data')} does not exist)")
+    if not os.path.isdir(os.path.join(root, name)):
+        pytest.skip(f"shared dataset {name!r} is not in {root}")
     return shared_data.load_dataset(name, root)
 
 

@@ -119,19 +119,21 @@ def job_labels_are_tags_under_connect(ctx: Context):
     assert not ctx.spark.getTags()
 
 
-def _slow_batches(batches):
-    for batch in batches:
-        time.sleep(1.5)
-        yield batch
-
-
 @check
 def long_stages_log_progress(ctx: Context):
+    from conftest import ProgressSeen, held_until
+
     from sparkann.observe import StageTimer
 
+    marker = ctx.path("progress-seen")  # the tasks run until a progress line is logged
+    seen = ProgressSeen(marker)
     with sparkann_logs(ctx.spark, "0.2") as lines:
-        with StageTimer(ctx.spark)("slow stage"):
-            ctx.spark.range(0, 8, 1, 4).mapInArrow(_slow_batches, "id long").collect()
+        logging.getLogger("sparkann").addHandler(seen)
+        try:
+            with StageTimer(ctx.spark)("slow stage"):
+                ctx.spark.range(0, 8, 1, 4).mapInArrow(held_until(marker), "id long").collect()
+        finally:
+            logging.getLogger("sparkann").removeHandler(seen)
     progress = [line for line in lines.lines if "tasks done" in line]
     assert progress and progress[0].startswith("sparkann: slow stage: "), lines.lines
 

@@ -86,6 +86,19 @@ def test_target_recall_zero_keeps_the_fixed_defaults(spark, clustered_case):
     assert not stages.get("task seconds: calibration searches"), stages
 
 
+def test_calibrate_without_a_query_sample_tunes_on_indexed_rows(spark, clustered_case):
+    base, queries, items = clustered_case
+    model = ANNIndex(targetRecall=0, numPartitions=9, k=K, seed=1).fit(items)
+    tuned = model.calibrate(TARGET)  # no queries: a sample of the indexed rows
+    report = tuned.summary()["calibration"]
+    assert tuned.manifest.version == model.manifest.version + 1
+    assert report["sampleSource"] == "indexed rows" and report["reached"], report
+    assert report["recall"] >= TARGET, report
+    assert tuned.searchSettings()["numProbes"] == report["numProbes"]
+    assert recall_on(tuned, spark, queries, base, "l2") >= TARGET
+    assert model.searchSettings()["numProbes"] == 3  # the model called on is unchanged
+
+
 def test_an_unreachable_target_warns_and_keeps_the_best_setting(spark, clustered_case, caplog):
     base, queries, items = clustered_case
     with caplog.at_level(logging.WARNING, logger="sparkann"):

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyspark
 import pytest
+from conftest import run_job
 
 from sparkann import ANNIndexModel, cli, datasets, exact, vectorio
 from sparkann.cli import commands
@@ -394,7 +395,7 @@ def test_search_keeps_the_index_k_and_neighbors_col(spark, tmp_path, capsys):
     vectorio.write_vectors_parquet(base, str(tmp_path / "items.parquet"))
     vectorio.write_vectors_parquet(base[:20], str(tmp_path / "queries.parquet"))
     index = str(tmp_path / "index")
-    ANNIndex(numPartitions=2, k=4, neighborsCol="nn", indexPath=index).fit(
+    ANNIndex(numPartitions=2, k=4, neighborsCol="nn", indexPath=index, targetRecall=0).fit(
         spark.read.parquet(str(tmp_path / "items.parquet")))
     output = str(tmp_path / "out.parquet")
 
@@ -428,12 +429,12 @@ def test_build_options_reach_the_stored_index(spark, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------
-# spark-submit jobs and the demo (start their own JVMs)
+# the spark-submit jobs: run in this process as spark-submit runs them, and once
+# through spark-submit itself; the demo
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_spark_submit_build_and_search_jobs(spark, tmp_path):
+def test_build_and_search_jobs(spark, tmp_path, capsys, monkeypatch):
     rows = 41_000  # past 2 x 20,000: the automatic numPartitions builds several clusters
     base = datasets.clustered(rows, 8, seed=3)
     queries = datasets.clustered(100, 8, seed=3, sample_seed=4)
@@ -442,20 +443,22 @@ def test_spark_submit_build_and_search_jobs(spark, tmp_path):
     (tmp_path / "job.conf").write_text(TEST_CONF)
     index, output = str(tmp_path / "index"), str(tmp_path / "neighbors.parquet")
 
-    built = spark_submit("build_index.py", "--input", str(tmp_path / "items.parquet"),
-                         "--output", index, "--target-recall", "0",
-                         "--conf", str(tmp_path / "job.conf"), cwd=tmp_path)
-    assert built.returncode == 0, describe(built)
-    summary = last_json(built.stdout)
+    code, out, err = run_job(capsys, monkeypatch, "build_index.py",
+                             "--input", str(tmp_path / "items.parquet"), "--output", index,
+                             "--target-recall", "0", "--conf", str(tmp_path / "job.conf"),
+                             "--log-level", "ERROR")
+    assert code == 0, err[-3000:]
+    summary = last_json(out)
     assert summary["numVectors"] == rows and summary["numPartitions"] == 3
 
     search_args = ["--index", index, "--queries", str(tmp_path / "queries.parquet"),
-                   "--output", output, "--conf", str(tmp_path / "job.conf")]
-    searched = spark_submit("search.py", *search_args, cwd=tmp_path)
-    assert searched.returncode == 0, describe(searched)
-    # the job searched with the settings the build stored, as this process loads them
+                   "--output", output, "--conf", str(tmp_path / "job.conf"),
+                   "--log-level", "ERROR"]
+    code, out, err = run_job(capsys, monkeypatch, "search.py", *search_args)
+    assert code == 0, err[-3000:]
+    # the job searched with the settings the build stored, as a new load reads them
     loaded = ANNIndexModel.load(index)
-    reported = last_json(searched.stdout)
+    reported = last_json(out)
     assert reported["settings"] == loaded.searchSettings()
     assert reported["settings"]["numProbes"] == summary["searchDefaults"]["numProbes"] >= 1
     assert reported["queryDrift"] is None  # built without calibration: nothing to compare
@@ -471,29 +474,45 @@ def test_spark_submit_build_and_search_jobs(spark, tmp_path):
     truth, _ = exact.knn(base, queries, 10)
     assert exact.recall_at_k(found, truth, 10) >= 0.95
 
-    again = spark_submit("search.py", *search_args, cwd=tmp_path)
-    assert again.returncode == 2, describe(again)
-    output_text = again.stdout + again.stderr  # spark-submit sends Python's stderr to stdout
-    assert f"error: {output} already exists; pass --mode overwrite" in output_text
-    assert "Traceback" not in output_text
+    code, out, err = run_job(capsys, monkeypatch, "search.py", *search_args)
+    assert code == 2, out + err
+    assert f"error: {output} already exists; pass --mode overwrite" in err
+    assert "Traceback" not in out + err
 
-    tuned = spark_submit("search.py", *search_args, "--mode", "overwrite",
-                         "--calibrate-on-queries", "0.9", cwd=tmp_path)
-    assert tuned.returncode == 0, describe(tuned)
+    code, out, err = run_job(capsys, monkeypatch, "search.py", *search_args, "--mode",
+                             "overwrite", "--calibrate-on-queries", "0.9")
+    assert code == 0, err[-3000:]
     retuned = ANNIndexModel.load(index)
     assert retuned.manifest.version == loaded.manifest.version + 1
     assert retuned.summary()["calibration"]["sampleSource"] == "queries"
-    assert last_json(tuned.stdout)["settings"] == retuned.searchSettings()
-    drift = last_json(tuned.stdout)["queryDrift"]
+    assert last_json(out)["settings"] == retuned.searchSettings()
+    drift = last_json(out)["queryDrift"]
     assert drift["queries"] == 100 and drift["calibrationSource"] == "queries"
 
 
-@pytest.mark.slow
-def test_demo_reports_recall(tmp_path):
+def test_spark_submit_runs_a_job(spark, tmp_path):
+    """One job through spark-submit itself: its own driver JVM, its Python, its exit
+    code and printed result (the jobs' errors are checked in-process above)."""
+    rows = 2_000
+    vectorio.write_vectors_parquet(datasets.clustered(rows, 8, seed=3),
+                                   str(tmp_path / "items.parquet"))
+    (tmp_path / "job.conf").write_text(TEST_CONF)
+    index = str(tmp_path / "index")
+    build_args = ["--input", str(tmp_path / "items.parquet"), "--output", index,
+                  "--num-partitions", "2", "--target-recall", "0",
+                  "--conf", str(tmp_path / "job.conf")]
+    built = spark_submit("build_index.py", *build_args, cwd=tmp_path)
+    assert built.returncode == 0, describe(built)
+    summary = last_json(built.stdout)
+    assert summary["numVectors"] == rows and summary["numPartitions"] == 2
+    assert ANNIndexModel.load(index).summary()["numVectors"] == rows
+    assert "Traceback" not in built.stdout + built.stderr
+
+
+def test_demo_reports_recall(spark, tmp_path, capsys):
     (tmp_path / "demo.conf").write_text(TEST_CONF)
-    demo = run_process([sys.executable, "-m", "sparkann.cli", "demo", "--rows", "3000",
-                        "--dim", "16", "--queries", "50", "--master", "local[2]",
-                        "--conf", str(tmp_path / "demo.conf")], tmp_path)
-    assert demo.returncode == 0, describe(demo)
-    assert "recall@10" in demo.stdout
-    assert "queries/s" in demo.stdout
+    code, out, err = run_cli(capsys, "demo", "--rows", "3000", "--dim", "16", "--queries", "50",
+                             "--conf", str(tmp_path / "demo.conf"), "--log-level", "ERROR")
+    assert code == 0, err[-3000:]
+    assert "recall@10" in out
+    assert "queries/s" in out

@@ -281,7 +281,7 @@ def check_injected(per_stage: dict, stages: int) -> None:
         assert stage["all_retried_ok"], per_stage
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_injected_first_attempt_failures_are_retried(tmp_path):
     result = run_driver([sys.executable, "retry_job.py"], env=driver_env(tmp_path))
     assert result["master"] == "local[2,4]"
@@ -310,7 +310,7 @@ def test_injected_first_attempt_failures_are_retried(tmp_path):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_lost_executors_during_build_and_search(tmp_path):
     home = spark_home(tmp_path)
     result = run_driver([sys.executable, "lost_executor_job.py"],
@@ -384,7 +384,7 @@ def standalone_cluster(tmp_path: Path, worker_hosts=("127.0.0.1", "127.0.0.2")):
                 process.kill()
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_standalone_cluster_with_speculation(tmp_path):
     with standalone_cluster(tmp_path) as url:
         result = run_driver([
@@ -489,13 +489,14 @@ def manifest_temporaries(path: Path) -> list[str]:
     return sorted(p.name for p in (path / "manifests").glob("*.tmp"))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_driver_killed_mid_save_leaves_the_previous_version(saved, frames, tmp_path):
     queries = frames[1].limit(50)
     target = copy_of(saved, tmp_path)
     before = neighbours(ANNIndexModel.load(str(target)), queries)
     # The same index with another k, written by a fit (a save of `saved`, itself a
-    # copy, would also depend on test_a_saved_copy_names_each_id_location_file_once).
+    # copy, would also depend on what test_lifecycle.py's
+    # test_a_saved_copy_lists_each_file_once_and_can_be_copied_again checks).
     source = tmp_path / "other"
     ANNIndex(numPartitions=4, numProbes=4, seed=1, targetRecall=0, k=5,
              indexPath=str(source)).fit(frames[0])
@@ -603,39 +604,34 @@ def test_an_interrupted_manifest_write_never_blocks_the_next_save(saved, tmp_pat
     assert ANNIndexModel.load(str(path)).manifest.version == 2
 
 
-def test_a_saved_copy_names_each_id_location_file_once(saved):
-    # Regression: copy_index once appended the id-location file for every id row that
-    # tables.written returned, so a copy's manifest named one file num_vectors times, a
-    # task loaded num_vectors**2 location rows, and saving the copy elsewhere again
-    # collected them all on the driver (an OutOfMemoryError for 6000 vectors).
-    manifest, _ = load_version(None, str(saved))  # `saved` was written by save(), a copy
-    named = [f for files in manifest.locations.files for f in files]
-    rows = sum(pq.ParquetFile(saved / f).metadata.num_rows for f in named)
-    assert len(named) == len(set(named)), f"{len(named)} names of {len(set(named))} files"
-    assert rows == manifest.num_vectors
-
-
-def damage_payload(path: Path, partition: int) -> None:
-    """Flip one byte of a partition's payload, as bit rot on an object store would
-    (the local file system's .crc sidecar is dropped: object stores have none)."""
+def damage_payload(path: Path, partition: int, damage: str) -> None:
+    """Damage a partition's payload: flip one byte (bit rot on an object store),
+    truncate it, or overwrite its tail. The local file system's .crc sidecar is
+    dropped: object stores have none, so the index's own checksums must catch it."""
     (file,) = glob.glob(f"{path}/data/*/partition_id={partition}/*.parquet")
     for crc in glob.glob(f"{os.path.dirname(file)}/.*.crc"):
         os.remove(crc)
     table = pq.read_table(file, partitioning=None)
     payload = bytearray(table.column("payload")[0].as_py())
-    payload[len(payload) // 2] ^= 0xFF
+    if damage == "flip":
+        payload[len(payload) // 2] ^= 0xFF
+    elif damage == "truncate":
+        payload = payload[: len(payload) // 2]
+    else:
+        payload[-64:] = b"\x07" * 64
     column = table.schema.get_field_index("payload")
     table = table.set_column(column, table.schema.field(column),
                              pa.array([bytes(payload)], pa.binary()))
     pq.write_table(table, file)
 
 
-@pytest.mark.parametrize("reads,strategy", [("task", "local"), ("task", "partition"),
-                                            ("join", "partition")])
-def test_a_damaged_payload_fails_naming_its_partition(saved, frames, tmp_path, spark, reads,
-                                                      strategy):
+@pytest.mark.parametrize("damage,reads,strategy", [
+    ("flip", "task", "local"), ("truncate", "task", "partition"),
+    ("overwrite", "join", "partition")])
+def test_a_damaged_payload_fails_naming_its_partition(saved, frames, tmp_path, spark, damage,
+                                                      reads, strategy):
     path = copy_of(saved, tmp_path)
-    damage_payload(path, 2)
+    damage_payload(path, 2, damage)
     model = ANNIndexModel.load(str(path)).setSearchStrategy(strategy)
     spark.conf.set("spark.sparkann.payloadReads", reads)
     try:
@@ -655,7 +651,8 @@ def test_a_newer_manifest_format_is_refused(saved, tmp_path):
                                                f"{FORMAT_VERSION + 1}; this sparkann reads "
                                                f"format {FORMAT_VERSION}; upgrade sparkann"):
         ANNIndexModel.load(str(path))
-    assert ANNIndexModel.load(str(path), version=1).manifest.version == 1
+    older = ANNIndexModel.load(str(path), version=1)
+    assert older.manifest.version == 1 and older.summary()["numVectors"] == 6000
 
 
 PICKLERS = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve",

@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from functools import cache
 
 import hnswlib
@@ -53,14 +52,13 @@ DEEP = "[" * 200_000  # nesting deeper than Python's recursion limit
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
-def refused(call, *args, match: str | None = None, error=ValueError) -> str:
-    """Call and require ``error`` with a non-empty message (matching ``match``)."""
+def refused(call, *args, match: str, error=ValueError) -> str:
+    """Call and require ``error`` with a message containing ``match``: the check that
+    refused the input is the one the case is about, not some other one."""
     with pytest.raises(error) as info:
         call(*args)
     message = str(info.value)
-    assert message.strip(), "the error has no message"
-    if match is not None:
-        assert match in message, message
+    assert match and match in message, message
     return message
 
 
@@ -148,11 +146,10 @@ PATH_FIELDS = {
 @pytest.mark.parametrize("path", BAD_PATHS, ids=repr)
 def test_manifest_paths_must_stay_inside_the_root(field, path):
     doc = edit(**{PATH_FIELDS[field]: path})(good_doc())
-    message = refused(parse, doc, error=IndexFormatError)
-    if field == "partition file" and path == "":
-        assert "only allowed for a partition without rows" in message, message
-    else:
-        assert "does not stay inside the index root" in message and field in message
+    reason = ("only allowed for a partition without rows"
+              if field == "partition file" and path == "" else
+              "does not stay inside the index root")
+    assert field in refused(parse, doc, match=reason, error=IndexFormatError)
 
 
 def test_a_partition_without_rows_has_no_file():
@@ -163,7 +160,8 @@ def test_a_partition_without_rows_has_no_file():
 
 @pytest.mark.parametrize("path", ["part.parquet\n", "index/..\n", "a/b.parquet\n"], ids=repr)
 def test_paths_with_a_trailing_newline_are_refused(path):
-    refused(safe_relative, path, "partition file", error=IndexFormatError)
+    refused(safe_relative, path, "partition file", match="does not stay inside the index root",
+            error=IndexFormatError)
 
 
 def test_safe_relative_accepts_paths_under_the_root():
@@ -181,36 +179,48 @@ def test_manifest_partition_lists_of_different_lengths(key, change):
     doc = good_doc()
     column = doc["partitions"][key]
     doc["partitions"][key] = column[:1] if change == "shorter" else column + column[:1]
-    refused(parse, doc, error=IndexFormatError)
+    refused(parse, doc, match="partition lists differ in length", error=IndexFormatError)
 
 
 COUNTS = [
-    ("negative rows", edit(**{"partitions.rows.0": -1})),
-    ("huge rows", edit(**{"partitions.rows.0": 1 << 41})),
-    ("rows beyond int64", edit(**{"partitions.rows.0": 1 << 70})),
-    ("float rows", edit(**{"partitions.rows.0": 10.5})),
-    ("boolean rows", edit(**{"partitions.rows.1": True})),
-    ("string rows", edit(**{"partitions.rows.1": "5"})),
-    ("negative payload bytes", edit(**{"partitions.payloadBytes.1": -50})),
-    ("huge payload bytes", edit(**{"partitions.payloadBytes.1": 1 << 63})),
-    ("zero delete count", edit(**{"partitions.deletes.0.0.count": 0})),
-    ("negative delete count", edit(**{"partitions.deletes.0.0.count": -2})),
-    ("huge delete count", edit(**{"partitions.deletes.0.0.count": 1 << 41})),
-    ("more deleted than rows", edit(**{"partitions.deletes.0.0.count": 11})),
-    ("zero dim", edit(dim=0)),
-    ("huge dim", edit(dim=1 << 17)),
-    ("negative version", edit(version=-3)),
-    ("negative base version", edit(baseVersion=-1)),
-    ("zero location buckets", edit(**{"locations.buckets": 0})),
-    ("huge location buckets", edit(**{"locations.buckets": 1 << 21})),
-    ("sq error beyond a float", edit(**{"partitions.sqErrors.0": 10**400})),
-    ("buckets and files disagree", edit(**{"locations.buckets": 3})),
+    ("negative rows", "rows=-1 is out of range", edit(**{"partitions.rows.0": -1})),
+    ("huge rows", "rows=2199023255552 is out of range", edit(**{"partitions.rows.0": 1 << 41})),
+    ("rows beyond int64", "rows=1180591620717411303424 is out of range",
+     edit(**{"partitions.rows.0": 1 << 70})),
+    ("float rows", "rows=10.5 is out of range", edit(**{"partitions.rows.0": 10.5})),
+    ("boolean rows", "rows=True is out of range", edit(**{"partitions.rows.1": True})),
+    ("string rows", "rows='5' is out of range", edit(**{"partitions.rows.1": "5"})),
+    ("negative payload bytes", "payloadBytes=-50 is out of range",
+     edit(**{"partitions.payloadBytes.1": -50})),
+    ("huge payload bytes", "payloadBytes=9223372036854775808 is out of range",
+     edit(**{"partitions.payloadBytes.1": 1 << 63})),
+    ("zero delete count", "delete count=0 is out of range",
+     edit(**{"partitions.deletes.0.0.count": 0})),
+    ("negative delete count", "delete count=-2 is out of range",
+     edit(**{"partitions.deletes.0.0.count": -2})),
+    ("huge delete count", "delete count=2199023255552 is out of range",
+     edit(**{"partitions.deletes.0.0.count": 1 << 41})),
+    ("more deleted than rows", "partition 0: more deleted rows than rows",
+     edit(**{"partitions.deletes.0.0.count": 11})),
+    ("zero dim", "dim=0 is out of range", edit(dim=0)),
+    ("huge dim", "dim=131072 is out of range", edit(dim=1 << 17)),
+    ("negative version", "version=-3 is out of range", edit(version=-3)),
+    ("negative base version", "baseVersion=-1 is out of range", edit(baseVersion=-1)),
+    ("zero location buckets", "locations.buckets=0 is out of range",
+     edit(**{"locations.buckets": 0})),
+    ("huge location buckets", "locations.buckets=2097152 is out of range",
+     edit(**{"locations.buckets": 1 << 21})),
+    ("sq error beyond a float", "is damaged (OverflowError",
+     edit(**{"partitions.sqErrors.0": 10**400})),
+    ("buckets and files disagree", "id-location buckets are inconsistent",
+     edit(**{"locations.buckets": 3})),
 ]
 
 
-@pytest.mark.parametrize("mutate", [m for _, m in COUNTS], ids=[n for n, _ in COUNTS])
-def test_manifest_counts_out_of_range(mutate):
-    refused(parse, mutate(good_doc()), error=IndexFormatError)
+@pytest.mark.parametrize("reason, mutate", [(r, m) for _, r, m in COUNTS],
+                         ids=[n for n, _, _ in COUNTS])
+def test_manifest_counts_out_of_range(reason, mutate):
+    refused(parse, mutate(good_doc()), match=reason, error=IndexFormatError)
 
 
 def test_more_deleted_rows_than_rows_names_the_partition():
@@ -292,36 +302,50 @@ def test_manifest_without_a_param_its_index_type_needs(index_type, dropped):
 
 
 TYPES = [
-    ("build spec not an object", edit(buildSpec=["hnswM"])),
-    ("build spec missing", edit(buildSpec=_DELETE)),
-    ("search defaults not an object", edit(searchDefaults=3)),
-    ("model params not an object", edit(modelParams="k")),
-    ("stats not an object", edit(stats=[1.0])),
-    ("format 3 params not an object", lambda doc: doc.update(format3_doc(), params=["x"])),
-    ("userSet holds a number", edit(userSet=[1])),
-    ("userSet not a list", edit(userSet=5)),
-    ("index type not text", edit(indexType=7)),
-    ("metric missing", edit(metric=_DELETE)),
-    ("huge text", edit(metric="l" * 5000)),
-    ("meta sha not text", edit(**{"meta.sha256": 12})),
-    ("meta not an object", edit(meta="meta/v3.bin")),
-    ("partitions not an object", edit(partitions=[])),
-    ("checksum not text", edit(**{"partitions.checksums.0": 1})),
-    ("sq error not a number", edit(**{"partitions.sqErrors.0": "big"})),
-    ("sq error an object", edit(**{"partitions.sqErrors.0": {}})),
-    ("deletes not lists", edit(**{"partitions.deletes.1": 5})),
-    ("delete entry missing its count", edit(**{"partitions.deletes.0.0": {"file": "d.parquet"}})),
-    ("delete entry not an object", edit(**{"partitions.deletes.0.0": "d.parquet"})),
-    ("locations not an object", edit(locations=["x"])),
-    ("calibration not an object", edit(calibration=[1])),
-    ("build seconds not an object", edit(buildSeconds="1s")),
-    ("unknown id type", edit(idType="uuid")),
+    ("build spec not an object", "field buildSpec is not an object", edit(buildSpec=["hnswM"])),
+    ("build spec missing", "is damaged (KeyError('buildSpec')", edit(buildSpec=_DELETE)),
+    ("search defaults not an object", "field searchDefaults is not an object",
+     edit(searchDefaults=3)),
+    ("model params not an object", "field modelParams is not an object", edit(modelParams="k")),
+    ("stats not an object", "field stats is not an object", edit(stats=[1.0])),
+    ("format 3 params not an object", "field params is not an object",
+     lambda doc: {**format3_doc(doc), "params": ["x"]}),
+    ("userSet holds a number", "field userSet is not a string", edit(userSet=[1])),
+    ("userSet not a list", "is damaged (TypeError(\"'int' object is not iterable",
+     edit(userSet=5)),
+    ("index type not text", "field indexType is not a string", edit(indexType=7)),
+    ("metric missing", "is damaged (KeyError('metric')", edit(metric=_DELETE)),
+    ("huge text", "field metric is not a string", edit(metric="l" * 5000)),
+    ("meta sha not text", "field meta is not a string", edit(**{"meta.sha256": 12})),
+    ("meta not an object", "is damaged (TypeError(\"string indices must be integers",
+     edit(meta="meta/v3.bin")),
+    ("partitions not an object", "is damaged (TypeError('list indices must be integers",
+     edit(partitions=[])),
+    ("checksum not text", "field checksums is not a string",
+     edit(**{"partitions.checksums.0": 1})),
+    ("sq error not a number", "is damaged (ValueError(\"could not convert string to float",
+     edit(**{"partitions.sqErrors.0": "big"})),
+    ("sq error an object", "is damaged (TypeError(\"float() argument must be",
+     edit(**{"partitions.sqErrors.0": {}})),
+    ("deletes not lists", "is damaged (TypeError(\"'int' object is not iterable",
+     edit(**{"partitions.deletes.1": 5})),
+    ("delete entry missing its count", "is damaged (KeyError('count')",
+     edit(**{"partitions.deletes.0.0": {"file": "d.parquet"}})),
+    ("delete entry not an object", "is damaged (TypeError(\"string indices must be integers",
+     edit(**{"partitions.deletes.0.0": "d.parquet"})),
+    ("locations not an object", "is damaged (TypeError('list indices must be integers",
+     edit(locations=["x"])),
+    ("calibration not an object", "field calibration is not an object", edit(calibration=[1])),
+    ("build seconds not an object", "field buildSeconds is not an object",
+     edit(buildSeconds="1s")),
+    ("unknown id type", "unknown id type 'uuid'", edit(idType="uuid")),
 ]
 
 
-@pytest.mark.parametrize("mutate", [m for _, m in TYPES], ids=[n for n, _ in TYPES])
-def test_manifest_fields_of_the_wrong_type(mutate):
-    refused(parse, mutate(good_doc()), error=IndexFormatError)
+@pytest.mark.parametrize("reason, mutate", [(r, m) for _, r, m in TYPES],
+                         ids=[n for n, _, _ in TYPES])
+def test_manifest_fields_of_the_wrong_type(reason, mutate):
+    refused(parse, mutate(good_doc()), match=reason, error=IndexFormatError)
 
 
 @pytest.mark.parametrize("name", ["sparkann-index-v0", "", None, 3, "SPARKANN-INDEX", _DELETE],
@@ -333,8 +357,9 @@ def test_manifest_with_the_wrong_format_name(name):
 
 @pytest.mark.parametrize("version", [5, 99, "5"])
 def test_manifest_in_a_newer_format_says_to_upgrade(version):
-    message = refused(parse, edit(formatVersion=version)(good_doc()), error=IndexFormatError)
-    assert "upgrade sparkann" in message and ROOT in message
+    message = refused(parse, edit(formatVersion=version)(good_doc()), match="upgrade sparkann",
+                      error=IndexFormatError)
+    assert ROOT in message
 
 
 @pytest.mark.parametrize("version", [2, 1, 0, -5])
@@ -343,25 +368,33 @@ def test_manifest_in_an_older_format_says_to_rebuild(version):
             error=IndexFormatError)
 
 
-@pytest.mark.parametrize("version", [None, "two", [2], _DELETE], ids=repr)
-def test_manifest_format_version_unreadable(version):
-    refused(parse, edit(formatVersion=version)(good_doc()), error=IndexFormatError)
+@pytest.mark.parametrize("version, reason", [
+    (None, "formatVersion=None is not an integer"), ("two", "invalid literal for int()"),
+    ([2], "formatVersion=[2] is not an integer"), (_DELETE, "KeyError('formatVersion')")],
+    ids=repr)
+def test_manifest_format_version_unreadable(version, reason):
+    refused(parse, edit(formatVersion=version)(good_doc()), match=reason, error=IndexFormatError)
 
 
-@pytest.mark.parametrize("version", [float("inf"), 2.5, 2.0, True, "2.5"], ids=repr)
-def test_manifest_format_version_must_be_an_integer(version):
-    refused(parse, edit(formatVersion=version)(good_doc()), error=IndexFormatError)
+@pytest.mark.parametrize("version, reason", [
+    (float("inf"), "formatVersion=inf is not"), (2.5, "formatVersion=2.5 is not"),
+    (2.0, "formatVersion=2.0 is not"), (True, "formatVersion=True is not"),
+    ("2.5", "invalid literal for int() with base 10: '2.5'")], ids=repr)
+def test_manifest_format_version_must_be_an_integer(version, reason):
+    refused(parse, edit(formatVersion=version)(good_doc()), match=reason, error=IndexFormatError)
 
 
 @pytest.mark.parametrize("text", ["", "{", "not json", "{'format': 1}", b"\xff\xfe\x00",
                                   "[]", "null", '"sparkann-index"', "42", '{"format": '],
                          ids=repr)
 def test_manifest_that_is_not_a_json_object(text):
-    refused(parse, text, error=IndexFormatError)
+    reason = ("is not a sparkann index" if text in ("[]", "null", '"sparkann-index"', "42") else
+              "UnicodeDecodeError" if isinstance(text, bytes) else "JSONDecodeError")
+    refused(parse, text, match=reason, error=IndexFormatError)
 
 
 def test_manifest_nested_too_deeply():
-    refused(parse, DEEP, error=IndexFormatError)
+    refused(parse, DEEP, match="JSON nested too deeply", error=IndexFormatError)
 
 
 def test_manifest_version_mismatch():
@@ -417,7 +450,8 @@ def test_meta_round_trip():
 def test_meta_truncated_anywhere():
     data = good_meta().to_bytes()
     for cut in range(len(data)):
-        refused(Meta.from_bytes, data[:cut], DIM, error=IndexFormatError)
+        refused(Meta.from_bytes, data[:cut], DIM, match="the meta file is damaged",
+                error=IndexFormatError)
 
 
 def meta_edit(name: str, **spec):
@@ -428,37 +462,52 @@ def meta_edit(name: str, **spec):
 
 
 META_CASES = [
-    ("offset past the end", meta_edit("shared", offset=10_000)),
-    ("offset negative", meta_edit("centroids", offset=-8)),
-    ("nbytes past the end", meta_edit("shared", shape=[4096], nbytes=4096)),
-    ("huge shape and nbytes", meta_edit("centroids", shape=[1 << 40, DIM], nbytes=32 << 40)),
-    ("shape product wraps around int64",  # 8 * (2**61 + 4) == 2**64 + 32 rows of 4 bytes
+    ("offset past the end", "array lies outside the file", meta_edit("shared", offset=10_000)),
+    ("offset negative", "array lies outside the file", meta_edit("centroids", offset=-8)),
+    ("nbytes past the end", "array lies outside the file",
+     meta_edit("shared", shape=[4096], nbytes=4096)),
+    ("huge shape and nbytes", "array lies outside the file",
+     meta_edit("centroids", shape=[1 << 40, DIM], nbytes=32 << 40)),
+    ("shape product wraps around int64", "array size does not match its shape",
+      # 8 * (2**61 + 4) == 2**64 + 32 rows of 4 bytes
      meta_edit("centroids", shape=[8, (1 << 61) + 4], nbytes=128)),
-    ("nbytes disagrees with the shape", meta_edit("centroids", nbytes=124)),
-    ("negative shape", meta_edit("centroids", shape=[-4, -DIM])),
-    ("shape not a list", meta_edit("centroids", shape=32)),
-    ("shape of text", meta_edit("centroids", shape=["four", "eight"])),
-    ("offset as text", meta_edit("centroids", offset="zero")),
-    ("unknown dtype f8", meta_edit("centroids", dtype="<f8", nbytes=256)),
-    ("object dtype", meta_edit("centroids", dtype="|O")),
-    ("void dtype", meta_edit("shard_counts", dtype="|V8")),
-    ("big-endian dtype", meta_edit("centroids", dtype=">f4")),
-    ("one-dimensional centroids", meta_edit("centroids", shape=[4 * DIM])),
-    ("no centroids", meta_edit("centroids", shape=[0, DIM], nbytes=0)),
-    ("shard counts do not match", meta_edit("shard_counts", shape=[3], nbytes=24)),
-    ("missing array", lambda layout, body: (
+    ("nbytes disagrees with the shape", "array size does not match its shape",
+     meta_edit("centroids", nbytes=124)),
+    ("negative shape", "array size does not match its shape",
+     meta_edit("centroids", shape=[-4, -DIM])),
+    ("shape not a list", "damaged ('int' object is not iterable)",
+     meta_edit("centroids", shape=32)),
+    ("shape of text", "layout number 'four' is not an integer",
+     meta_edit("centroids", shape=["four", "eight"])),
+    ("offset as text", "layout number 'zero' is not an integer",
+     meta_edit("centroids", offset="zero")),
+    ("unknown dtype f8", "damaged ('<f8')", meta_edit("centroids", dtype="<f8", nbytes=256)),
+    ("object dtype", "damaged ('|O')", meta_edit("centroids", dtype="|O")),
+    ("void dtype", "damaged ('|V8')", meta_edit("shard_counts", dtype="|V8")),
+    ("big-endian dtype", "damaged ('>f4')", meta_edit("centroids", dtype=">f4")),
+    ("one-dimensional centroids", "centroids have shape (32,)",
+     meta_edit("centroids", shape=[4 * DIM])),
+    ("no centroids", "centroids have shape (0, 8)",
+     meta_edit("centroids", shape=[0, DIM], nbytes=0)),
+    ("shard counts do not match", "shard counts do not match its centroids",
+     meta_edit("shard_counts", shape=[3], nbytes=24)),
+    ("missing array", "damaged ('shared')", lambda layout, body: (
         {"arrays": {k: v for k, v in layout["arrays"].items() if k != "shared"}}, body)),
-    ("spec not an object",
+    ("spec not an object", "damaged (string indices must be integers",
      lambda layout, body: ({"arrays": dict(layout["arrays"], shared="x")}, body)),
-    ("arrays not an object", lambda layout, body: ({"arrays": [1, 2]}, body)),
-    ("layout a list", lambda layout, body: ([layout], body)),
+    ("arrays not an object", "damaged (list indices must be integers",
+     lambda layout, body: ({"arrays": [1, 2]}, body)),
+    ("layout a list", "damaged (list indices must be integers",
+     lambda layout, body: ([layout], body)),
 ]
 
 
-@pytest.mark.parametrize("mutate", [m for _, m in META_CASES], ids=[n for n, _ in META_CASES])
-def test_meta_with_a_damaged_layout(mutate):
+@pytest.mark.parametrize("reason, mutate", [(r, m) for _, r, m in META_CASES],
+                         ids=[n for n, _, _ in META_CASES])
+def test_meta_with_a_damaged_layout(reason, mutate):
     layout, body = meta_parts(good_meta().to_bytes())
-    refused(Meta.from_bytes, meta_bytes(*mutate(layout, body)), DIM, error=IndexFormatError)
+    refused(Meta.from_bytes, meta_bytes(*mutate(layout, body)), DIM, match=reason,
+            error=IndexFormatError)
 
 
 def test_meta_for_another_dimension():
@@ -504,7 +553,8 @@ def test_meta_with_a_bad_header():
                 HEAD.pack(b"SANNMETA", 1, len(head) + len(body) + 1) + head + body,
                 HEAD.pack(b"SANNMETA", 1, len(head) - 1) + head + body,
                 HEAD.pack(b"SANNMETA", 1, 4) + b"{[}]" + body):
-        refused(Meta.from_bytes, bad, DIM, error=IndexFormatError)
+        refused(Meta.from_bytes, bad, DIM, match="the meta file is damaged",
+                error=IndexFormatError)
 
 
 @pytest.mark.parametrize("spec", [{"offset": float("inf")}, {"shape": [float("inf"), DIM]},
@@ -513,13 +563,14 @@ def test_meta_with_a_bad_header():
 def test_meta_with_a_layout_number_that_is_not_an_integer(spec):
     layout, body = meta_parts(good_meta().to_bytes())
     layout, body = meta_edit("centroids", **spec)(layout, body)
-    refused(Meta.from_bytes, meta_bytes(layout, body), DIM, error=IndexFormatError)
+    refused(Meta.from_bytes, meta_bytes(layout, body), DIM, match="is not an integer",
+            error=IndexFormatError)
 
 
 def test_meta_header_nested_too_deeply():
     head = DEEP.encode()
     refused(Meta.from_bytes, HEAD.pack(b"SANNMETA", 1, len(head)) + head, DIM,
-            error=IndexFormatError)
+            match="JSON nested too deeply", error=IndexFormatError)
 
 
 @FUZZ
@@ -607,9 +658,7 @@ def test_hnsw_huge_max_elements_is_refused_before_hnswlib_allocates(fields, monk
     payload = join(header, arrays)
     monkeypatch.setattr(hnsw_module, "hnswlib", _Untouchable())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     refused(load, payload, match="damaged")
-    assert time.perf_counter() - start < 2.0
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
     assert grown_kb < 100_000, f"parsing a {len(payload)}-byte payload grew by {grown_kb} kB"
 
@@ -688,7 +737,7 @@ def test_hnsw_label_lookup_with_a_repeated_entry_is_refused(table):
     header, arrays = split(graph_payload())
     broken = {**arrays, table: arrays[table].copy()}
     broken[table][1] = broken[table][0]
-    refused(load, join(header, broken))
+    refused(load, join(header, broken), match="one to one")
 
 
 def test_hnsw_element_levels_out_of_range():
@@ -745,7 +794,8 @@ def test_hnsw_bad_header_bytes():
     for name in ("dim", "space", "max_M", "cur_element_count", "size_data_per_element"):
         bad = copy.deepcopy(header)
         del bad["scalars"][name]
-        refused(load, join(bad, arrays))
+        refused(load, join(bad, arrays),
+                match="has space None" if name == "space" else f"field '{name}' is None")
 
 
 def marked_payload() -> tuple[bytes, int]:
@@ -806,19 +856,20 @@ def test_hnsw_header_scalars_hnswlib_reads_are_checked(name, value):
         del header["scalars"][name]
     else:
         header["scalars"][name] = value
-    refused(load, join(header, arrays))
+    refused(load, join(header, arrays),
+            match="M=9 but max_M=8" if name == "M" else f"header field '{name}' is")
 
 
 @pytest.mark.parametrize("name", ["cur_element_count", "dim", "max_level"])
 def test_hnsw_infinite_header_scalar(name):
     header, arrays = split(graph_payload())
     header["scalars"][name] = float("inf")
-    refused(load, join(header, arrays))
+    refused(load, join(header, arrays), match="unreadable header (Infinity is not a number)")
 
 
 def test_hnsw_header_nested_too_deeply():
     head = DEEP.encode()
-    refused(load, HEAD.pack(b"SANNHNSW", 1, len(head)) + head)
+    refused(load, HEAD.pack(b"SANNHNSW", 1, len(head)) + head, match="JSON nested too deeply")
 
 
 CHILD = textwrap.dedent("""
@@ -987,7 +1038,8 @@ def test_hnsw_header_scalars_of_the_wrong_type_or_value(name, value, monkeypatch
     else:
         header["scalars"][name] = value
     monkeypatch.setattr(hnsw_module, "hnswlib", _Untouchable())
-    refused(load, join(header, arrays))
+    refused(load, join(header, arrays),
+            match="has space" if name == "space" else f"header field '{name}'")
 
 
 @pytest.mark.parametrize("text", [b"NaN", b"-Infinity", b"1e400"])
@@ -1129,19 +1181,21 @@ PAYLOADS = [
 @pytest.mark.parametrize("payload, match", [(p, m) for _, p, m in PAYLOADS],
                          ids=[n for n, _, _ in PAYLOADS])
 def test_pq_damaged_payloads(payload, match):
-    start = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     refused(load_pq, payload, match=match)
-    assert time.perf_counter() - start < 2.0
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    assert grown_kb < 100_000, f"refusing the payload grew the process by {grown_kb} kB"
 
 
 @pytest.mark.parametrize("key", ["n", "m", "nbits"])
 def test_pq_payload_with_an_infinite_count(key):
     head = {"n": 300, "m": 4, "nbits": 8, key: float("inf")}
-    refused(load_pq, pq_payload(head, codes_of()))
+    refused(load_pq, pq_payload(head, codes_of()), match="PQ payload is damaged: unreadable header")
 
 
 def test_pq_payload_header_nested_too_deeply():
-    refused(load_pq, pq_payload(b"[" * 60_000, b""))
+    refused(load_pq, pq_payload(b"[" * 60_000, b""),
+            match="PQ payload is damaged: unreadable header")
 
 
 def codebook_bytes(m=M, ksub=1 << BITS, dsub=DIM // M, words=None, magic=b"SANNPQCB") -> bytes:
@@ -1223,7 +1277,8 @@ def test_a_missing_meta_file_is_an_index_format_error(tmp_path):
     refused(read_index_file, str(tmp_path / "meta" / "gone.bin"), 1 << 20, match="unreadable",
             error=IndexFormatError)
     (tmp_path / "big.bin").write_bytes(b"x" * 100)
-    refused(read_index_file, str(tmp_path / "big.bin"), 10, error=IndexFormatError)
+    refused(read_index_file, str(tmp_path / "big.bin"), 10,
+            match="holds 100 bytes, more than the 10", error=IndexFormatError)
 
 
 def test_parquet_strings_that_are_not_utf8_are_refused_on_read(tmp_path):
@@ -1267,16 +1322,20 @@ def test_an_id_location_file_must_match_its_checksum(tmp_path):
             match="unreadable", error=IndexFormatError)
 
 
-@pytest.mark.parametrize("mutate", [
-    edit(**{"locations.sha256": [["ef" * 32], []]}),
-    edit(**{"locations.sha256": [["ef" * 32]]}),
-    edit(**{"locations.sha256.0.0": 5}),
-    edit(**{"locations.sha256": _DELETE}),
-    edit(**{"locations.files.1.0": "locations/b=0.parquet", "locations.files.0": [
+INCONSISTENT = "id-location buckets are inconsistent"
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (edit(**{"locations.sha256": [["ef" * 32], []]}), INCONSISTENT),
+    (edit(**{"locations.sha256": [["ef" * 32]]}), INCONSISTENT),
+    (edit(**{"locations.sha256.0.0": 5}), "field location checksum is not a string"),
+    (edit(**{"locations.sha256": _DELETE}), "KeyError('sha256')"),
+    (edit(**{"locations.files.1.0": "locations/b=0.parquet", "locations.files.0": [
         "locations/b=0.parquet", "locations/b=0.parquet"], "locations.sha256.0": ["a", "b"]}),
+     INCONSISTENT),
 ], ids=["shorter", "fewer buckets", "not text", "missing", "a file twice"])
-def test_id_location_checksums_must_match_the_files(mutate):
-    refused(parse, mutate(good_doc()), error=IndexFormatError)
+def test_id_location_checksums_must_match_the_files(mutate, reason):
+    refused(parse, mutate(good_doc()), match=reason, error=IndexFormatError)
 
 
 def test_payload_digests_frame_each_part():

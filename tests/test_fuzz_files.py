@@ -11,8 +11,8 @@ success or :class:`IndexFormatError`: never another exception, a signal or a han
 
 The readers run in a worker process, so a crash fails the test instead of killing
 pytest; a crashed or hung worker is replaced and the run goes on (checked by a
-worker told to crash and to hang). The number of cases is ``SPARKANN_FUZZ_CASES``
-(default 300); ``SPARKANN_FUZZ_SEED`` picks others.
+worker told to crash and to hang). The default tier runs 40 cases; the heavy tier runs
+``SPARKANN_FUZZ_CASES`` (default 300); ``SPARKANN_FUZZ_SEED`` picks others.
 
     python tests/test_fuzz_files.py worker DIR FIRST COUNT SEED   (what the test runs)
 """
@@ -33,8 +33,10 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 
-CASES = int(os.environ.get("SPARKANN_FUZZ_CASES", "300"))
+CASES = int(os.environ.get("SPARKANN_FUZZ_CASES", "300"))  # the heavy tier's run
+SHORT_CASES = 40  # the default tier's run, with another seed
 SEED = int(os.environ.get("SPARKANN_FUZZ_SEED", "1"))
 CASE_TIMEOUT = 30.0  # seconds one case may take before it counts as a hang
 INJECT = "SPARKANN_FUZZ_INJECT"  # "5=crash,9=hang": the worker fails so on those cases
@@ -580,17 +582,19 @@ def _worker_ended(run: Run, process, errors, current, total: int) -> int:
     return current + 1
 
 
-def test_mutated_index_files_load_or_are_refused(tmp_path):
+@pytest.mark.parametrize("cases", [
+    SHORT_CASES, pytest.param(CASES, marks=pytest.mark.heavy)], ids=["short", "long"])
+def test_mutated_index_files_load_or_are_refused(tmp_path, cases):
     started = time.perf_counter()
-    run = run_cases(CASES, SEED, str(tmp_path))
+    run = run_cases(cases, SEED + (cases == SHORT_CASES), str(tmp_path))
     seconds = time.perf_counter() - started
     results = [line.rsplit(" ", 1)[-1] for line in run.outcomes.values()]
     counts = {name: results.count(name) for name in ("ok", "refused")}
-    print(f"\n{len(run.outcomes)} of {CASES} mutations in {seconds:.1f} s: {counts}; "
+    print(f"\n{len(run.outcomes)} of {cases} mutations in {seconds:.1f} s: {counts}; "
           f"{len(run.findings)} findings")
     assert run.findings == [], "\n".join(run.findings)
-    assert len(run.outcomes) == CASES
-    assert counts["refused"] > CASES // 4 and counts["ok"] >= len(BASES)
+    assert len(run.outcomes) == cases
+    assert counts["refused"] > cases // 4 and counts["ok"] >= len(BASES)
 
 
 def test_a_crash_or_a_hang_is_a_finding_and_the_run_goes_on(tmp_path, monkeypatch):

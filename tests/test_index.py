@@ -54,7 +54,7 @@ def test_one_partition_and_many(frames, clustered_data):
 
 def test_k_larger_than_any_partition(frames, clustered_data):
     base, queries = clustered_data
-    model = ANNIndex(numPartitions=40, k=400).fit(frames[0])
+    model = ANNIndex(numPartitions=40, k=400, targetRecall=0).fit(frames[0])
     assert max(model.summary()["partitionSizes"]) < 400
     rows = model.setNumProbes(1).transform(frames[1].limit(20)).collect()
     for row in rows:
@@ -64,7 +64,7 @@ def test_k_larger_than_any_partition(frames, clustered_data):
 
 def test_k_larger_than_the_index_returns_every_vector(spark):
     base = datasets.clustered(30, 8, seed=1)
-    model = ANNIndex(numPartitions=3, k=50).fit(vectors_frame(spark, base))
+    model = ANNIndex(numPartitions=3, k=50, targetRecall=0).fit(vectors_frame(spark, base))
     rows = model.transform(vectors_frame(spark, base[:3])).collect()
     assert all(sorted(n.id for n in r.neighbors) == list(range(30)) for r in rows)
 
@@ -76,7 +76,8 @@ def test_neighbours_across_partition_borders(spark):
     right = rng.normal([1.0, 0.0], 0.3, size=(2000, 2))
     base = np.vstack([left, right]).astype(np.float32)
     queries = np.column_stack([np.zeros(50), np.linspace(-0.5, 0.5, 50)]).astype(np.float32)
-    model = ANNIndex(numPartitions=2, numProbes=2).fit(vectors_frame(spark, base))
+    model = ANNIndex(numPartitions=2, numProbes=2, targetRecall=0).fit(
+        vectors_frame(spark, base))
     query_frame = vectors_frame(spark, queries, id_name="qid")
     found = neighbor_ids(model.transform(query_frame).collect(), "qid")
     truth, _ = exact.knn(base, queries, 10)
@@ -86,7 +87,7 @@ def test_neighbours_across_partition_borders(spark):
 
 
 def test_save_load_round_trip_gives_identical_answers(frames, tmp_path):
-    model = ANNIndex(numPartitions=4, k=7).fit(frames[0]).setEfSearch(80)
+    model = ANNIndex(numPartitions=4, k=7, targetRecall=0).fit(frames[0]).setEfSearch(80)
     before = model.transform(frames[1]).orderBy("qid").collect()
     path = str(tmp_path / "index")
     model.save(path)
@@ -99,7 +100,7 @@ def test_save_load_round_trip_gives_identical_answers(frames, tmp_path):
 
 def test_overwrite_publishes_a_new_version_and_keeps_the_old(frames, tmp_path):
     path = str(tmp_path / "index")
-    model = ANNIndex(numPartitions=2).fit(frames[0])
+    model = ANNIndex(numPartitions=2, targetRecall=0).fit(frames[0])
     model.save(path)
     with pytest.raises(FileExistsError, match="overwrite"):
         model.save(path)
@@ -124,7 +125,8 @@ def test_vector_udt_double_arrays_and_string_ids(spark, clustered_data):
 
 def test_query_columns_are_kept(frames):
     queries = frames[1].withColumn("label", F.concat(F.lit("q"), F.col("qid").cast("string")))
-    out = ANNIndex(numPartitions=2, neighborsCol="nn").fit(frames[0]).transform(queries)
+    model = ANNIndex(numPartitions=2, neighborsCol="nn", targetRecall=0).fit(frames[0])
+    out = model.transform(queries)
     assert out.columns == ["qid", "vector", "label", "nn"]
     assert out.count() == 200
     schema = out.schema["nn"].dataType.elementType
@@ -141,7 +143,7 @@ def test_both_search_strategies_reach_the_same_recall(frames, clustered_data, st
 
 
 def test_payloads_read_in_tasks_or_through_a_join_give_the_same_answers(frames, spark):
-    model = ANNIndex(numPartitions=6, searchStrategy="partition").fit(frames[0])
+    model = ANNIndex(numPartitions=6, searchStrategy="partition", targetRecall=0).fit(frames[0])
     answers = {}
     for mode in ("task", "join", "auto"):
         spark.conf.set("spark.sparkann.payloadReads", mode)

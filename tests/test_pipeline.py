@@ -72,7 +72,7 @@ def test_model_load_keeps_defaults_and_user_values_apart(items, tmp_path):
 def test_pipeline_model_saves_loads_and_transforms(spark, items, tmp_path):
     scale = SQLTransformer(statement="SELECT id, transform(vector, x -> x * 2) AS vector "
                                      "FROM __THIS__")
-    pipeline = Pipeline(stages=[scale, ANNIndex(k=4, numPartitions=2, seed=1)])
+    pipeline = Pipeline(stages=[scale, ANNIndex(k=4, numPartitions=2, seed=1, targetRecall=0)])
     fitted = pipeline.fit(items)
     before = fitted.transform(items.limit(30)).orderBy("id").collect()
     path = str(tmp_path / "pipeline")

@@ -42,7 +42,8 @@ def test_pq_with_rerank_reaches_exact_recall(data, metric):
 
 
 def test_pq_save_load_round_trip(data, tmp_path):
-    model = ANNIndex(indexType="pq", numPartitions=3, pqSubvectors=8, pqBits=4, k=5).fit(data[2])
+    model = ANNIndex(indexType="pq", numPartitions=3, pqSubvectors=8, pqBits=4, k=5,
+                     targetRecall=0).fit(data[2])
     before = model.transform(data[3]).orderBy("qid").collect()
     model.save(str(tmp_path / "pq"))
     loaded = ANNIndexModel.load(str(tmp_path / "pq"))
@@ -53,7 +54,8 @@ def test_pq_save_load_round_trip(data, tmp_path):
 def test_rmse_falls_as_subvectors_and_bits_grow(data):
     rmse = {}
     for m, bits in [(4, 8), (8, 8), (16, 8), (8, 4)]:
-        model = ANNIndex(indexType="pq", numPartitions=2, pqSubvectors=m, pqBits=bits).fit(data[2])
+        model = ANNIndex(indexType="pq", numPartitions=2, pqSubvectors=m, pqBits=bits,
+                         targetRecall=0).fit(data[2])
         rmse[m, bits] = model.summary()["pqReconstructionRMSE"]
     assert rmse[4, 8] > rmse[8, 8] > rmse[16, 8]
     assert rmse[8, 4] > rmse[8, 8]
@@ -66,9 +68,10 @@ def test_partition_codebooks_beat_one_global_pq(data):
     faiss.copy_array_to_vector(codewords.ravel(), quantizer.centroids)
     decoded = quantizer.decode(quantizer.compute_codes(base))
     single_rmse = float(np.sqrt(((base - decoded) ** 2).sum(axis=1).mean()))
-    per_partition = ANNIndex(indexType="pq", numPartitions=4, pqSubvectors=8).fit(data[2])
+    per_partition = ANNIndex(indexType="pq", numPartitions=4, pqSubvectors=8,
+                             targetRecall=0).fit(data[2])
     global_residual = ANNIndex(indexType="pq", numPartitions=4, pqSubvectors=8,
-                               pqCodebook="global").fit(data[2])
+                               pqCodebook="global", targetRecall=0).fit(data[2])
     assert per_partition.summary()["pqReconstructionRMSE"] <= single_rmse
     assert global_residual.summary()["pqReconstructionRMSE"] <= single_rmse * 1.05
     assert _recall(global_residual.copy().setRerankK(0), data) > 0.3
@@ -77,7 +80,8 @@ def test_partition_codebooks_beat_one_global_pq(data):
 def test_codes_only_index_is_small_on_disk(spark, tmp_path):
     base = datasets.clustered(30_000, 64, seed=2)
     path = str(tmp_path / "codes")
-    model = ANNIndex(indexType="pq", numPartitions=2, pqSubvectors=16, indexPath=path)
+    model = ANNIndex(indexType="pq", numPartitions=2, pqSubvectors=16, indexPath=path,
+                     targetRecall=0)
     model.fit(vectors_frame(spark, base))
     files = glob.glob(os.path.join(path, "data", "*", "partition_id=*", "*.parquet"))
     on_disk = sum(os.path.getsize(f) for f in files)

@@ -1,4 +1,6 @@
-"""Recall with default settings on the shared real datasets (skipped when absent)."""
+"""Recall with default settings on the shared real datasets: run when the data folder
+(``$SPARKANN_DATA``, else ``../shared/data`` beside the checkout) holds them, else
+skipped with the reason printed in the test summary."""
 
 from __future__ import annotations
 

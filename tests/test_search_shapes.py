@@ -150,6 +150,21 @@ def test_partition_side_loads_each_partition_once_per_search(spark, items, tmp_p
     assert max(per_partition.values()) == 1, per_partition
 
 
+def batch_and_streamed(spark, model, source, schema, tmp_path) -> tuple[dict, dict]:
+    """The model's answers (id -> neighbour ids) to the Parquet files in ``source``, read
+    as a batch and as a stream of one file per trigger."""
+    batch = {r.id: [n.id for n in r.neighbors]
+             for r in model.transform(spark.read.parquet(source)).collect()}
+    stream = spark.readStream.schema(schema).option("maxFilesPerTrigger", 1).parquet(source)
+    out, checkpoint = str(tmp_path / "out"), str(tmp_path / "checkpoint")
+    query = (model.transform(stream).writeStream.format("parquet")
+             .option("checkpointLocation", checkpoint).trigger(availableNow=True).start(out))
+    query.awaitTermination(600)
+    assert query.exception() is None
+    streamed = {r.id: [n.id for n in r.neighbors] for r in spark.read.parquet(out).collect()}
+    return batch, streamed
+
+
 @pytest.mark.parametrize("strategy", ["local", "partition"])
 def test_streaming_queries_get_the_batch_answers(spark, items, vectors, models, tmp_path,
                                                  strategy):
@@ -157,16 +172,30 @@ def test_streaming_queries_get_the_batch_answers(spark, items, vectors, models, 
     for part in range(3):  # three files arrive in the source folder
         items.where(F.col("id") % 3 == part).limit(300).write.mode("append").parquet(source)
     model = models["cosine"].copy().setSearchStrategy(strategy)
-    batch = {r.id: [n.id for n in r.neighbors]
-             for r in model.transform(spark.read.parquet(source)).collect()}
-    stream = spark.readStream.schema(items.schema).option("maxFilesPerTrigger", 1).parquet(source)
-    out, checkpoint = str(tmp_path / "out"), str(tmp_path / "checkpoint")
-    query = (model.transform(stream).writeStream.format("parquet")
-             .option("checkpointLocation", checkpoint).trigger(availableNow=True).start(out))
-    query.awaitTermination(600)
-    assert query.exception() is None
-    streamed = {r.id: [n.id for n in r.neighbors] for r in spark.read.parquet(out).collect()}
+    batch, streamed = batch_and_streamed(spark, model, source, items.schema, tmp_path)
     assert streamed == batch and len(streamed) == 900
+
+
+@pytest.mark.parametrize("strategy", ["local", "partition"])
+def test_streaming_queries_with_allowed_ids(spark, items, models, tmp_path, strategy):
+    """allowedIdsCol on a stream: a row with a subset is answered from it alone, a row
+    without one from the whole index, and every row as in a batch search."""
+    source = str(tmp_path / "queries")
+    queries = items.where("id < 120").withColumn("allowed", F.when(
+        F.col("id") % 2 == 0, F.array(F.col("id"), F.col("id") + 1000, F.col("id") + 2000)))
+    for part in range(2):  # two files arrive in the source folder
+        queries.where(F.col("id") % 4 < 2 * part + 2).where(
+            F.col("id") % 4 >= 2 * part).write.mode("append").parquet(source)
+    model = models["l2"].copy().setAllowedIdsCol("allowed").setSearchStrategy(strategy)
+    batch, streamed = batch_and_streamed(spark, model, source, queries.schema, tmp_path)
+    assert streamed == batch and len(streamed) == 120
+    for i, found in streamed.items():
+        if i % 2 == 0:
+            assert sorted(found) == [i, i + 1000, i + 2000], (i, found)
+        else:
+            assert len(found) == 10 and len(set(found)) == 10, (i, found)
+    plain = [i for i in streamed if i % 2]
+    assert np.mean([streamed[i][0] == i for i in plain]) >= 0.95  # its own nearest
 
 
 def test_streaming_with_a_processing_time_trigger(spark, items, models, tmp_path):
@@ -180,7 +209,10 @@ def test_streaming_with_a_processing_time_trigger(spark, items, models, tmp_path
     try:
         query.processAllAvailable()
         items.where("id >= 100").limit(50).write.mode("append").parquet(source)  # arrives later
-        time.sleep(2)  # the next trigger finds the new file
+        deadline = time.monotonic() + 300
+        while (time.monotonic() < deadline and  # until a trigger has found the new file
+               sum(p["numInputRows"] for p in query.recentProgress) < 150):
+            time.sleep(0.05)
         query.processAllAvailable()
     finally:
         query.stop()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import neighbor_ids, vectors_frame
+from conftest import neighbor_ids, run_job, vectors_frame
 
 from sparkann import ANNIndex, ANNIndexModel, datasets, exact
 from sparkann.index import index_type
@@ -35,7 +33,8 @@ def test_add_matches_a_fresh_build_and_keeps_the_old_version(spark, data, tmp_pa
     base, queries = data
     qdf = vectors_frame(spark, queries, id_name="qid")
     ids = np.arange(len(base))
-    params = dict(numPartitions=6, seed=5, indexType=kind, pqSubvectors=8, rerankK=100)
+    params = dict(numPartitions=6, seed=5, indexType=kind, pqSubvectors=8, rerankK=100,
+                  targetRecall=0)
     path = str(tmp_path / "index")
     first = ANNIndex(indexPath=path, **params).fit(vectors_frame(spark, base[:5000], ids[:5000]))
     grown = first.add(vectors_frame(spark, base[5000:], ids[5000:]))
@@ -53,7 +52,7 @@ def test_add_matches_a_fresh_build_and_keeps_the_old_version(spark, data, tmp_pa
 
 def test_add_refuses_ids_already_indexed(spark, data):
     base, _ = data
-    model = ANNIndex(numPartitions=2).fit(vectors_frame(spark, base[:500]))
+    model = ANNIndex(numPartitions=2, targetRecall=0).fit(vectors_frame(spark, base[:500]))
     with pytest.raises(ValueError, match=r"ids already in the index, for example id="):
         model.add(vectors_frame(spark, base[490:510], np.arange(490, 510)))
 
@@ -62,14 +61,15 @@ def test_delete_hides_ids_and_compact_rebuilds(spark, data):
     base, queries = data
     qdf = vectors_frame(spark, queries, id_name="qid")
     ids = np.arange(len(base))
-    model = ANNIndex(numPartitions=4, seed=5).fit(vectors_frame(spark, base))
+    model = ANNIndex(numPartitions=4, seed=5, targetRecall=0).fit(vectors_frame(spark, base))
     gone = np.unique(neighbor_ids(model.transform(qdf).collect(), "qid")[:, :3])
     deleted = model.delete(gone.tolist())
     assert deleted.summary()["numVectors"] == len(base) - len(gone)
     found = neighbor_ids(deleted.transform(qdf).collect(), "qid")
     assert not set(found.ravel()) & set(gone.tolist())
     keep = np.setdiff1d(ids, gone)
-    fresh = ANNIndex(numPartitions=4, seed=5).fit(vectors_frame(spark, base[keep], keep))
+    fresh = ANNIndex(numPartitions=4, seed=5, targetRecall=0).fit(
+        vectors_frame(spark, base[keep], keep))
     assert abs(_recall(deleted, base[keep], keep, qdf, queries)
                - _recall(fresh, base[keep], keep, qdf, queries)) <= 0.01
     compacted = deleted.compact(minDeletedShare=0.0)
@@ -82,7 +82,8 @@ def test_delete_hides_ids_and_compact_rebuilds(spark, data):
 
 def test_drift_and_rebalance(spark, data):
     base, queries = data
-    model = ANNIndex(numPartitions=4, seed=5).fit(vectors_frame(spark, base[:3000]))
+    model = ANNIndex(numPartitions=4, seed=5, targetRecall=0).fit(
+        vectors_frame(spark, base[:3000]))
     assert model.summary()["drift"] == pytest.approx(1.0)
     rng = np.random.default_rng(0)
     hot = (base[0] + 0.05 * rng.standard_normal((6000, base.shape[1]))).astype(np.float32)
@@ -110,22 +111,19 @@ def test_self_join_agrees_with_exact_search(spark, data):
 
 
 def test_exclude_self_needs_the_id_column(spark, data):
-    model = ANNIndex(numPartitions=2, excludeSelf=True).fit(vectors_frame(spark, data[0][:300]))
+    model = ANNIndex(numPartitions=2, excludeSelf=True, targetRecall=0).fit(
+        vectors_frame(spark, data[0][:300]))
     with pytest.raises(ValueError, match=r"excludeSelf needs the id column 'id'"):
         model.transform(vectors_frame(spark, data[1], id_name="qid"))
 
 
-@pytest.mark.slow
-def test_knn_join_job(spark, data, tmp_path):
+def test_knn_join_job(spark, data, tmp_path, capsys, monkeypatch):
     source = str(tmp_path / "items.parquet")
     vectors_frame(spark, data[0][:2000]).write.parquet(source)
     out = str(tmp_path / "edges.parquet")
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    job = os.path.join(os.path.dirname(__file__), "..", "jobs", "knn_join.py")
-    done = subprocess.run([sys.executable, job, "--input", source, "--output", out, "--k", "4",
-                           "--master", "local[2]"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    code, _, err = run_job(capsys, monkeypatch, "knn_join.py", "--input", source, "--output", out,
+                           "--k", "4", "--log-level", "ERROR")
+    assert code == 0, err[-2000:]
     edges = spark.read.parquet(out)
     assert edges.columns == ["id", "neighbor_id", "distance", "rank"]
     assert edges.count() == 2000 * 4
