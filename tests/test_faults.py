@@ -39,7 +39,7 @@ from sparkann import ANNIndex, ANNIndexModel, exact
 from sparkann.build import MetaHandle, build_fn, partition_seed, with_checked_meta
 from sparkann.loader import LoadedIndex, fresh_partition
 from sparkann.storage import IndexFormatError, Meta
-from sparkann.storage.format import FORMAT_VERSION, sha256
+from sparkann.storage.format import FORMAT_VERSION, READABLE_VERSIONS, sha256
 from sparkann.storage.versions import load as load_version
 from sparkann.testing import FAIL_FIRST_ATTEMPT_CONF, SLOW_TASK_CONF, inject
 from sparkann.testing.faults import slow_spec
@@ -649,7 +649,8 @@ def test_a_newer_manifest_format_is_refused(saved, tmp_path):
     (path / "manifests" / "v00000002.json").write_text(json.dumps(doc))
     with pytest.raises(IndexFormatError, match=f"version 2 is in index format "
                                                f"{FORMAT_VERSION + 1}; this sparkann reads "
-                                               f"format {FORMAT_VERSION}; upgrade sparkann"):
+                                               f"formats {READABLE_VERSIONS[0]} to "
+                                               f"{FORMAT_VERSION}; upgrade sparkann"):
         ANNIndexModel.load(str(path))
     older = ANNIndexModel.load(str(path), version=1)
     assert older.manifest.version == 1 and older.summary()["numVectors"] == 6000
