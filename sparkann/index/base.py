@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from abc import ABC, abstractmethod
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Collection, Mapping, TypeVar
@@ -298,6 +299,15 @@ def exact_among(vectors: np.ndarray, labels: np.ndarray, query: np.ndarray, k: i
         return padded(np.empty((1, 0), np.int64), np.empty((1, 0), np.float32), k)
     order, best = knn(vectors, query[None], k, metric)
     return padded(labels[order[0]][None], best, k)
+
+
+def unpacked_header(data, header: struct.Struct, what: str) -> tuple[memoryview, tuple]:
+    """A payload's bytes and its fixed-size header's fields; ``ValueError`` naming
+    ``what`` when it is shorter than the header."""
+    view = memoryview(data)
+    if len(view) < header.size:
+        raise ValueError(f"{what} is damaged: shorter than its header")
+    return view, header.unpack(view[:header.size])
 
 
 def checked_labels(labels, count: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from .base import (
     checked_labels,
     exact_among,
     padded,
+    unpacked_header,
 )
 
 MAGIC = b"SANNFLT1"
@@ -97,10 +98,7 @@ class FlatIndex(PartitionIndex):
 
 def vectors_from_payload(data, dim: int) -> np.ndarray:
     """The vectors of a flat payload, checked against the index's dimension."""
-    view = memoryview(data)
-    if len(view) < _HEADER.size:
-        raise ValueError("flat payload is damaged: shorter than its header")
-    magic, rows, got_dim = _HEADER.unpack(view[:_HEADER.size])
+    view, (magic, rows, got_dim) = unpacked_header(data, _HEADER, "flat payload")
     if magic != MAGIC:
         raise ValueError("flat payload is damaged: bad magic bytes")
     if got_dim != dim:

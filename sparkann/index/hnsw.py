@@ -32,6 +32,7 @@ from .base import (
     padded,
     param,
     strict_json,
+    unpacked_header,
 )
 
 MAGIC = b"SANNHNSW"
@@ -260,10 +261,7 @@ def graph_to_bytes(graph: hnswlib.Index) -> bytes:
 def graph_from_bytes(data, dim: int, space: str) -> hnswlib.Index:
     """Load a graph written by :func:`graph_to_bytes` for vectors of ``dim`` in hnswlib
     ``space``; every field is checked first."""
-    view = memoryview(data)
-    if len(view) < _HEADER.size:
-        raise ValueError("HNSW payload is damaged: shorter than its header")
-    magic, version, head_len = _HEADER.unpack(view[: _HEADER.size])
+    view, (magic, version, head_len) = unpacked_header(data, _HEADER, "HNSW payload")
     if magic != MAGIC:
         raise ValueError("HNSW payload is damaged: bad magic bytes")
     if version > FORMAT_VERSION:

@@ -27,6 +27,7 @@ from .base import (
     exact_among,
     padded,
     strict_json,
+    unpacked_header,
 )
 from .hnsw import HNSWBuildParams, HNSWSearch
 
@@ -221,10 +222,7 @@ def _to_payload(index, context: PartitionContext) -> bytes:
 
 def _from_payload(data, context: PartitionContext, index):
     """Validate a payload against the index and load it into ``index`` (empty)."""
-    view = memoryview(data)
-    if len(view) < _HEADER.size:
-        raise ValueError("HNSW-SQ payload is damaged: shorter than its header")
-    magic, head_len = _HEADER.unpack(view[:_HEADER.size])
+    view, (magic, head_len) = unpacked_header(data, _HEADER, "HNSW-SQ payload")
     if magic != MAGIC or head_len > min(_MAX_HEADER_BYTES, len(view) - _HEADER.size):
         raise ValueError("HNSW-SQ payload is damaged: bad header")
     try:

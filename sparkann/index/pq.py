@@ -36,6 +36,7 @@ from .base import (
     padded,
     param,
     strict_json,
+    unpacked_header,
 )
 
 _PAYLOAD = struct.Struct("<8sQ")  # magic, json length
@@ -95,10 +96,7 @@ def codebook_to_bytes(codewords: np.ndarray) -> bytes:
 
 def codebook_from_bytes(data, m: int, nbits: int, width: int) -> np.ndarray:
     """Codewords checked against the index's ``m``, ``nbits`` and padded width."""
-    view = memoryview(data)
-    if len(view) < _CODEBOOK.size:
-        raise ValueError("PQ codebook is damaged: shorter than its header")
-    magic, got_m, ksub, dsub = _CODEBOOK.unpack(view[:_CODEBOOK.size])
+    view, (magic, got_m, ksub, dsub) = unpacked_header(data, _CODEBOOK, "PQ codebook")
     if magic != _CODEBOOK_MAGIC or (got_m, ksub, got_m * dsub) != (m, 1 << nbits, width):
         raise ValueError(f"PQ codebook does not match the index (m={m}, bits={nbits}, "
                          f"padded dimension {width})")
@@ -423,10 +421,7 @@ def _decode(codewords: np.ndarray, codes: np.ndarray, nbits: int) -> np.ndarray:
 
 
 def _codes_from_payload(data, m: int, nbits: int) -> np.ndarray:
-    view = memoryview(data)
-    if len(view) < _PAYLOAD.size:
-        raise ValueError("PQ payload is damaged: shorter than its header")
-    magic, head_len = _PAYLOAD.unpack(view[:_PAYLOAD.size])
+    view, (magic, head_len) = unpacked_header(data, _PAYLOAD, "PQ payload")
     if magic[:7] == _PAYLOAD_FAMILY and magic[7:].isdigit() and magic[7:] > _PAYLOAD_MAGIC[7:]:
         raise ValueError(f"PQ payload {magic.decode()} is in a newer format; upgrade "
                          "sparkann to read it")
