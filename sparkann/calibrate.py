@@ -94,15 +94,15 @@ def exact_neighbors(base: DataFrame, sample: Sample, metric: Metric, k: int, dim
     skip = sample.ids if sample.held else None
     found = base.mapInArrow(_exact_fn(sample.vectors, metric, fetch, dim, skip),
                             f"query int, ids array<{id_type}>, dists array<float>").toArrow()
-    kind = pa.int64() if id_type == "long" else pa.string()
+    arrow_id = pa.int64() if id_type == "long" else pa.string()
     n = len(sample.vectors)
     rows = np.repeat(found.column("query").to_numpy(),
                      np.diff(found.column("ids").combine_chunks().offsets.to_numpy()))
-    ids = found.column("ids").combine_chunks().values.cast(kind)
+    ids = found.column("ids").combine_chunks().values.cast(arrow_id)
     dists = found.column("dists").combine_chunks().values.to_numpy(zero_copy_only=False)
     keep = np.ones(len(rows), dtype=bool)
     if sample.ids is not None and not sample.held:
-        keep = _not_own(ids, rows, sample.ids.cast(kind))
+        keep = _not_own(ids, rows, sample.ids.cast(arrow_id))
     lists = top_k_lists(n, rows[keep], dists[keep], ids.filter(pa.array(keep)), k)
     return [lists[q].values.field("id").to_numpy(zero_copy_only=False) for q in range(n)]
 
@@ -172,10 +172,10 @@ def ladder_results(spark, handle: IndexHandle, index: LoadedIndex, sample: Sampl
     work = spark.createDataFrame(table.to_pandas()).groupBy("pid").agg(
         {"query": "collect_list"}).withColumnRenamed("collect_list(query)", "queries")
     tasks = max(1, min(len(np.unique(pids)), 64))
-    kind = "long" if index.manifest.id_type == "long" else "string"
+    id_sql = "long" if index.manifest.id_type == "long" else "string"
     found = work.repartition(tasks, "pid").mapInArrow(
         _ladder_fn(handle, sample.vectors, settings, fetch, with_vectors),
-        f"pid int, query int, setting int, ids array<{kind}>, dists array<float>").toArrow()
+        f"pid int, query int, setting int, ids array<{id_sql}>, dists array<float>").toArrow()
     return ranked, dists, found
 
 

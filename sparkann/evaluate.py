@@ -61,7 +61,7 @@ def exact_neighbors(
     not reach the search (a query DataFrame whose content changes between
     evaluations) fails the job instead of getting no answer.
     """
-    kind = id_type(base, id_col)
+    id_sql = id_type(base, id_col)
     get_metric(metric)
     rows = base.select(F.col(id_col).alias("id"), vector_column(base, vector_col).alias("vector"))
     vec = vector_column(queries, vector_col)
@@ -77,7 +77,7 @@ def exact_neighbors(
         F.collect_list("vector").alias("qvectors"))
     pairs = blocks.crossJoin(F.broadcast(qblocks))
     candidates = pairs.mapInArrow(_block_knn_fn(k, metric),
-                                  f"{K1} long, {K2} long, id {kind}, distance float")
+                                  f"{K1} long, {K2} long, id {id_sql}, distance float")
     best = F.slice(F.array_sort(F.collect_list(F.struct("distance", "id"))), 1, k)
     merged = candidates.groupBy(K1, K2).agg(F.transform(
         best, lambda s: F.struct(s["id"].alias("id"), s["distance"].alias("distance")))

@@ -48,14 +48,14 @@ LOCATION_FILES_MAX = 8  # id-location files per bucket before compact() rewrites
 def located_ids(ids: DataFrame, handle: IndexHandle, manifest: Manifest) -> DataFrame:
     """(partition_id, id) of every stored row whose id is in ``ids`` (one column),
     from the id-location table: only the buckets of the wanted ids are read."""
-    kind = manifest.id_type
-    wanted = ids.select(F.col(ids.columns[0]).cast(kind).alias("id")).where(
+    id_sql = manifest.id_type
+    wanted = ids.select(F.col(ids.columns[0]).cast(id_sql).alias("id")).where(
         F.col("id").isNotNull()).distinct()
     buckets = manifest.locations.buckets if manifest.locations else 1
     bucketed = wanted.select("id", F.lit(0).alias("partition_id")).mapInArrow(
-        tables.bucket_fn(buckets), f"bucket int, id {kind}, partition_id int")
+        tables.bucket_fn(buckets), f"bucket int, id {id_sql}, partition_id int")
     return bucketed.repartitionById(buckets, "bucket").mapInArrow(
-        _locate_fn(handle), f"partition_id int, id {kind}")
+        _locate_fn(handle), f"partition_id int, id {id_sql}")
 
 
 def _locate_fn(handle: IndexHandle):
@@ -76,10 +76,10 @@ def _locate_fn(handle: IndexHandle):
     return locate
 
 
-def live_labels(located: DataFrame, handle: IndexHandle, kind: str) -> DataFrame:
+def live_labels(located: DataFrame, handle: IndexHandle, id_sql: str) -> DataFrame:
     """(partition_id, id, label) of the live rows holding the located ids."""
     return located.groupBy("partition_id").applyInArrow(
-        _labels_fn(handle), f"partition_id int, id {kind}, label int")
+        _labels_fn(handle), f"partition_id int, id {id_sql}, label int")
 
 
 def _labels_fn(handle: IndexHandle):
@@ -130,9 +130,9 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
     """A new version that also holds ``df``'s rows, routed to the existing centroids;
     only the partitions they reach are rewritten."""
     stage = StageTimer(spark)
-    rows, kind = input_rows(df, params["vectorCol"], params["idCol"])
-    if kind != manifest.id_type:
-        raise TypeError(f"idCol={params['idCol']!r} holds {kind} ids; the index holds "
+    rows, id_sql = input_rows(df, params["vectorCol"], params["idCol"])
+    if id_sql != manifest.id_type:
+        raise TypeError(f"idCol={params['idCol']!r} holds {id_sql} ids; the index holds "
                         f"{manifest.id_type} ids")
     with stage("validate input"):
         _, dim = check_rows(rows, {**manifest.params, **params})
@@ -140,7 +140,7 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
             raise ValueError(f"column {params['vectorCol']!r} has dimension {dim}; the index "
                              f"has dimension {manifest.dim}")
         clash = live_labels(located_ids(rows.select("id"), handle, manifest), handle,
-                            kind).first()
+                            id_sql).first()
         if clash is not None:
             raise ValueError(f"column {params['idCol']!r} holds ids already in the index, for "
                              f"example {params['idCol']}={clash['id']!r}; delete them first "
@@ -148,13 +148,13 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
     index = open_index(handle)
     meta = MetaHandle(join(manifest.root, manifest.meta_file), manifest.meta_sha256,
                       manifest.dim)
-    assigned = assign_rows(rows, meta, index.metric, manifest.dim, kind)
+    assigned = assign_rows(rows, meta, index.metric, manifest.dim, id_sql)
     threads = threads_per_task(spark, int(params.get("numThreads", 0)),
                                manifest.num_partitions)
     with Transaction(spark, manifest.root, manifest) as txn:
         with stage("update partitions"):
             table = per_partition(assigned, manifest.num_partitions,
-                                  _insert_fn(handle, threads), tables.index_schema(kind))
+                                  _insert_fn(handle, threads), tables.index_schema(id_sql))
             txn.write_partitions(table)
             txn.write_locations("append")
         return txn.commit("add")
