@@ -26,7 +26,7 @@ from .index import PartitionContext, index_type
 from .loader import checked_meta
 from .metrics import Metric, get_metric
 from .observe import StageTimer
-from .partitioning import kmeans
+from .partitioning import kmeans, packing
 from .partitioning.router import (
     META_HNSW_MIN_CENTROIDS,
     CentroidRanker,
@@ -40,7 +40,7 @@ from .storage.format import MAX_META_BYTES, IndexFormatError, Manifest, Meta, Pa
 from .storage.fs import join, read_file, store_for
 from .storage.transaction import Transaction
 from .storage.versions import check_index_root
-from .tasks import resolve_threads, threads_per_task
+from .tasks import cluster_cores, resolve_threads, threads_per_task
 from .vectors import (
     MAX_SQUARED_NORM,
     TOO_LARGE,
@@ -126,18 +126,24 @@ def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction,
     held = None
     if params["targetRecall"] > 0:
         with stage("plan calibration"):
+            ladder = cls.search_ladder(int(params["k"]), params)
+            typical = int(np.median(plan.partition_rows(estimated)))
             held = calibrate.plan_held_out(rows, num_rows, params, metric, dim, ranker, plan,
-                                           np.maximum(estimated, 1),
-                                           cls.search_ladder(int(params["k"]), params), root)
-    threads = build_threads(spark, params, plan.num_partitions)
+                                           np.maximum(estimated, 1), ladder, root,
+                                           [cls.probe_cost(s, typical, dim) for s in ladder])
+    task_of = packing.pack(plan.partition_rows(estimated),
+                           packing.task_capacity(estimated, cluster_cores(spark), max_rows))
+    threads = build_threads(spark, params, int(task_of.max()) + 1)
     try:
         with stage("build partition indexes"):
             assigned = assign(rows, meta, metric, dim, kind)
             task = build_fn(meta, params, dim, threads, held.handle if held else None)
-            table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind))
-            run = txn.write_partitions(table, plan.num_partitions, seconds=stage.seconds)
-        with stage("check partitions"):
-            found = calibrate.found_at_fit(spark, root, run) if held else None
+            table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind),
+                                  task_of)
+            txn.write_partitions(table, plan.num_partitions, seconds=stage.seconds,
+                                 read_back="calibration" if held else None)
+        found = calibrate.found_at_fit(
+            bytes(value) for _, value in sorted(txn.read_back_values.items())) if held else None
     finally:
         if held:
             store_for(spark, root).delete(join(root, held.relative))
@@ -148,14 +154,14 @@ def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction,
     return built, num_rows, dim
 
 
-def build_threads(spark, params: dict, num_partitions: int) -> int:
-    """Threads per build task: enough that few partitions still fill the cores."""
+def build_threads(spark, params: dict, num_tasks: int) -> int:
+    """Threads per build task: enough that few tasks still fill the cores."""
     if params["deterministic"]:
         return 1
     if params["numThreads"]:
         return int(params["numThreads"])
     cores = threads_per_task(spark, 0, 1)
-    return max(1, min(cores, math.ceil(2 * cores / max(num_partitions, 1))))
+    return max(1, min(cores, math.ceil(2 * cores / max(num_tasks, 1))))
 
 
 def check_rows(rows: DataFrame, params: dict) -> tuple[int, int]:
@@ -337,22 +343,37 @@ def _assign_fn(meta: MetaHandle, metric: Metric, dim: int):
     return assign_rows
 
 
-def per_partition(assigned: DataFrame, num_partitions: int, fn, schema: str) -> DataFrame:
-    """``fn(partition_id, rows)`` applied to all rows of each partition, one Spark task
-    per partition (``repartitionById`` is never coalesced, unlike a ``groupBy``)."""
+def per_partition(assigned: DataFrame, num_partitions: int, fn, schema: str,
+                  task_of: np.ndarray | None = None) -> DataFrame:
+    """``fn(partition_id, rows)`` applied to all rows of each partition: one Spark task
+    per partition, or (``task_of``: the task number of each partition, see
+    :func:`~sparkann.partitioning.packing.pack`) one per task, which applies ``fn`` to
+    each of its partitions separately (``repartitionById`` is never coalesced, unlike
+    a ``groupBy``)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        received = [b for b in batches if b.num_rows]  # one partition: bounded by its size
+        received = [b for b in batches if b.num_rows]  # one task: bounded by its packing
         if not received:
             return
         received = pa.Table.from_batches(received)
         pids = received.column("partition_id").to_numpy()
-        for pid in np.unique(pids):
-            rows = received.filter(pa.array(pids == pid)) if len(np.unique(pids)) > 1 \
-                else received
-            yield from fn(int(pid), rows).to_batches()
+        if (pids == pids[0]).all():
+            yield from fn(int(pids[0]), received).to_batches()
+            return
+        order = np.argsort(pids, kind="stable")
+        received, pids = received.take(pa.array(order)), pids[order]
+        starts = np.flatnonzero(np.diff(pids, prepend=pids[0] - 1))
+        for start, end in zip(starts, [*starts[1:], len(pids)]):
+            yield from fn(int(pids[start]), received.slice(start, end - start)).to_batches()
 
-    return assigned.repartitionById(num_partitions, "partition_id").mapInArrow(run, schema)
+    if task_of is None:
+        return assigned.repartitionById(num_partitions, "partition_id").mapInArrow(run, schema)
+    tasks = assigned.sparkSession.createDataFrame(
+        pa.table({"partition_id": pa.array(np.arange(len(task_of)), pa.int32()),
+                  "task": pa.array(task_of, pa.int32())}))
+    routed = assigned.join(F.broadcast(tasks), "partition_id")
+    return routed.repartitionById(int(task_of.max()) + 1, "task").drop("task").mapInArrow(
+        run, schema)
 
 
 def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -36,21 +36,24 @@ from pyspark.sql import functions as F
 
 from .exact import knn, top_k
 from .index import PartitionIndex
-from .loader import IndexHandle, LoadedIndex, open_index, partition
+from .loader import IndexHandle, LoadedIndex, fresh_partition, open_index, partition
 from .metrics import Metric
 from .sampling import collect_sample
 from .search.topk import top_k_lists
 from .storage.format import IndexFormatError, sha256
 from .storage.fs import join, read_file, store_for
+from .tasks import cluster_cores
 from .tuning import (
     Found,
     ProbeModel,
     SearchDefaults,
     epsilons_to_try,
+    first_round,
     hard_tail,
     measure,
     probe_ladder,
     search_defaults,
+    settled,
 )
 from .vectors import list_array, to_matrix
 
@@ -240,16 +243,18 @@ def calibrate(spark, handle: IndexHandle, base: DataFrame, num_rows: int, k: int
 def chosen(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
            settings: list[dict], epsilons: tuple[float, ...], target: float,
            ranked: np.ndarray, dists: np.ndarray, found: pa.Table, source: str,
-           started: float) -> SearchDefaults:
-    """The cheapest setting reaching the target on the sample, and the report. A sample
-    of indexed rows (with ids) also holds its hard tail to its own target."""
-    candidates = Found.from_table(found)
-    own_excluded = sample.ids is not None and not sample.held
-    if sample.ids is not None and own_excluded:
-        candidates = candidates.without(sample.ids.to_numpy(zero_copy_only=False))
+           started: float, trials: list | None = None) -> SearchDefaults:
+    """The cheapest setting reaching the target on the sample (``trials``: measured
+    already), and the report. A sample of indexed rows (with ids) also holds its hard
+    tail to its own target."""
     hard = hard_tail(dists) if sample.ids is not None else np.zeros(len(truth), dtype=bool)
-    trials = measure(ProbeModel.of(index), candidates, truth, k, k + int(own_excluded),
-                     settings, epsilons, ranked, dists, hard)
+    if trials is None:
+        candidates = Found.from_table(found)
+        own_excluded = sample.ids is not None and not sample.held
+        if sample.ids is not None and own_excluded:
+            candidates = candidates.without(sample.ids.to_numpy(zero_copy_only=False))
+        trials = measure(ProbeModel.of(index), candidates, truth, k, k + int(own_excluded),
+                         settings, epsilons, ranked, dists, hard)
     wanted = np.asarray([len(t) for t in truth], dtype=np.int64)
     return search_defaults(trials, target, k, dists, hard, wanted, source,
                            time.perf_counter() - started, sample.ids is not None)
@@ -269,6 +274,12 @@ class CalibrationPlan:
     settings: list
     fetch: int
     queries_of: dict  # partition id -> query positions searched there
+    searched: int = -1  # how many settings (the first) the build tasks search; -1: all
+
+    @property
+    def first_round(self) -> list:
+        """The settings the build tasks search."""
+        return self.settings if self.searched < 0 else self.settings[:self.searched]
 
     def to_bytes(self) -> bytes:
         pids = np.array(sorted(self.queries_of), dtype=np.int32)
@@ -277,7 +288,8 @@ class CalibrationPlan:
         routed = pa.table({"pid": pa.array(pids, pa.int32()), "queries": pa.ListArray.from_arrays(
             pa.array(offsets), pa.array(np.concatenate(lists) if lists else [], pa.int32()))})
         sample = pa.table({"id": self.ids, "vector": list_array(self.vectors)})
-        head = json.dumps({"settings": self.settings, "fetch": self.fetch}).encode()
+        head = json.dumps({"settings": self.settings, "fetch": self.fetch,
+                           "searched": self.searched}).encode()
         return b"".join(_framed(part) for part in (head, _ipc(sample), _ipc(routed)))
 
     @classmethod
@@ -291,7 +303,8 @@ class CalibrationPlan:
                    sample_table.column("id").combine_chunks(), list(doc["settings"]),
                    int(doc["fetch"]),
                    {int(p): queries[i].values.to_numpy(zero_copy_only=False)
-                    for i, p in enumerate(routed_table.column("pid").to_pylist())})
+                    for i, p in enumerate(routed_table.column("pid").to_pylist())},
+                   int(doc.get("searched", -1)))
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -351,11 +364,14 @@ class HeldOut:
 
 def plan_held_out(rows: DataFrame, num_rows: int, params: dict, metric: Metric, dim: int,
                   ranker, shards, sizes: np.ndarray, settings: list[dict],
-                  root: str) -> PlanFile:
+                  root: str, costs: list[float] | None = None) -> PlanFile:
     """Draw the fit's held-out queries, route them as deep as any probe setting on the
-    ladder goes, and write the plan for the build tasks."""
+    ladder goes, and write the plan for the build tasks (``costs``: of each setting per
+    probe, which sizes the first round, see :func:`sparkann.tuning.first_round`)."""
     sample = draw_sample(rows, num_rows, int(params["seed"]), metric, dim, True, held=True)
     plan = plan_calibration(sample, ranker, shards, sizes, int(params["k"]), settings)
+    if costs is not None:
+        plan = replace(plan, searched=first_round(costs))
     data = plan.to_bytes()
     relative = f"staging/{uuid.uuid4().hex}-calibration.bin"
     store_for(rows.sparkSession, root).write(join(root, relative), data)
@@ -412,22 +428,26 @@ def search_held_out(index, plan: CalibrationPlan, pid: int, ids: pa.Array, knobs
     queries = plan.queries_of.get(pid)
     if queries is None or len(queries) == 0:
         return None
+    return _ipc(_ladder_table(index, plan, pid, queries, ids, knobs_of, threads,
+                              plan.first_round, 0))
+
+
+def _ladder_table(index, plan: CalibrationPlan, pid: int, queries: np.ndarray, ids: pa.Array,
+                  knobs_of, threads: int, settings: list, first: int) -> pa.Table:
+    """The answers of ``queries`` in one partition with each of ``settings`` (numbered
+    from ``first`` on the plan's ladder)."""
     batches = []
-    for number, setting in enumerate(plan.settings):
+    for number, setting in enumerate(settings, first):
         labels, dists = index.search(plan.vectors[queries], plan.fetch,
                                      knobs_of(setting, threads))
         batches.append(_ladder_rows(pid, queries, number, labels, dists, ids))
-    return _ipc(pa.Table.from_batches(batches))
+    return pa.Table.from_batches(batches)
 
 
-def found_at_fit(spark, root: str, run: str) -> pa.Table:
-    """The held-out searches the build tasks stored beside their partitions."""
-    from .storage.fs import join
-
-    rows = spark.read.parquet(join(root, run)).select("calibration").where(
-        "calibration IS NOT NULL").toArrow()
-    tables = [pa.ipc.open_stream(value.as_py()).read_all()
-              for value in rows.column("calibration").combine_chunks()]
+def found_at_fit(stored) -> pa.Table:
+    """The held-out searches the build tasks stored beside their partitions (their
+    ``calibration`` values, as the partitions' facts were read back)."""
+    tables = [pa.ipc.open_stream(value).read_all() for value in stored]
     if not tables:
         return pa.table({"pid": pa.array([], pa.int32()), "query": pa.array([], pa.int32()),
                          "setting": pa.array([], pa.int32()), "ids": pa.array([], pa.list_(
@@ -438,7 +458,9 @@ def found_at_fit(spark, root: str, run: str) -> pa.Table:
 def calibrate_at_fit(manifest, meta, held: HeldOut, base: DataFrame, target: float,
                      epsilon: float | None) -> SearchDefaults:
     """The fit's search defaults, from what its build tasks found for the held-out
-    queries and their exact neighbours among the other rows (one pass over ``base``)."""
+    queries and their exact neighbours among the other rows (one pass over ``base``).
+    When the build tasks' first round of settings leaves the choice open, the rest of
+    the ladder is searched on the built partitions, the held-out rows hidden."""
     started = time.perf_counter()
     index = LoadedIndex.create(manifest, meta)
     plan = held.plan
@@ -447,5 +469,47 @@ def calibrate_at_fit(manifest, meta, held: HeldOut, base: DataFrame, target: flo
                             manifest.id_type)
     ranked, dists = index.router.ranked_clusters(sample.vectors, probe_ladder(
         len(meta.centroids))[-1], plan.fetch)
-    return chosen(index, sample, truth, plan.fetch, plan.settings, epsilons_to_try(epsilon),
-                  target, ranked, dists, held.found, "held-out indexed rows", started)
+    epsilons = epsilons_to_try(epsilon)
+    settings, found, trials = plan.first_round, held.found, None
+    if len(settings) < len(plan.settings):
+        model, hard = ProbeModel.of(index), hard_tail(dists)
+        trials = measure(model, Found.from_table(found), truth, plan.fetch, plan.fetch,
+                         settings, epsilons, ranked, dists, hard)
+        wanted = np.asarray([len(t) for t in truth], dtype=np.int64)
+        if not settled(model, trials, plan.settings[len(settings):], epsilons, ranked, dists,
+                       plan.fetch, target, wanted, hard):
+            settings, trials = plan.settings, None
+            found = pa.concat_tables([found, search_rest(base.sparkSession, index, plan)
+                                      .cast(found.schema)])
+    return chosen(index, sample, truth, plan.fetch, settings, epsilons, target, ranked, dists,
+                  found, "held-out indexed rows", started, trials)
+
+
+def search_rest(spark, index: LoadedIndex, plan: CalibrationPlan) -> pa.Table:
+    """The ladder's settings past the first round: one Spark job searching the built
+    partitions, each with its held-out rows hidden, for the queries routed to it."""
+    pids = sorted(p for p in plan.queries_of if index.manifest.partitions.files[p])
+    work = spark.createDataFrame(pa.table({"pid": pa.array(pids, pa.int32())}))
+    kind = "long" if index.manifest.id_type == "long" else "string"
+    tasks = max(1, min(len(pids), 2 * cluster_cores(spark)))
+    return work.repartition(tasks, "pid").mapInArrow(
+        _rest_fn(index, plan), f"pid int, query int, setting int, ids array<{kind}>, "
+        "dists array<float>").toArrow()
+
+
+def _rest_fn(built: LoadedIndex, plan: CalibrationPlan):
+    manifest, meta = built.manifest, built.meta
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        index = LoadedIndex.create(manifest, meta)
+        for batch in batches:
+            for pid in batch.column("pid").to_pylist():
+                part = fresh_partition(index, pid, False)
+                held = np.asarray(pc.is_in(part.ids, value_set=plan.ids.cast(part.ids.type)))
+                part.index.hide(np.flatnonzero(held).astype(np.int64))
+                yield from _ladder_table(part.index, plan, pid, plan.queries_of[pid], part.ids,
+                                         index.cls.search_knobs, 1,
+                                         plan.settings[plan.searched:], plan.searched
+                                         ).to_batches()
+
+    return run

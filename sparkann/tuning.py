@@ -37,6 +37,42 @@ HARD_SHARE = 0.25
 HARD_MISS_SHARE = 0.5
 
 
+# The build tasks of a fit search the held-out queries first with the ladder's settings
+# costing at most this many times its cheapest one; the rest only when those leave the
+# choice open (see settled).
+FIRST_ROUND_COST = 4.0
+
+
+def first_round(costs: Sequence[float]) -> int:
+    """How many settings of a ladder (cheapest first, ``costs`` per probe) a fit's build
+    tasks search: those within ``FIRST_ROUND_COST`` times the cheapest."""
+    values = np.asarray(costs, dtype=np.float64)
+    if not len(values):
+        return 0
+    over = np.flatnonzero(values > FIRST_ROUND_COST * values.min())
+    return int(over[0]) if len(over) else len(values)
+
+
+def settled(model: "ProbeModel", trials: list["Choice"], untried: list[dict],
+            epsilons: Sequence[float], ranked: np.ndarray, dists: np.ndarray, fetch: int,
+            target: float, truth_pairs: np.ndarray, hard: np.ndarray) -> bool:
+    """True when the settings measured so far decide the choice: one clears the target
+    with the margin and every ``untried`` setting costs more than the cheapest such
+    one, so measuring them could not change what :func:`choose` picks."""
+    good = reaching(trials, target, hard_target(target) if hard.any() else 0.0,
+                    int(truth_pairs.sum()), int(truth_pairs[hard].sum()))
+    if not good:
+        return False
+    best = cheapest(good).cost
+    n = len(ranked)
+    ladder = probe_ladder(len(model.router.sizes))
+    for probes, epsilon in [(p, e) for p in ladder for e in (epsilons if p > 1 else epsilons[:1])]:
+        _, ppos = model.probes(ranked, dists, probes, fetch, epsilon)
+        if any(round(model.cost(values, ppos, n), 3) <= best for values in untried):
+            return False
+    return True
+
+
 def probe_ladder(num_clusters: int) -> list[int]:
     """The numProbes values calibration tries for an index of ``num_clusters``."""
     ladder = sorted({p for p in PROBE_LADDER if p <= num_clusters})

@@ -110,6 +110,11 @@ class ShardPlan:
     def num_partitions(self) -> int:
         return int(self.counts.sum())
 
+    def partition_rows(self, cluster_rows) -> np.ndarray:
+        """Rows of each partition, from rows of each cluster (shards split them evenly)."""
+        counts = np.maximum(self.counts, 1)
+        return np.repeat(np.asarray(cluster_rows, dtype=np.float64) / counts, self.counts)
+
     @property
     def cluster_of(self) -> np.ndarray:
         """The cluster of each partition id."""

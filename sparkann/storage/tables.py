@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -21,6 +22,7 @@ from pyspark.sql import functions as F
 
 from .. import testing
 from ..index import StoredPartition
+from ..tasks import cluster_cores
 from .format import IndexFormatError, framed_sha256, sha256
 from .fs import arrow_fs, is_local, join, local_path, read_file
 
@@ -35,6 +37,23 @@ DELETE_COLUMNS = ["partition_id", "pid", "labels", "count", "checksum"]
 DELETE_SCHEMA = "partition_id int, pid int, labels array<int>, count long, checksum string"
 LOCATION_COLUMNS = ["bucket", "id", "partition_id"]
 MAX_PARTITION_FILE_BYTES = 4 << 30
+LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+
+
+@contextmanager
+def few_listing_tasks(spark) -> Iterator[None]:
+    """Spark lists many paths in a job of one task per path (up to 10,000): as many
+    tasks as partitions when a table of small partitions is read back. Inside the
+    block such a listing runs in about one task per core instead."""
+    before = spark.conf.get(LISTING_PARALLELISM, None)
+    spark.conf.set(LISTING_PARALLELISM, str(cluster_cores(spark)))
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(LISTING_PARALLELISM)
+        else:
+            spark.conf.set(LISTING_PARALLELISM, before)
 
 
 def index_schema(id_type: str) -> str:
@@ -116,9 +135,10 @@ def written(spark, root: str, run: str, columns: list[str], distinct: bool = Fal
     from pyspark.errors import AnalysisException
 
     try:
-        frame = spark.read.parquet(join(root, run))
-        picked = frame.select(*columns, F.col("_metadata.file_path").alias("uri"))
-        rows = (picked.distinct() if distinct else picked).collect()
+        with few_listing_tasks(spark):
+            frame = spark.read.parquet(join(root, run))
+            picked = frame.select(*columns, F.col("_metadata.file_path").alias("uri"))
+            rows = (picked.distinct() if distinct else picked).collect()
     except AnalysisException as err:  # the writer wrote no file: nothing to report
         if "UNABLE_TO_INFER_SCHEMA" in str(err) or "PATH_NOT_FOUND" in str(err):
             return []
@@ -204,8 +224,9 @@ def file_checksums(spark, root: str, files: list[str]) -> dict[str, str]:
     only the digests reach the driver."""
     if not files:
         return {}
-    frame = spark.read.format("binaryFile").load([join(root, f) for f in files])
-    rows = frame.select("path", F.sha2("content", 256).alias("sha256")).collect()
+    with few_listing_tasks(spark):
+        frame = spark.read.format("binaryFile").load([join(root, f) for f in files])
+        rows = frame.select("path", F.sha2("content", 256).alias("sha256")).collect()
     return {relative_file(root, row["path"]): row["sha256"] for row in rows}
 
 

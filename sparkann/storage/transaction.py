@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import replace
+from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -64,6 +65,7 @@ class Transaction:
         self.meta_sha256 = start.meta_sha256 if start else ""
         self.written: list[str] = []  # run directories and files, relative to the root
         self.rewritten: dict[int, str] = {}  # partition -> the file written for it here
+        self.read_back_values: dict[int, Any] = {}  # see write_partitions
         self.state = "open"  # open, committing, committed, failed, unknown
 
     def __enter__(self) -> "Transaction":
@@ -103,17 +105,20 @@ class Transaction:
         return path
 
     def write_partitions(self, table: DataFrame, num_partitions: int | None = None,
-                         clear_deletes: bool = False, seconds: dict | None = None) -> str:
+                         clear_deletes: bool = False, seconds: dict | None = None,
+                         read_back: str | None = None) -> str:
         """Store index-table rows (one per partition) and take their facts.
 
         ``num_partitions`` given: the rows are a whole new set of partitions (a
         build); the others are empty. Otherwise each row replaces its partition,
         which keeps its delete files unless ``clear_deletes``. ``seconds`` receives
-        the build tasks' own time. Returns the run directory."""
+        the build tasks' own time. ``read_back`` names one more small column whose
+        non-null values are read with the facts, into ``read_back_values`` (by
+        partition). Returns the run directory."""
         run = self._new("data")
         tables.write_table(table, join(self.root, run), "partition_id")
         count = num_partitions if num_partitions is not None else len(self.partitions)
-        facts = self._partition_facts(run, count, seconds)
+        facts = self._partition_facts(run, count, seconds, read_back)
         if num_partitions is not None:
             self.partitions = Partitions.empty(num_partitions)
         if clear_deletes:
@@ -122,9 +127,12 @@ class Transaction:
         self.rewritten.update({pid: values["files"] for pid, values in facts.items()})
         return run
 
-    def _partition_facts(self, run: str, count: int, seconds: dict | None) -> dict:
-        found = tables.written(self.spark, self.root, run,
-                               tables.INDEX_FACTS + [tables.TASK_SECONDS])
+    def _partition_facts(self, run: str, count: int, seconds: dict | None,
+                         read_back: str | None = None) -> dict:
+        found = tables.written(self.spark, self.root, run, tables.INDEX_FACTS + [
+            tables.TASK_SECONDS, *([read_back] if read_back else [])])
+        self.read_back_values = {row["partition_id"]: row[read_back] for row, _ in found
+                                 if read_back and row[read_back] is not None}
         facts: dict[int, dict] = {}
         for row, file in found:
             pid = row["partition_id"]
@@ -191,8 +199,9 @@ class Transaction:
                  known: Locations | None) -> Locations:
         """Write the locations of the ids in ``files`` and return the table they join."""
         run = self._new("locations")
-        ids = self.spark.read.parquet(*[join(self.root, f) for f in files]).select(
-            F.posexplode("ids").alias("position", "id"), F.col("pid").alias("partition_id"))
+        with tables.few_listing_tasks(self.spark):  # the listing runs when the frame is made
+            ids = self.spark.read.parquet(*[join(self.root, f) for f in files]).select(
+                F.posexplode("ids").alias("position", "id"), F.col("pid").alias("partition_id"))
         if first_new is not None:
             starts = self.spark.createDataFrame(sorted(first_new.items()),
                                                 "partition_id int, start int")
