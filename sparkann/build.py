@@ -82,13 +82,13 @@ class Built:
 
 def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, str]:
     """(id, vector array<float>) of a user's DataFrame, and the id type."""
-    kind = id_type(df, id_col)
-    rows = df.select(F.col(id_col).cast("long" if kind == "long" else "string").alias("id"),
+    id_sql = id_type(df, id_col)
+    rows = df.select(F.col(id_col).cast("long" if id_sql == "long" else "string").alias("id"),
                      vector_column(df, vector_col).alias("vector"))
-    return rows, kind
+    return rows, id_sql
 
 
-def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction,
+def build_index(rows: DataFrame, id_sql: str, params: dict, txn: Transaction,
                 stage: StageTimer) -> tuple[Built, int, int]:
     """Write an index of ``rows`` (id, vector) through ``txn``: meta file, partitions
     and id locations. Returns what was built, the row count and the dimension; nothing
@@ -136,9 +136,9 @@ def build_index(rows: DataFrame, kind: str, params: dict, txn: Transaction,
     threads = build_threads(spark, params, int(task_of.max()) + 1)
     try:
         with stage("build partition indexes"):
-            assigned = assign(rows, meta, metric, dim, kind)
+            assigned = assign(rows, meta, metric, dim, id_sql)
             task = build_fn(meta, params, dim, threads, held.handle if held else None)
-            table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(kind),
+            table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(id_sql),
                                   task_of)
             txn.write_partitions(table, plan.num_partitions, seconds=stage.seconds,
                                  read_back="calibration" if held else None)
@@ -320,11 +320,11 @@ def write_meta(txn: Transaction, meta: Meta) -> MetaHandle:
 # ------------------------------------------------------------ assign and build
 
 
-def assign(rows: DataFrame, meta: MetaHandle, metric: Metric, dim: int, kind: str) -> DataFrame:
+def assign(rows: DataFrame, meta: MetaHandle, metric: Metric, dim: int, id_sql: str) -> DataFrame:
     """(id, prepared vector, partition_id) of every row: one assignment pass."""
     hashed = rows.select("id", "vector", F.xxhash64("id").alias("id_hash"))
     return hashed.mapInArrow(_assign_fn(meta, metric, dim),
-                             f"id {kind}, vector array<float>, partition_id int")
+                             f"id {id_sql}, vector array<float>, partition_id int")
 
 
 def _assign_fn(meta: MetaHandle, metric: Metric, dim: int):
@@ -412,7 +412,7 @@ def partition_seed(seed: int, partition_id: int) -> int:
 
 
 def new_manifest(root: str, built: Built, params: dict, user_set: list[str], dim: int,
-                 kind: str, build_seconds: dict) -> Manifest:
+                 id_sql: str, build_seconds: dict) -> Manifest:
     """The header of a freshly built version: what it is, not its files (those are its
     transaction's, see :meth:`Transaction.manifest`)."""
     stored = {**params, "numPartitions": built.num_clusters,
@@ -420,7 +420,7 @@ def new_manifest(root: str, built: Built, params: dict, user_set: list[str], dim
               "balanceAtBuild": balance(built.partitions.rows)}
     return Manifest.with_param_values(
         stored, list(user_set), root=root, version=0, index_type=params["indexType"],
-        metric=params["metric"], dim=dim, id_type=kind, meta_file="", meta_sha256="",
+        metric=params["metric"], dim=dim, id_type=id_sql, meta_file="", meta_sha256="",
         partitions=built.partitions, build_seconds=build_seconds)
 
 
