@@ -30,6 +30,22 @@ if BENCHMARKS not in sys.path:
 import shared_data  # noqa: E402
 
 
+# Test files that take longest (each starts a JVM, or fits many indexes): collected
+# first, so that pytest-xdist starts them first and no long file is left to run alone
+# at the end.
+LONGEST_FIRST = ("test_connect", "test_search_shapes", "test_notebook", "test_lifecycle",
+                 "test_calibration", "test_index", "test_query_drift", "test_real_data",
+                 "test_persistence", "test_cli", "test_errors", "test_pq_index")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file is kept
+
+
 @pytest.fixture(scope="module")
 def one_faiss_thread():
     """faiss trains with every core by default; the machine's two are shared."""

@@ -119,7 +119,14 @@ def edit(**paths):
     return mutate
 
 
-_DELETE = object()
+class _Deleted:
+    """Marks a field an edit removes; its repr names it, so test ids are stable."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+_DELETE = _Deleted()
 
 
 def test_manifest_round_trip():
