@@ -21,10 +21,10 @@ from sparkann import ANNIndex
 from sparkann.index import REGISTRY, PartitionContext, SearchKnobs
 from sparkann.loader import IndexHandle, LoadedPartition
 from sparkann.metrics import get_metric
+from sparkann.search.packing import packed_rows, unpacked_lists
 from sparkann.search.partition import ALLOWED, QVEC, SELF, candidate_lists
 from sparkann.search.plan import SearchPlan
 from sparkann.storage.transaction import LOCATION_BUCKETS_CONF
-from sparkann.vectors import list_array
 
 ROWS, DIM, K = 1500, 8, 5
 SCHEMA = "qid long, id long, vector array<float>, allowed array<long>"
@@ -133,14 +133,15 @@ def test_a_large_k_allocates_no_more_than_the_partition_holds():
     assert part.search_subset(queries[0], np.array([1, 2, 3]), 50_000, knobs)[0].shape == (1, 3)
     allowed = pa.array([None, [100, 103, 109]] * 100, pa.list_(pa.int64()))
     group = pa.RecordBatch.from_arrays(
-        [list_array(queries), allowed, pa.nulls(200, pa.int64())], [QVEC, ALLOWED, SELF])
+        [packed_rows(queries), allowed, pa.nulls(200, pa.int64())], [QVEC, ALLOWED, SELF])
     tracemalloc.start()
     try:
         cids, _ = candidate_lists(part, search_plan(50_000), group, knobs)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert [len(ids) for ids in cids.to_pylist()] == [10, 3] * 100
+    ids = unpacked_lists(cids, pa.int64()).to_pylist()
+    assert [len(found) for found in ids] == [10, 3] * 100
     assert peak < 8 << 20, f"{peak / 1e6:.0f} MB for 200 queries of a 10-row partition"
 
 

@@ -1,4 +1,5 @@
-"""Pure helpers: merging candidates into top-k lists (sparkann.search.topk) and the
+"""Pure helpers: merging candidates into top-k lists (sparkann.search.topk), packed
+lists (sparkann.search.packing) and the
 digests, rows and buckets of the index tables (sparkann.storage.tables). No Spark."""
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkann.index import StoredPartition
-from sparkann.search.topk import Candidates, top_k_lists
+from sparkann.search.packing import packed_lists, packed_rows, unpacked_lists, unpacked_rows
+from sparkann.search.topk import (
+    Candidates,
+    UnbalancedQuery,
+    first_of_each,
+    key_groups,
+    last_key_start,
+    query_neighbours,
+    top_k_lists,
+)
 from sparkann.storage import tables
 from sparkann.storage.format import sha256
 
@@ -80,6 +90,128 @@ def test_candidates_refuse_a_label_without_an_id():
 
 def test_no_candidates_give_empty_lists():
     assert as_lists(Candidates(3, pa.string()).best(5)) == [[], [], []]
+
+
+# ------------------------------------------------------ records met by key
+
+ROW = -1
+
+
+def lists_of(values: list, arrow_type: pa.DataType) -> pa.Array:
+    return pa.array(values, pa.list_(arrow_type))
+
+
+def met(records: list[tuple], k: int = 2, id_type: pa.DataType = pa.int64()):
+    """query_neighbours of records (key, kind, bucket, need, cover, ids, dists): the
+    neighbour lists of the row records, by row position."""
+    def column(i, dtype=np.int64):
+        return np.array([r[i] for r in records], dtype)
+
+    keys = [r[0] for r in records]
+    rows, lists = query_neighbours(
+        np.array([key[0] for key in keys], np.int64), np.array([key[1] for key in keys],
+                                                               np.int64),
+        column(1), column(2), column(3), column(4), lists_of([r[5] for r in records], id_type),
+        lists_of([r[6] for r in records], pa.float32()), k, ROW)
+    return dict(zip(rows.tolist(), as_lists(lists)))
+
+
+def test_key_groups_and_the_last_key():
+    k1, k2 = np.array([5, -3, 5, 5, -3]), np.array([1, 2, 0, 1, 2])
+    groups, n = key_groups(k1, k2)
+    assert n == 3 and groups.tolist() == [2, 0, 1, 2, 0]
+    assert key_groups(k1[:0], k2[:0])[1] == 0
+    assert last_key_start(np.array([1, 1, 2, 2, 2]), np.array([0, 0, 7, 7, 7])) == 2
+    assert last_key_start(np.array([1, 1, 2]), np.array([0, 1, 1])) == 2
+    assert last_key_start(np.array([4, 4]), np.array([1, 1])) == 0
+    assert last_key_start(np.array([], np.int64), np.array([], np.int64)) == 0
+
+
+def test_first_of_each_keeps_arrival_order_within_a_tuple():
+    a, b = np.array([2, 1, 2, 1, 2]), np.array([0, 5, 0, 5, 1])
+    assert first_of_each(a, b).tolist() == [1, 0, 4]
+    assert first_of_each(a[:0], b[:0]).tolist() == []
+
+
+def test_rows_meet_their_candidates_ties_by_partition_then_list_order():
+    records = [
+        ((1, 1), 3, -1, 0, 1, [30, 31], [0.5, 0.75]),
+        ((2, 9), ROW, -1, 1, 0, [], []),
+        ((1, 1), ROW, -1, 2, 0, [], []),
+        ((2, 9), 0, -1, 0, 1, [7], [0.25]),
+        ((1, 1), 1, -1, 0, 1, [10, 11], [0.5, 0.5]),
+    ]
+    assert met(records) == {1: [(7, 0.25)], 2: [(10, 0.5), (11, 0.5)]}
+    assert met(records, k=5)[2] == [(10, 0.5), (11, 0.5), (30, 0.5), (31, 0.75)]
+
+
+def test_duplicate_rows_share_candidates_sent_once_per_partition_and_bucket():
+    key = (4, 4)
+    records = [
+        (key, ROW, -1, 2, 0, [], []), (key, ROW, -1, 2, 0, [], []),
+        (key, 2, -1, 0, 1, ["a", "b"], [0.125, 0.25]),
+        (key, 2, -1, 0, 1, ["a", "b"], [0.125, 0.25]),
+        (key, 5, 0, 0, 1, ["c"], [0.0]), (key, 5, 3, 0, 1, ["d"], [0.1875]),
+    ]
+    found = met(records, k=3, id_type=pa.string())
+    assert found == {0: [("c", 0.0), ("a", 0.125), ("d", 0.1875)],
+                     1: [("c", 0.0), ("a", 0.125), ("d", 0.1875)]}
+
+
+def test_fewer_candidates_than_k_and_none_at_all():
+    records = [((1, 2), ROW, -1, 1, 0, [], []), ((1, 2), 0, -1, 0, 1, [], []),
+               ((3, 4), ROW, -1, 1, 0, [], []), ((3, 4), 6, -1, 0, 1, [2**40], [1.0]),
+               ((5, 6), ROW, -1, 0, 0, [], [])]
+    assert met(records, k=10) == {0: [], 2: [(2**40, 1.0)], 4: []}
+
+
+def test_coverage_records_count_without_candidates():
+    records = [((1, 1), ROW, -1, 3, 0, [], []), ((1, 1), 0, 0, 0, 2, [8], [0.5]),
+               ((1, 1), -3, 0, 0, 1, [], [])]
+    assert met(records) == {0: [(8, 0.5)]}
+
+
+@pytest.mark.parametrize("records", [
+    [((1, 1), ROW, -1, 2, 0, [], []), ((1, 1), 0, -1, 0, 1, [8], [0.5])],  # a probe lost
+    [((1, 1), 0, -1, 0, 1, [8], [0.5])],  # no row record
+    [((1, 1), ROW, -1, 1, 0, [], []), ((1, 1), 0, -1, 0, 1, [8], [0.5]),
+     ((1, 1), 1, -1, 0, 1, [9], [0.5])],  # one probe too many
+])
+def test_records_that_do_not_add_up_are_refused(records):
+    with pytest.raises(UnbalancedQuery):
+        met(records)
+
+
+def test_no_records():
+    assert met([]) == {}
+
+
+# ---------------------------------------------------------------- packing
+
+
+def test_packed_rows_round_trip_sliced():
+    matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
+    packed = packed_rows(matrix)
+    assert packed.type == pa.binary() and packed[1].as_py() == matrix[1].tobytes()
+    assert np.array_equal(unpacked_rows(packed.slice(1, 2), 3), matrix[1:3])
+    assert unpacked_rows(packed_rows(matrix[:0]), 3).shape == (0, 3)
+
+
+@pytest.mark.parametrize("value_type", [pa.int64(), pa.float32()])
+def test_packed_lists_round_trip_with_nulls_empties_and_slices(value_type):
+    lists = pa.array([[1, 2], None, [3], [], [4, 5, 6]], pa.list_(value_type))
+    for part in (lists, lists.slice(1), lists.slice(2, 2), lists.slice(5)):
+        packed = packed_lists(part)
+        assert packed.type == pa.binary()
+        assert unpacked_lists(packed, value_type).to_pylist() == part.to_pylist()
+        assert unpacked_lists(packed.slice(1), value_type).to_pylist() == part[1:].to_pylist()
+
+
+def test_lists_of_strings_stay_lists():
+    lists = pa.array([["a", "bc"], None], pa.list_(pa.string()))
+    assert packed_lists(lists) is lists
+    assert unpacked_lists(lists, pa.string()) is lists
+    assert unpacked_lists(pa.nulls(2, pa.binary()), pa.int64()).to_pylist() == [None, None]
 
 
 # ---------------------------------------------------------------- digests

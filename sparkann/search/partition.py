@@ -12,7 +12,10 @@ repartition, so the plan also runs on streaming DataFrames:
    (``repartitionById``); each task loads its few partitions once and streams
    its records through them, emitting candidate lists.
 4. *merge*: records meet again by query key (and, in batch jobs, sorted by it,
-   so a task holds one query at a time); each row gets its top ``k``.
+   so a task holds a batch of records, and a query's records, at a time); each
+   row gets its top ``k``, batch by batch with numpy.
+
+Query vectors and candidate lists travel packed as binary (see :mod:`.packing`).
 
 The key is 128 bits of the SHA-256 of an exact encoding of the query's own
 content (vector, allowed ids, own id; see :func:`query_key`), computed inside
@@ -41,9 +44,10 @@ from .. import testing
 from ..loader import LoadedIndex, location_map, open_index, partition
 from ..storage import tables
 from ..tasks import cluster_cores, resolve_threads, threads_per_task
-from ..vectors import checked_queries, list_array
+from ..vectors import checked_queries
+from .packing import packed_lists, packed_rows, unpacked_lists, unpacked_rows
 from .plan import ALLOWED, SELF, VEC, SearchPlan, cache_bytes, output_schema
-from .topk import Candidates, top_k_lists
+from .topk import Candidates, UnbalancedQuery, last_key_start, query_neighbours
 
 K1, K2, PID, BUCKET = "__sparkann_k1", "__sparkann_k2", "__sparkann_pid", "__sparkann_bucket"
 NEED, COVER, QVEC = "__sparkann_need", "__sparkann_cover", "__sparkann_qvec"
@@ -60,10 +64,10 @@ def record_schema(queries: DataFrame, id_type: str) -> T.StructType:
         T.StructField(K1, T.LongType()), T.StructField(K2, T.LongType()),
         T.StructField(PID, T.IntegerType()), T.StructField(BUCKET, T.IntegerType()),
         T.StructField(NEED, T.LongType()), T.StructField(COVER, T.LongType()),
-        T.StructField(QVEC, T.ArrayType(T.FloatType())), T.StructField(SELF, spark_id),
+        T.StructField(QVEC, T.BinaryType()), T.StructField(SELF, spark_id),
         T.StructField(ALLOWED, T.ArrayType(spark_id)),
-        T.StructField(CIDS, T.ArrayType(spark_id)),
-        T.StructField(CDIST, T.ArrayType(T.FloatType())),
+        T.StructField(CIDS, T.BinaryType() if id_type == "long" else T.ArrayType(spark_id)),
+        T.StructField(CDIST, T.BinaryType()),
     ])
 
 
@@ -152,7 +156,7 @@ def route_batch(index: LoadedIndex, plan: SearchPlan, own: list[str],
         need += np.bincount(rows, minlength=n)
         yield records(batch, own, plan, rows, {
             PID: pa.array(pids, pa.int32()), COVER: pa.array(np.ones(len(rows), np.int64)),
-            QVEC: list_array(vectors[rows]), SELF: selfs.take(pa.array(rows))})
+            QVEC: packed_rows(vectors[rows]), SELF: selfs.take(pa.array(rows))})
     for row in np.flatnonzero(subset):
         ids = pc.unique(allowed[int(row)].values.drop_null())
         need[row] = len(ids)
@@ -162,7 +166,7 @@ def route_batch(index: LoadedIndex, plan: SearchPlan, own: list[str],
             at = np.array([row])
             yield records(batch, own, plan, at, {
                 PID: pa.array([LOCATE], pa.int32()), BUCKET: pa.array([bucket], pa.int32()),
-                COVER: pa.array([0], pa.int64()), QVEC: list_array(vectors[at]),
+                COVER: pa.array([0], pa.int64()), QVEC: packed_rows(vectors[at]),
                 SELF: selfs.take(pa.array(at)),
                 ALLOWED: pa.ListArray.from_arrays(pa.array([0, len(mine)], pa.int32()), mine)})
     everyone = np.arange(n)
@@ -187,10 +191,11 @@ def assemble(source: pa.Schema, own: list[str], plan: SearchPlan, columns: dict,
              count: int) -> pa.RecordBatch:
     """A record batch in the record schema, nulls where ``columns`` says nothing."""
     arrow_id = plan.arrow_id_type
+    packed_ids = pa.binary() if arrow_id == pa.int64() else pa.list_(arrow_id)
     internal = {K1: pa.int64(), K2: pa.int64(), PID: pa.int32(), BUCKET: pa.int32(),
-                NEED: pa.int64(), COVER: pa.int64(), QVEC: pa.list_(pa.float32()),
-                SELF: arrow_id, ALLOWED: pa.list_(arrow_id), CIDS: pa.list_(arrow_id),
-                CDIST: pa.list_(pa.float32())}
+                NEED: pa.int64(), COVER: pa.int64(), QVEC: pa.binary(),
+                SELF: arrow_id, ALLOWED: pa.list_(arrow_id), CIDS: packed_ids,
+                CDIST: pa.binary()}
     names = own + list(internal)
     types = [source.field(name).type for name in own] + list(internal.values())
     arrays = [columns[name] if name in columns else pa.nulls(count, t)
@@ -299,7 +304,7 @@ def candidate_lists(part, plan: SearchPlan, group: pa.RecordBatch, knobs):
     n = group.num_rows
     candidates = Candidates(n, plan.arrow_id_type)
     if part is not None:
-        vectors = _matrix(group.column(QVEC), plan.dim)
+        vectors = unpacked_rows(group.column(QVEC), plan.dim)
         allowed = group.column(ALLOWED)
         subset = np.asarray(allowed.is_valid())
         plain = np.flatnonzero(~subset)
@@ -313,14 +318,8 @@ def candidate_lists(part, plan: SearchPlan, group: pa.RecordBatch, knobs):
     lists = candidates.best(plan.fetch_k, group.column(SELF) if plan.exclude_self else None)
     values = lists.values
     offsets = lists.offsets
-    return (pa.ListArray.from_arrays(offsets, values.field("id")),
-            pa.ListArray.from_arrays(offsets, values.field("distance")))
-
-
-def _matrix(column: pa.Array, dim: int) -> np.ndarray:
-    from ..vectors import to_matrix
-
-    return to_matrix(column, dim, "routed query")
+    return (packed_lists(pa.ListArray.from_arrays(offsets, values.field("id"))),
+            packed_lists(pa.ListArray.from_arrays(offsets, values.field("distance"))))
 
 
 def _labels_of(part, wanted: pa.Array) -> np.ndarray:
@@ -336,95 +335,58 @@ def _labels_of(part, wanted: pa.Array) -> np.ndarray:
 # ------------------------------------------------------------------- merge
 
 
-class _Query:
-    """What the merge knows of one query key."""
-
-    __slots__ = ("need", "cover", "rows", "found")
-
-    def __init__(self):
-        self.need, self.cover = 0, 0
-        self.rows: list = []  # (batch, row) of each row record
-        # (partition, id-location bucket) -> (ids, distances): rows with the same key
-        # send the same records, each kept once; a subset's buckets are all kept
-        self.found: dict = {}
-
-
 def merge_fn(plan: SearchPlan, own: list[str], sorted_keys: bool):
-    """Records met by key: each row record leaves with its top ``k``."""
-    arrow_id = plan.arrow_id_type
+    """Records met by key: each row record leaves with its top ``k``. Sorted by key, a
+    batch's last key may go on in the next batch: its records wait for it."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        pending: dict = {}
-        done: list = []
-        current = None
+        if not sorted_keys:  # a stream's task: any key may come in any batch
+            whole = list(batches)
+            if whole:
+                yield merged(plan, own, _concat(whole))
+            return
+        carry = None
         for batch in batches:
-            k1 = batch.column(K1).to_numpy(zero_copy_only=False)
-            k2 = batch.column(K2).to_numpy(zero_copy_only=False)
-            pids = batch.column(PID).to_numpy(zero_copy_only=False)
-            need = batch.column(NEED).fill_null(0).to_numpy(zero_copy_only=False)
-            cover = batch.column(COVER).fill_null(0).to_numpy(zero_copy_only=False)
-            buckets = batch.column(BUCKET).fill_null(-1).to_numpy(zero_copy_only=False)
-            cids, cdist = batch.column(CIDS), batch.column(CDIST)
-            for i in range(batch.num_rows):
-                key = (int(k1[i]), int(k2[i]))
-                if sorted_keys and key != current and current is not None:
-                    done.append(_finish(pending.pop(current)))
-                current = key
-                query = pending.get(key)
-                if query is None:
-                    query = pending[key] = _Query()
-                query.cover += int(cover[i])
-                if pids[i] == ROW:
-                    query.rows.append((batch, i))
-                    query.need += int(need[i])
-                elif pids[i] >= 0 and (int(pids[i]), int(buckets[i])) not in query.found:
-                    query.found[int(pids[i]), int(buckets[i])] = (cids[i].values,
-                                                                  cdist[i].values)
-            if len(done) >= 1024:
-                yield _output(done, own, plan.neighbors_col, arrow_id, plan.k)
-                done = []
-        done += [_finish(query) for query in pending.values()]
-        if done:
-            yield _output(done, own, plan.neighbors_col, arrow_id, plan.k)
+            if carry is not None and carry.num_rows:
+                batch = _concat([carry, batch])
+            cut = last_key_start(_numbers(batch, K1), _numbers(batch, K2))
+            if cut:
+                yield merged(plan, own, batch.slice(0, cut))
+            carry = batch.slice(cut)
+        if carry is not None and carry.num_rows:
+            yield merged(plan, own, carry)
 
     return run
 
 
-def _finish(query: _Query):
-    if not query.rows or query.cover != query.need:
+def merged(plan: SearchPlan, own: list[str], batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The output rows (own columns and neighbours) of a batch holding all the records
+    of its keys."""
+    try:
+        rows, lists = query_neighbours(
+            _numbers(batch, K1), _numbers(batch, K2), _numbers(batch, PID),
+            _numbers(batch, BUCKET, -1), _numbers(batch, NEED), _numbers(batch, COVER),
+            unpacked_lists(batch.column(CIDS), plan.arrow_id_type),
+            unpacked_lists(batch.column(CDIST), pa.float32()), plan.k, ROW)
+    except UnbalancedQuery as bad:
         raise RuntimeError(
             "sparkann: a query's search records do not add up (rows "
-            f"{len(query.rows)}, expected {query.need} partition or id results, got "
-            f"{query.cover}); the query DataFrame changed while Spark recomputed it. "
-            "Make it deterministic (for example, write it out or checkpoint it) and retry")
-    if query.found:
-        ids = pa.concat_arrays([ids for ids, _ in query.found.values()])
-        dists = np.concatenate([d.to_numpy(zero_copy_only=False) for _, d in
-                                query.found.values()]).astype(np.float32)
-    else:
-        ids, dists = None, np.empty(0, np.float32)
-    return query.rows, ids, dists
+            f"{bad.rows}, expected {bad.need} partition or id results, got "
+            f"{bad.cover}); the query DataFrame changed while Spark recomputed it. "
+            "Make it deterministic (for example, write it out or checkpoint it) and retry"
+        ) from None
+    own_rows = batch.select(own).take(pa.array(rows, pa.int64()))
+    return pa.RecordBatch.from_arrays(list(own_rows.columns) + [lists],
+                                      own + [plan.neighbors_col])
 
 
-def _output(done: list, own: list[str], column: str, arrow_id: pa.DataType,
-            k: int) -> pa.RecordBatch:
-    """Output rows (their own columns and neighbours) of finished queries."""
-    parts, rows, dist_parts, id_parts = [], [], [], []
-    for position, (sources, ids, dists) in enumerate(done):
-        for batch, row in sources:
-            parts.append(batch.slice(row, 1).select(own))
-            rows.append(np.full(len(dists), len(parts) - 1, np.int64))
-            dist_parts.append(dists)
-            id_parts.append(ids if ids is not None else pa.array([], arrow_id))
-    table = pa.Table.from_batches(parts).combine_chunks()
-    neighbors = top_k_lists(len(parts), np.concatenate(rows) if rows else np.empty(0, np.int64),
-                            np.concatenate(dist_parts) if dist_parts else np.empty(0, np.float32),
-                            pa.concat_arrays([a.cast(arrow_id) for a in id_parts]) if id_parts
-                            else pa.array([], arrow_id), k)
-    return pa.RecordBatch.from_arrays([table.column(i).combine_chunks()
-                                       for i in range(table.num_columns)] + [neighbors],
-                                      own + [column])
+def _numbers(batch: pa.RecordBatch, name: str, null: int = 0) -> np.ndarray:
+    return batch.column(name).fill_null(null).to_numpy(zero_copy_only=False)
 
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    table = pa.Table.from_batches(batches).combine_chunks()
+    return table.to_batches()[0] if table.num_rows else batches[0]
 
 
 # ------------------------------------------------------ Spark-read payloads
