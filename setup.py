@@ -23,8 +23,8 @@ setup(
     extras_require={
         # everything `python -m pytest -q tests` needs: Spark Connect client, notebook runner,
         # the HDF5 reader and the benchmark smoke run
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "pyspark[connect]>=4.0,<5", "matplotlib>=3.7",
-                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25", "h5py>=3",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "pyspark[connect]>=4.0,<5",
+                 "matplotlib>=3.7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25", "h5py>=3",
                  "psutil>=5.9", "boto3>=1.35.16", "moto[server]>=5.1"],
         "connect": ["pyspark[connect]>=4.0,<5"],
         "s3": ["boto3>=1.35.16"],  # atomic publishing on S3 (conditional PUT), driver only

@@ -29,7 +29,6 @@ if BENCHMARKS not in sys.path:
 
 import shared_data  # noqa: E402
 
-
 # Test files that take longest (each starts a JVM, or fits many indexes): collected
 # first, so that pytest-xdist starts them first and no long file is left to run alone
 # at the end.

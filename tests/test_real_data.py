@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import neighbor_ids, shared_dataset, vectors_frame
 
 from sparkann import ANNIndex, exact
