@@ -490,10 +490,10 @@ def search_rest(spark, index: LoadedIndex, plan: CalibrationPlan) -> pa.Table:
     partitions, each with its held-out rows hidden, for the queries routed to it."""
     pids = sorted(p for p in plan.queries_of if index.manifest.partitions.files[p])
     work = spark.createDataFrame(pa.table({"pid": pa.array(pids, pa.int32())}))
-    kind = "long" if index.manifest.id_type == "long" else "string"
+    id_sql = "long" if index.manifest.id_type == "long" else "string"
     tasks = max(1, min(len(pids), 2 * cluster_cores(spark)))
     return work.repartition(tasks, "pid").mapInArrow(
-        _rest_fn(index, plan), f"pid int, query int, setting int, ids array<{kind}>, "
+        _rest_fn(index, plan), f"pid int, query int, setting int, ids array<{id_sql}>, "
         "dists array<float>").toArrow()
 
 

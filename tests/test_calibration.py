@@ -8,6 +8,7 @@ is made of indexed rows.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -175,3 +176,37 @@ def test_calibration_chooses_probe_epsilon_unless_the_user_set_it(spark, cluster
     user = ANNIndex(numPartitions=9, k=K, seed=1, probeEpsilon=0.3).fit(items)
     assert {t["probeEpsilon"] for t in report_trials(user)} == {0.3}
     assert user.searchSettings()["probeEpsilon"] == 0.3
+
+
+def test_a_first_round_that_leaves_the_choice_open_searches_the_rest(
+        spark, clustered_case, monkeypatch):
+    """Build tasks search only the ladder's cheapest settings; when those cannot decide,
+    the rest is searched on the built partitions (the held-out rows hidden): the same
+    settings are measured as when the build tasks search the whole ladder, and the
+    choice holds on unseen queries."""
+    from sparkann import calibrate, tuning
+
+    base, queries, items = clustered_case
+    searched_after = []
+    search_rest = calibrate.search_rest
+    monkeypatch.setattr(calibrate, "search_rest",
+                        lambda *a: searched_after.append(1) or search_rest(*a))
+
+    def fit(first_round_cost):
+        monkeypatch.setattr(tuning, "FIRST_ROUND_COST", first_round_cost)
+        return ANNIndex(numPartitions=9, k=K, seed=1, targetRecall=0.99).fit(items)
+
+    whole = fit(float("inf"))  # every setting in the build tasks
+    assert not searched_after
+    narrow = fit(1.0)  # only the cheapest: a 0.99 target is not settled by it
+    assert searched_after == [1]
+
+    def tried(model):
+        return sorted(json.dumps({k: v for k, v in t.items() if "ecall" not in k},
+                                 sort_keys=True) for t in report_trials(model))
+
+    assert tried(narrow) == tried(whole)
+    report = narrow.summary()["calibration"]
+    assert report["reached"] and whole.summary()["calibration"]["reached"], report
+    assert report["recall"] >= 0.99
+    assert recall_on(narrow, spark, queries, base, "l2") >= 0.97

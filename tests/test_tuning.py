@@ -195,3 +195,14 @@ def test_search_defaults_carry_the_chosen_setting_and_the_report(routed):
     outside = tuning.search_defaults(trials, 0.9, K, dists, np.zeros(len(truth), bool),
                                      wanted, "queries", 1.5, False)
     assert "hardRecall" not in outside.report and outside.report["hardGap"] is not None
+
+
+# ------------------------------------------------------------ first round
+
+
+def test_first_round_takes_the_settings_within_its_cost_of_the_cheapest():
+    assert tuning.first_round([1.0, 2.0, 3.9, 4.0, 4.1, 9.0]) == 4  # up to 4x the cheapest
+    assert tuning.first_round([2.0, 8.0, 8.5]) == 2
+    assert tuning.first_round([1.0, 1.5]) == 2  # the whole ladder is cheap: all of it
+    assert tuning.first_round([5.0]) == 1
+    assert tuning.first_round([]) == 0
