@@ -249,15 +249,24 @@ def chosen(index: LoadedIndex, sample: Sample, truth: list[np.ndarray], k: int,
     tail to its own target."""
     hard = hard_tail(dists) if sample.ids is not None else np.zeros(len(truth), dtype=bool)
     if trials is None:
-        candidates = Found.from_table(found)
-        own_excluded = sample.ids is not None and not sample.held
-        if sample.ids is not None and own_excluded:
-            candidates = candidates.without(sample.ids.to_numpy(zero_copy_only=False))
-        trials = measure(ProbeModel.of(index), candidates, truth, k, k + int(own_excluded),
-                         settings, epsilons, ranked, dists, hard)
+        trials = measured(ProbeModel.of(index), sample, truth, k, settings, epsilons, ranked,
+                          dists, found, hard)
     wanted = np.asarray([len(t) for t in truth], dtype=np.int64)
     return search_defaults(trials, target, k, dists, hard, wanted, source,
                            time.perf_counter() - started, sample.ids is not None)
+
+
+def measured(model: ProbeModel, sample: Sample, truth: list[np.ndarray], k: int,
+             settings: list[dict], epsilons: tuple[float, ...], ranked: np.ndarray,
+             dists: np.ndarray, found: pa.Table, hard: np.ndarray) -> list:
+    """The trials of ``settings`` on the sample, from the answers ``found``; a sample of
+    indexed rows still in the index has each query's own row left out of its answers."""
+    candidates = Found.from_table(found)
+    own_excluded = sample.ids is not None and not sample.held
+    if sample.ids is not None and own_excluded:
+        candidates = candidates.without(sample.ids.to_numpy(zero_copy_only=False))
+    return measure(model, candidates, truth, k, k + int(own_excluded), settings, epsilons,
+                   ranked, dists, hard)
 
 
 # ------------------------------------------------ held-out calibration at fit
@@ -473,8 +482,8 @@ def calibrate_at_fit(manifest, meta, held: HeldOut, base: DataFrame, target: flo
     settings, found, trials = plan.first_round, held.found, None
     if len(settings) < len(plan.settings):
         model, hard = ProbeModel.of(index), hard_tail(dists)
-        trials = measure(model, Found.from_table(found), truth, plan.fetch, plan.fetch,
-                         settings, epsilons, ranked, dists, hard)
+        trials = measured(model, sample, truth, plan.fetch, settings, epsilons, ranked, dists,
+                          found, hard)
         wanted = np.asarray([len(t) for t in truth], dtype=np.int64)
         if not settled(model, trials, plan.settings[len(settings):], epsilons, ranked, dists,
                        plan.fetch, target, wanted, hard):

@@ -21,7 +21,7 @@ from sparkann import ANNIndex
 from sparkann.index import REGISTRY, PartitionContext, SearchKnobs
 from sparkann.loader import IndexHandle, LoadedPartition
 from sparkann.metrics import get_metric
-from sparkann.search.packing import packed_rows, unpacked_lists
+from sparkann.search.binary import packed_rows, unpacked_lists
 from sparkann.search.partition import ALLOWED, QVEC, SELF, candidate_lists
 from sparkann.search.plan import SearchPlan
 from sparkann.storage.transaction import LOCATION_BUCKETS_CONF

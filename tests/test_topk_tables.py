@@ -1,5 +1,5 @@
 """Pure helpers: merging candidates into top-k lists (sparkann.search.topk), packed
-lists (sparkann.search.packing) and the
+lists (sparkann.search.binary) and the
 digests, rows and buckets of the index tables (sparkann.storage.tables). No Spark."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkann.index import StoredPartition
-from sparkann.search.packing import packed_lists, packed_rows, unpacked_lists, unpacked_rows
+from sparkann.search.binary import packed_lists, packed_rows, unpacked_lists, unpacked_rows
 from sparkann.search.topk import (
     Candidates,
     UnbalancedQuery,

@@ -45,7 +45,7 @@ from ..loader import LoadedIndex, location_map, open_index, partition
 from ..storage import tables
 from ..tasks import cluster_cores, resolve_threads, threads_per_task
 from ..vectors import checked_queries
-from .packing import packed_lists, packed_rows, unpacked_lists, unpacked_rows
+from .binary import packed_lists, packed_rows, unpacked_lists, unpacked_rows
 from .plan import ALLOWED, SELF, VEC, SearchPlan, cache_bytes, output_schema
 from .topk import Candidates, UnbalancedQuery, last_key_start, query_neighbours
 
