@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -148,6 +149,18 @@ class ProgressSeen(logging.Handler):
     def emit(self, record):
         if "tasks done" in record.getMessage():
             open(self.marker, "a").close()
+
+
+@contextmanager
+def job_group(spark, name: str):
+    """Runs the block's Spark jobs in job group `name`; yields the group's job ids so far."""
+    context = spark.sparkContext
+    context.setJobGroup(name, name)
+    try:
+        yield lambda: list(context.statusTracker().getJobIdsForGroup(name))
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        context.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
 
 
 def held_until(marker, timeout: float = 300.0):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import vectors_frame
+from conftest import job_group, vectors_frame
 
 from sparkann import ANNIndex, datasets
 from sparkann.build import per_partition
@@ -76,10 +76,10 @@ def test_a_fit_of_many_small_partitions_packs_them_into_few_tasks(spark, tmp_pat
     base = datasets.clustered(3000, 8, seed=4)
     items = vectors_frame(spark, base)
     tracker = spark.sparkContext.statusTracker()
-    before = set(tracker.getJobIdsForGroup(None))
-    model = ANNIndex(numPartitions=120, k=5, targetRecall=0.9, seed=3,
-                     indexPath=str(tmp_path / "index")).fit(items)
-    jobs = [tracker.getJobInfo(j) for j in set(tracker.getJobIdsForGroup(None)) - before]
+    with job_group(spark, "sparkann-packed-fit") as job_ids:
+        model = ANNIndex(numPartitions=120, k=5, targetRecall=0.9, seed=3,
+                         indexPath=str(tmp_path / "index")).fit(items)
+        jobs = [tracker.getJobInfo(j) for j in job_ids()]
     stages = [tracker.getStageInfo(s) for job in jobs if job for s in job.stageIds]
     most = max(s.numTasks for s in stages if s is not None)
     assert most < 120 / 4, most  # no stage runs a task per partition

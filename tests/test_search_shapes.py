@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import vectors_frame
+from conftest import job_group, vectors_frame
 from pyspark.sql import functions as F
 
 from sparkann import ANNIndex, datasets, exact
@@ -105,14 +105,10 @@ def test_duplicate_query_rows_each_get_the_answer(spark, items, vectors, models)
 
 
 def test_transform_runs_no_spark_job(spark, items, models):
-    tracker = spark.sparkContext.statusTracker()
-    spark.sparkContext.setJobGroup("sparkann-lazy", "transform only")
-    try:
+    with job_group(spark, "sparkann-lazy") as jobs:
         for strategy in ("local", "partition"):
             models["l2"].copy().setSearchStrategy(strategy).transform(items.repartition(3))
-        assert list(tracker.getJobIdsForGroup("sparkann-lazy")) == []
-    finally:
-        spark.sparkContext.setJobGroup("", "")
+        assert jobs() == []
 
 
 def test_strategy_follows_the_param_then_the_spark_setting(spark, items, models):
