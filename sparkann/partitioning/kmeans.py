@@ -12,8 +12,6 @@ import math
 import warnings
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.exceptions import ConvergenceWarning
 
 # Rows per partition the defaults aim at. Small graphs need a narrower beam for the
 # same recall and build faster; calibrated border probes (probeEpsilon) keep the
@@ -67,6 +65,9 @@ def train(sample: np.ndarray, num_clusters: int, seed: int) -> np.ndarray:
             f"numPartitions={num_clusters} needs more sample rows than centroids; "
             f"got {len(sample)} rows (lower numPartitions or raise sampleSize)"
         )
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # slow to import: only where used
+    from sklearn.exceptions import ConvergenceWarning
+
     work = len(sample) * num_clusters * sample.shape[1]
     if work <= _FULL_KMEANS_MAX_WORK:
         model = KMeans(num_clusters, n_init=1, max_iter=25, random_state=seed)

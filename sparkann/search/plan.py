@@ -12,7 +12,6 @@ from pyspark.sql import types as T
 
 from ..index import SearchKnobs, index_type
 from ..loader import CACHE_CONF, DEFAULT_CACHE_BYTES, IndexHandle
-from ..params import STRATEGIES
 from ..storage.format import Manifest
 from ..storage.fs import is_local
 from ..vectors import vector_column
@@ -25,6 +24,8 @@ TASK_READ_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "hdfs", "viewfs", "abfs", 
 
 VEC, ALLOWED, SELF = "__sparkann_vector", "__sparkann_allowed", "__sparkann_self"
 log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "local", "partition")  # values of the searchStrategy param
 
 
 @dataclass(frozen=True)
