@@ -18,12 +18,12 @@ from pyspark.ml.param import Param, Params, TypeConverters
 
 from .index import DEFAULT_INDEX_TYPE, REGISTRY, search_param_names
 from .metrics import METRICS
-from .search.plan import STRATEGIES
 
 PQ_CODEBOOKS = ("partition", "global")
 INT32_MAX = (1 << 31) - 1  # the bound of values handed to hnswlib and faiss as C ints
 PQ_BITS = (4, 8)
 MAX_K = 100_000  # neighbours per query: bounds what a search task holds per query
+STRATEGIES = ("auto", "local", "partition")
 # Search settings an index calibrates: the probes, and each index type's own.
 CALIBRATED = ("numProbes", "probeEpsilon", *search_param_names())
 # Params a built model may change: how it searches and names its columns. Every other

@@ -19,7 +19,8 @@ from connect_checks import NAMES
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "connect_checks.py")
 DRIVER_TIMEOUT = 900
 
-pytestmark = pytest.mark.slow
+# A Connect server JVM and a driver process of their own: the heavy tier.
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")

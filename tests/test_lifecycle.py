@@ -275,13 +275,13 @@ SHORT_STEPS = {"add": 2, "re-add": 2, "delete": 3, "compact": 1, "rebalance": 1,
                "save-copy": 1, "save-same": 1, "old-version": 1}  # every kind of step, 12
 
 
-@pytest.mark.parametrize("length", [
-    "short", pytest.param("long", marks=pytest.mark.heavy)])
-@pytest.mark.parametrize("kind", ["hnsw", "pq"])
+@pytest.mark.parametrize("kind,length", [
+    ("hnsw", "short"), pytest.param("hnsw", "long", marks=pytest.mark.heavy),
+    pytest.param("pq", "long", marks=pytest.mark.heavy)])
 def test_random_mixed_steps_keep_answers_exact(spark, pool, tmp_path, kind, length):
-    """Seeded random steps (12, or 30 in the heavy tier); after each one the model
-    answers from exactly the live rows (recall@10 >= 0.95, no deleted id) and counts
-    them right."""
+    """Seeded random steps (12 on hnsw, or 30 on each type in the heavy tier); after
+    each one the model answers from exactly the live rows (recall@10 >= 0.95, no
+    deleted id) and counts them right."""
     base, other, queries = pool
     qdf = vectors_frame(spark, queries, id_name="qid")
     rng = np.random.default_rng((2024 if kind == "hnsw" else 4202) + (length == "short"))

@@ -17,7 +17,8 @@ KERNEL_SPARK_ARGS = (
     "--conf spark.default.parallelism=2 pyspark-shell"
 )
 
-pytestmark = pytest.mark.slow
+# A Jupyter kernel with its own Spark driver JVM: the heavy tier.
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def test_quickstart_notebook_runs_every_cell(tmp_path, monkeypatch):

@@ -25,8 +25,6 @@ TASK_READ_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "hdfs", "viewfs", "abfs", 
 VEC, ALLOWED, SELF = "__sparkann_vector", "__sparkann_allowed", "__sparkann_self"
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "local", "partition")  # values of the searchStrategy param
-
 
 @dataclass(frozen=True)
 class SearchPlan:
@@ -136,6 +134,8 @@ def choose_strategy(spark, manifest: Manifest, requested: str, reads: str,
                     with_vectors: bool) -> str:
     """"local" (each task searches its own rows) or "partition" (rows meet their
     partitions), from the param, else the Spark setting, else the index size."""
+    from ..params import STRATEGIES  # on the driver only: it imports pyspark.ml
+
     mode = requested if requested != "auto" else (spark.conf.get(STRATEGY_CONF, None) or "auto")
     if mode not in STRATEGIES:
         raise ValueError(f"searchStrategy={mode!r} is not supported; choose one of "
