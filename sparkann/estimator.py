@@ -49,7 +49,6 @@ from .storage.transaction import Transaction, with_search_defaults
 from .storage.vacuum import DEFAULT_RETENTION_HOURS, vacuum
 from .storage.versions import check_current
 from .storage.versions import load as load_version
-from .vectors import vector_column
 
 log = logging.getLogger(__name__)
 WORK_DIR_CONF = "spark.sparkann.workDir"
@@ -249,21 +248,16 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             knobs=knobs,
             with_vectors=with_vectors, allowed_col=allowed, exclude_self=exclude,
             id_col=self.getIdCol(), strategy=strategy, reads=reads,
-            location_buckets=manifest.locations.buckets if manifest.locations else 1)
+            location_buckets=manifest.locations.buckets if manifest.locations else 1,
+            hard_marks=drift.hard_marks(manifest.calibration))
         log.info("sparkann: search planned (%s strategy, k=%d, numProbes=%d%s)",
                  strategy, plan.k, plan.num_probes,
                  "".join(f", {n}={v}" for n, v in knobs.settings().items()))
-        return run_search(self._watched(dataset, plan), manifest, plan)
-
-    def _watched(self, dataset: DataFrame, plan: SearchPlan) -> DataFrame:
-        """The queries with their drift against the calibration sample observed."""
-        calibration = self.manifest.calibration
-        if calibration.get("hardGap") is None:
-            return dataset
-        observation = None if dataset.isStreaming else new_observation(dataset)
+        observation = None
+        if plan.hard_marks is not None and not dataset.isStreaming:
+            observation = new_observation(dataset)
         self._last_search = observation
-        return drift.observed(dataset, vector_column(dataset, plan.vector_col), plan.handle,
-                              plan.dim, plan.vector_col, calibration, observation)
+        return run_search(dataset, manifest, plan, observation)
 
     def searchReport(self) -> dict | None:
         """How the queries of this model's last batch search sit against the calibration

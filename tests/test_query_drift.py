@@ -13,7 +13,7 @@ from conftest import vectors_frame
 
 from sparkann import ANNIndex, datasets, exact
 from sparkann.metrics import get_metric
-from sparkann.search.drift import drift_report
+from sparkann.search.drift import DRIFT_METRIC, drift_report
 
 ROWS, DIM, K = 30_000, 32, 10
 MIXTURE = dict(num_clusters=200, rank=16, seed=8)
@@ -36,8 +36,26 @@ def recall_of(model, spark, queries, base, metric) -> float:
     return exact.recall_at_k(found, truth, K)
 
 
+def streamed_counts(spark, model, queries, tmp_path) -> dict:
+    """The drift counts a stream of ``queries`` reports in its progress."""
+    source = str(tmp_path / "queries")
+    vectors_frame(spark, queries).write.parquet(source)
+    stream = spark.readStream.schema(spark.read.parquet(source).schema).parquet(source)
+    query = (model.transform(stream).writeStream.format("memory").queryName("drift_stream")
+             .trigger(availableNow=True).start())
+    try:
+        query.awaitTermination(300)
+        metrics = [p["observedMetrics"].get(DRIFT_METRIC) for p in query.recentProgress
+                   if p.get("observedMetrics")]
+    finally:
+        query.stop()
+    assert metrics, query.recentProgress
+    return {name: sum(int(m[name]) for m in metrics if m)  # each micro-batch its own
+            for name in ("queries", "hardQueries", "farQueries")}
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_shifted_queries_keep_the_target_or_are_reported(spark, metric, caplog):
+def test_shifted_queries_keep_the_target_or_are_reported(spark, metric, caplog, tmp_path):
     base = draw(ROWS, 1)
     if metric == "ip":  # skewed norms, as inner-product embeddings have
         base *= np.random.default_rng(2).lognormal(0, 0.3, (ROWS, 1)).astype(np.float32)
@@ -49,6 +67,13 @@ def test_shifted_queries_keep_the_target_or_are_reported(spark, metric, caplog):
     assert typical >= 0.95
     typical_report = model.searchReport()
     assert typical_report["queries"] == 1000 and not typical_report["harder"], typical_report
+    shuffle_join = model.copy().setSearchStrategy("partition")
+    shuffle_join.transform(vectors_frame(spark, draw(1000, 5))).collect()
+    assert shuffle_join.searchReport() == typical_report  # the same counts in both strategies
+    if metric == "l2":
+        assert streamed_counts(spark, model, draw(1000, 5), tmp_path) == {
+            "queries": 1000, "hardQueries": round(typical_report["hardShare"] * 1000),
+            "farQueries": round(typical_report["farShare"] * 1000)}
     queries = shifted(1000, 6)
     with caplog.at_level(logging.WARNING, logger="sparkann"):
         defaults = recall_of(model, spark, queries, base, metric)

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import logging
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Observation
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.sql.functions import arrow_udf
 
 from ..loader import IndexHandle
 from ..storage.format import Manifest
 from ..storage.fs import join
 from ..tasks import threads_per_task
-from .local import local_search_fn
+from ..vectors import vector_column
+from . import drift
+from .local import WATCHED_FLAGS, WATCHED_NEIGHBORS, local_search_fn
 from .partition import partition_side
 from .plan import (
     PAYLOAD_READS_CONF,
@@ -36,27 +40,51 @@ from .plan import (
 
 log = logging.getLogger(__name__)
 
+WATCHED_COL = "__sparkann_answer"  # the local search's answer with the drift flags
+
 __all__ = ["PAYLOAD_READS_CONF", "STRATEGY_CONF", "SearchPlan", "run_search",
            "check_query_schema", "choose_strategy", "payload_reads"]
 
 
-def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan) -> DataFrame:
-    """``queries`` with the plan's neighbours column added (best first)."""
-    helpers = helper_columns(queries, plan)
+def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan,
+               observation: Observation | None = None) -> DataFrame:
+    """``queries`` with the plan's neighbours column added (best first). With the
+    plan's ``hard_marks``, the queries' drift is counted as they pass (see
+    :func:`.drift.counted`)."""
     if plan.strategy == "local":
-        threads = threads_per_task(queries.sparkSession, plan.knobs.threads, 1 << 30)
-        field = neighbors_field(plan.neighbors_col, plan.id_type)
-        # an iterator UDF, as the function's type hints say (the stubs ask for functionType,
-        # which pyspark deprecates in favour of the hints)
-        search = arrow_udf(local_search_fn(plan, threads), field.dataType)  # type: ignore[call-overload]
-        return queries.withColumn(plan.neighbors_col, search(*helpers))
+        return local_side(queries, plan, observation)
+    if plan.hard_marks is not None:
+        queries = drift.observed(queries, vector_column(queries, plan.vector_col), plan.handle,
+                                 plan.dim, plan.vector_col, plan.hard_marks, observation)
     files: tuple = ()
     if plan.reads == "join":
         root = manifest.root
         files = (tuple(join(root, f) for f in manifest.partitions.files if f),
                  tuple(join(root, d.file) for ds in manifest.partitions.deletes for d in ds))
-    return partition_side(queries, helpers, plan, memory_needed(manifest, plan.with_vectors),
-                          manifest.num_partitions, files)
+    return partition_side(queries, helper_columns(queries, plan), plan,
+                          memory_needed(manifest, plan.with_vectors), manifest.num_partitions,
+                          files)
+
+
+def local_side(queries: DataFrame, plan: SearchPlan,
+               observation: Observation | None) -> DataFrame:
+    """The query-local plan: one UDF call per batch of query rows, which also flags
+    their drift when the plan watches it (no pass of its own over the queries)."""
+    threads = threads_per_task(queries.sparkSession, plan.knobs.threads, 1 << 30)
+    answer: T.DataType = neighbors_field(plan.neighbors_col, plan.id_type).dataType
+    if plan.hard_marks is not None:
+        answer = T.StructType([T.StructField(WATCHED_NEIGHBORS, answer, nullable=False),
+                               T.StructField(WATCHED_FLAGS, T.ByteType())])
+    # an iterator UDF, as the function's type hints say (the stubs ask for functionType,
+    # which pyspark deprecates in favour of the hints)
+    search = arrow_udf(local_search_fn(plan, threads), answer)  # type: ignore[call-overload]
+    helpers = helper_columns(queries, plan)
+    if plan.hard_marks is None:
+        return queries.withColumn(plan.neighbors_col, search(*helpers))
+    watched = drift.counted(queries.withColumn(WATCHED_COL, search(*helpers)),
+                            F.col(WATCHED_COL)[WATCHED_FLAGS].cast("int"), observation)
+    return watched.withColumn(plan.neighbors_col, F.col(WATCHED_COL)[WATCHED_NEIGHBORS]).drop(
+        WATCHED_COL)
 
 
 def handle_for(manifest: Manifest, manifest_sha: str) -> IndexHandle:

@@ -22,7 +22,7 @@ from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 from pyspark.sql.functions import arrow_udf
 
-from ..loader import IndexHandle, open_index
+from ..loader import IndexHandle, LoadedIndex, open_index
 from ..partitioning.router import centroid_gaps
 from ..vectors import checked_queries
 
@@ -36,9 +36,24 @@ WARN_SHARE = 0.30
 WARN_SIGMAS = 3.0
 
 
-def hard_flags_fn(handle: IndexHandle, dim: int, vector_col: str, gap: float, far: float):
-    """The function of the UDF that flags each query: 1 for a centroid gap <= ``gap``,
-    plus 2 for a nearest-centroid distance >= ``far``."""
+def hard_flags(index: LoadedIndex, vectors: np.ndarray, marks: tuple[float, float]) -> np.ndarray:
+    """int8 flags of prepared query vectors: 1 for a centroid gap <= the gap mark, plus
+    2 for a nearest-centroid distance >= the far mark."""
+    gap, far = marks
+    _, dists = index.router.ranker.rank(vectors, 2)
+    return ((centroid_gaps(dists) <= gap) + 2 * (dists[:, 0] >= far)).astype(np.int8)
+
+
+def hard_marks(calibration: dict) -> tuple[float, float] | None:
+    """The (gap, far) marks of a calibration, or None when it has none to compare with."""
+    if calibration.get("hardGap") is None:
+        return None
+    far = calibration.get("farDistance")
+    return float(calibration["hardGap"]), np.inf if far is None else float(far)
+
+
+def hard_flags_fn(handle: IndexHandle, dim: int, vector_col: str, marks: tuple[float, float]):
+    """The function of the UDF that flags each query (see :func:`hard_flags`)."""
 
     def run(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         index = open_index(handle)
@@ -52,29 +67,29 @@ def hard_flags_fn(handle: IndexHandle, dim: int, vector_col: str, gap: float, fa
             except ValueError:  # a bad row: the search itself fails on it, naming its id
                 yield pa.array(np.zeros(len(column), np.int8), pa.int8())
                 continue
-            _, dists = index.router.ranker.rank(vectors, 2)
-            flags = (centroid_gaps(dists) <= gap) + 2 * (dists[:, 0] >= far)
-            yield pa.array(flags.astype(np.int8), pa.int8())
+            yield pa.array(hard_flags(index, vectors, marks), pa.int8())
 
     return run
 
 
-def observed(queries: DataFrame, vector: Column, handle: IndexHandle, dim: int,
-             vector_col: str, calibration: dict,
-             observation: Observation | None) -> DataFrame:
-    """``queries`` unchanged, with the drift counts observed as they pass (by
+def counted(frame: DataFrame, flags: Column, observation: Observation | None) -> DataFrame:
+    """``frame`` with the queries and their hard ``flags`` counted as they pass (by
     ``observation`` in a batch, by the name :data:`DRIFT_METRIC` on a stream)."""
-    far = calibration.get("farDistance")
-    flags = hard_flags_fn(handle, dim, vector_col, float(calibration["hardGap"]),
-                          np.inf if far is None else float(far))
-    flag = arrow_udf(flags, "tinyint")  # type: ignore[call-overload]
     counts = [F.count(F.lit(1)).alias("queries"),
-              F.sum(F.col(HARD_COL).bitwiseAND(1).cast("long")).alias("hardQueries"),
-              F.sum(F.shiftright(F.col(HARD_COL), 1).cast("long")).alias("farQueries")]
+              F.sum(flags.bitwiseAND(1).cast("long")).alias("hardQueries"),
+              F.sum(F.shiftright(flags, 1).cast("long")).alias("farQueries")]
+    return (frame.observe(DRIFT_METRIC, *counts) if observation is None
+            else frame.observe(observation, *counts))
+
+
+def observed(queries: DataFrame, vector: Column, handle: IndexHandle, dim: int,
+             vector_col: str, marks: tuple[float, float],
+             observation: Observation | None) -> DataFrame:
+    """``queries`` unchanged, with the drift counts observed as they pass, by a UDF of
+    their own (the partition strategy; the local one counts inside its search)."""
+    flag = arrow_udf(hard_flags_fn(handle, dim, vector_col, marks), "tinyint")  # type: ignore[call-overload]
     flagged = queries.withColumn(HARD_COL, flag(vector))
-    watched = (flagged.observe(DRIFT_METRIC, *counts) if observation is None
-               else flagged.observe(observation, *counts))
-    return watched.drop(HARD_COL)
+    return counted(flagged, F.col(HARD_COL).cast("int"), observation).drop(HARD_COL)
 
 
 def drift_report(counts: dict, calibration: dict) -> dict:

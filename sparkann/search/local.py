@@ -20,15 +20,17 @@ from .. import testing
 from ..loader import LoadedIndex, id_map, open_index, partition
 from ..tasks import resolve_threads
 from ..vectors import checked_queries
+from . import drift
 from .plan import SearchPlan
 from .topk import Candidates
 
 QueryColumns = Tuple[pa.Array, pa.Array, pa.Array]  # vector, allowed ids, own id
+WATCHED_NEIGHBORS, WATCHED_FLAGS = "neighbors", "hard"  # the fields of a watched answer
 
 
 def local_search_fn(plan: SearchPlan, thread_hint: int):
     """The function of the query-local search UDF: batches of (vector, allowed ids,
-    own id) columns in, neighbours columns out."""
+    own id) columns in, answers out (see :func:`answer_batch`)."""
 
     def run(batches: Iterator[QueryColumns]) -> Iterator[pa.Array]:
         testing.inject("search")
@@ -42,15 +44,30 @@ def local_search_fn(plan: SearchPlan, thread_hint: int):
 
 def answer_batch(index: LoadedIndex, plan: SearchPlan, column: pa.Array, allowed: pa.Array,
                  own: pa.Array, knobs) -> pa.Array:
-    """The neighbours column of one batch of query rows."""
-    n = len(column)
+    """The UDF's answer for one batch of query rows: their neighbours column or, when
+    the plan watches query drift, a struct of it and the rows' hard flags."""
+    own = own if plan.exclude_self else None
+    vectors = np.empty((0, plan.dim), np.float32)
+    if len(column):
+        vectors = index.metric.prepare(
+            checked_queries(column, plan.dim, plan.vector_col, own, plan.id_col),
+            f"query column {plan.vector_col!r}")
+    found = neighbours(index, plan, vectors, allowed, own, knobs)
+    if plan.hard_marks is None:
+        return found
+    flags = (drift.hard_flags(index, vectors, plan.hard_marks) if len(vectors)
+             else np.zeros(0, np.int8))
+    return pa.StructArray.from_arrays([found, pa.array(flags, pa.int8())],
+                                      [WATCHED_NEIGHBORS, WATCHED_FLAGS])
+
+
+def neighbours(index: LoadedIndex, plan: SearchPlan, vectors: np.ndarray, allowed: pa.Array,
+               own: pa.Array | None, knobs) -> pa.Array:
+    """The neighbours column of prepared query vectors (best first)."""
+    n = len(vectors)
     candidates = Candidates(n, plan.arrow_id_type)
     if n == 0:
         return candidates.best(plan.k)
-    own = own if plan.exclude_self else None
-    vectors = index.metric.prepare(
-        checked_queries(column, plan.dim, plan.vector_col, own, plan.id_col),
-        f"query column {plan.vector_col!r}")
     subset = np.asarray(allowed.is_valid()) if plan.allowed else np.zeros(n, dtype=bool)
     plain = np.flatnonzero(~subset)
     if len(plain):

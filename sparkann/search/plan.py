@@ -44,6 +44,7 @@ class SearchPlan:
     strategy: str
     reads: str  # "task" or "join"
     location_buckets: int
+    hard_marks: tuple[float, float] | None = None  # query drift: (gap, far), see .drift
 
     @property
     def allowed(self) -> bool:
