@@ -7,6 +7,7 @@ the repository's ``benchmarks`` folder, which is not installed: it is put on
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
+import pyspark
 import pytest
 
 from sparkann import datasets
@@ -128,6 +130,47 @@ def run_job(capsys, monkeypatch, job: str, *args) -> tuple[int, str, str]:
         code = done.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+SUBPROCESS_TIMEOUT = 900
+SPARK_SUBMIT = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+TEST_CONF = "spark.ui.enabled=false\nspark.sql.shuffle.partitions 4\n"
+
+
+def subprocess_env() -> dict:
+    return dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+
+
+def run_process(args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=False, cwd=cwd, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=SUBPROCESS_TIMEOUT)
+
+
+def spark_submit(job: str, *args, cwd) -> subprocess.CompletedProcess:
+    """``jobs/<job>`` through spark-submit itself: its own driver JVM and Python."""
+    return run_process([SPARK_SUBMIT, "--master", "local[2]", "--conf", "spark.ui.enabled=false",
+                        os.path.join(REPO, "jobs", job), *args], cwd)
+
+
+def last_json(text: str):
+    """The last JSON document that starts a line of ``text`` (logs may precede it).
+
+    spark-submit merges the Python driver's stderr into its stdout, so the
+    printed result follows log lines there.
+    """
+    decoder = json.JSONDecoder()
+    starts = [i for i in range(len(text)) if text[i] == "{" and (i == 0 or text[i - 1] == "\n")]
+    for start in reversed(starts):
+        try:
+            return decoder.raw_decode(text, start)[0]
+        except json.JSONDecodeError:
+            continue
+    raise AssertionError(f"no JSON document in output:\n{text[-3000:]}")
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    return (f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}"
+            f"\nstderr:\n{result.stderr[-5000:]}")
 
 
 def loaded_index(model):

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pyspark
 import pytest
-from conftest import run_job
+from conftest import TEST_CONF, describe, last_json, run_job, run_process
 
 from sparkann import ANNIndexModel, cli, datasets, exact, vectorio
 from sparkann.cli import commands
@@ -21,51 +18,11 @@ from sparkann.cli.session import read_conf_file, session_settings
 from sparkann.readers import write_fvecs, write_ivecs
 
 REPO = Path(__file__).resolve().parent.parent
-SPARK_SUBMIT = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
-SUBPROCESS_TIMEOUT = 900
-TEST_CONF = "spark.ui.enabled=false\nspark.sql.shuffle.partitions 4\n"
-
-
 def run_cli(capsys, *argv):
     """``main(argv)`` in-process: (exit code, stdout, stderr)."""
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def subprocess_env() -> dict:
-    return dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-
-
-def run_process(args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(args, check=False, cwd=cwd, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=SUBPROCESS_TIMEOUT)
-
-
-def spark_submit(job: str, *args, cwd) -> subprocess.CompletedProcess:
-    return run_process([SPARK_SUBMIT, "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-                        str(REPO / "jobs" / job), *args], cwd)
-
-
-def last_json(text: str):
-    """The last JSON document that starts a line of ``text`` (logs may precede it).
-
-    spark-submit merges the Python driver's stderr into its stdout, so the
-    printed result follows log lines there.
-    """
-    decoder = json.JSONDecoder()
-    starts = [i for i in range(len(text)) if text[i] == "{" and (i == 0 or text[i - 1] == "\n")]
-    for start in reversed(starts):
-        try:
-            return decoder.raw_decode(text, start)[0]
-        except json.JSONDecodeError:
-            continue
-    raise AssertionError(f"no JSON document in output:\n{text[-3000:]}")
-
-
-def describe(result: subprocess.CompletedProcess) -> str:
-    return (f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}"
-            f"\nstderr:\n{result.stderr[-5000:]}")
 
 
 # --------------------------------------------------------------------------
@@ -429,13 +386,13 @@ def test_build_options_reach_the_stored_index(spark, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------
-# the spark-submit jobs: run in this process as spark-submit runs them, and once
-# through spark-submit itself; the demo
+# the spark-submit jobs, run in this process as spark-submit runs them (one runs
+# through spark-submit itself in test_persistence.py); the demo
 # --------------------------------------------------------------------------
 
 
 def test_build_and_search_jobs(spark, tmp_path, capsys, monkeypatch):
-    rows = 41_000  # past 2 x 20,000: the automatic numPartitions builds several clusters
+    rows = 6_000  # (test_persistence.py fits past the automatic numPartitions' threshold)
     base = datasets.clustered(rows, 8, seed=3)
     queries = datasets.clustered(100, 8, seed=3, sample_seed=4)
     vectorio.write_vectors_parquet(base, str(tmp_path / "items.parquet"))
@@ -445,8 +402,8 @@ def test_build_and_search_jobs(spark, tmp_path, capsys, monkeypatch):
 
     code, out, err = run_job(capsys, monkeypatch, "build_index.py",
                              "--input", str(tmp_path / "items.parquet"), "--output", index,
-                             "--target-recall", "0", "--conf", str(tmp_path / "job.conf"),
-                             "--log-level", "ERROR")
+                             "--num-partitions", "3", "--target-recall", "0",
+                             "--conf", str(tmp_path / "job.conf"), "--log-level", "ERROR")
     assert code == 0, err[-3000:]
     summary = last_json(out)
     assert summary["numVectors"] == rows and summary["numPartitions"] == 3
@@ -488,25 +445,6 @@ def test_build_and_search_jobs(spark, tmp_path, capsys, monkeypatch):
     assert last_json(out)["settings"] == retuned.searchSettings()
     drift = last_json(out)["queryDrift"]
     assert drift["queries"] == 100 and drift["calibrationSource"] == "queries"
-
-
-def test_spark_submit_runs_a_job(spark, tmp_path):
-    """One job through spark-submit itself: its own driver JVM, its Python, its exit
-    code and printed result (the jobs' errors are checked in-process above)."""
-    rows = 2_000
-    vectorio.write_vectors_parquet(datasets.clustered(rows, 8, seed=3),
-                                   str(tmp_path / "items.parquet"))
-    (tmp_path / "job.conf").write_text(TEST_CONF)
-    index = str(tmp_path / "index")
-    build_args = ["--input", str(tmp_path / "items.parquet"), "--output", index,
-                  "--num-partitions", "2", "--target-recall", "0",
-                  "--conf", str(tmp_path / "job.conf")]
-    built = spark_submit("build_index.py", *build_args, cwd=tmp_path)
-    assert built.returncode == 0, describe(built)
-    summary = last_json(built.stdout)
-    assert summary["numVectors"] == rows and summary["numPartitions"] == 2
-    assert ANNIndexModel.load(index).summary()["numVectors"] == rows
-    assert "Traceback" not in built.stdout + built.stderr
 
 
 def test_demo_reports_recall(spark, tmp_path, capsys):

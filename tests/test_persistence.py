@@ -1,5 +1,5 @@
-"""A saved model searches exactly like the fitted one: in a new process, as a
-PipelineModel, and after setters on a loaded model.
+"""A saved model searches exactly like the fitted one: in a new process (the search
+job through spark-submit), as a PipelineModel, and after setters on a loaded model.
 
 The index is fitted with every setting left at its default (numPartitions included:
 past 2 x 20,000 rows that builds several clusters), so the stored build values and the
@@ -7,20 +7,15 @@ calibrated search defaults are what a save has to carry."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-from conftest import vectors_frame
+from conftest import TEST_CONF, describe, last_json, spark_submit, vectors_frame
 from pyspark.ml import PipelineModel
 
 from sparkann import ANNIndex, ANNIndexModel, datasets, exact, vectorio
 from sparkann.metrics import get_metric
 
-JOB = Path(__file__).resolve().parent / "persist_jobs" / "load_and_search.py"
 ROWS, DIM = 45_000, 16
 
 
@@ -50,19 +45,33 @@ def test_default_fit_builds_several_clusters_and_the_model_says_so(fitted):
     assert model.searchSettings()["numProbes"] >= 1
 
 
-def test_a_new_process_searches_like_the_fitted_model(fitted):
+def test_the_search_job_in_a_new_process_searches_like_the_fitted_model(fitted):
+    """jobs/search.py through spark-submit: its own driver JVM and Python load the saved
+    index and search with the settings the fit stored."""
     model, _, _, frame, root = fitted
-    result = subprocess.run([sys.executable, str(JOB), str(root / "model"),
-                             str(root / "pipeline"), str(root / "queries.parquet")],
-                            capture_output=True, text=True, timeout=900, check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    (root / "job.conf").write_text(TEST_CONF)
+    output = root / "neighbors.parquet"
+    result = spark_submit("search.py", "--index", str(root / "model"), "--queries",
+                          str(root / "queries.parquet"), "--output", str(output),
+                          "--conf", str(root / "job.conf"), cwd=root)
+    assert result.returncode == 0, describe(result)
+    assert last_json(result.stdout)["settings"] == model.searchSettings()
+    found = {r["id"]: [n["id"] for n in r["neighbors"]]
+             for r in pq.read_table(output).to_pylist()}
+    assert [found[i] for i in sorted(found)] == ids_of(model.transform(frame))
+
+
+def test_a_loaded_model_and_pipeline_search_like_the_fitted_model(fitted):
+    model, _, _, frame, root = fitted
+    loaded = ANNIndexModel.load(str(root / "model"))
+    stage = PipelineModel.load(str(root / "pipeline")).stages[-1]
     expected = ids_of(model.transform(frame))
-    assert loaded["settings"] == model.searchSettings()
-    assert loaded["pipelineSettings"] == model.searchSettings()
-    assert loaded["set"] == sorted(p.name for p in model.params if model.isSet(p))
-    assert loaded["neighbors"] == expected
-    assert loaded["pipelineNeighbors"] == expected
+    for other in (loaded, stage):
+        assert other.searchSettings() == model.searchSettings()
+        assert ({p.name for p in other.params if other.isSet(p)}
+                == {p.name for p in model.params if model.isSet(p)})
+        assert ids_of(other.transform(frame)) == expected
+    assert ids_of(PipelineModel.load(str(root / "pipeline")).transform(frame)) == expected
 
 
 def cosine_truth(base, queries, k=10):
