@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -35,7 +35,7 @@ from .partitioning.router import (
     rank_brute_force,
 )
 from .sampling import collect_sample, sampled
-from .storage import tables
+from .storage import items, tables
 from .storage.format import MAX_META_BYTES, IndexFormatError, Manifest, Meta, Partitions, sha256
 from .storage.fs import join, read_file, store_for
 from .storage.transaction import Transaction
@@ -78,14 +78,29 @@ class Built:
     max_partition_rows: int
     meta: Meta | None = None
     calibration: calibrate.HeldOut | None = None  # the held-out searches, when calibrating
+    item_types: list = field(default_factory=list)  # stored item columns: (name, Spark type)
 
 
-def input_rows(df: DataFrame, vector_col: str, id_col: str) -> tuple[DataFrame, str]:
-    """(id, vector array<float>) of a user's DataFrame, and the id type."""
+# column names the build's own stages use beside the item columns
+INTERNAL_COLUMNS = ("id", "vector", "partition_id", "id_hash", "task")
+
+
+def input_rows(df: DataFrame, vector_col: str, id_col: str,
+               item_cols: list[str] | None = None) -> tuple[DataFrame, str]:
+    """(id, vector array<float>, item columns...) of a user's DataFrame, and the id type;
+    ``ValueError`` naming an item column that cannot be stored."""
     id_sql = id_type(df, id_col)
+    item_cols = list(item_cols or [])
+    items.item_types(df.schema, item_cols, (id_col, vector_col, *INTERNAL_COLUMNS))
     rows = df.select(F.col(id_col).cast("long" if id_sql == "long" else "string").alias("id"),
-                     vector_column(df, vector_col).alias("vector"))
+                     vector_column(df, vector_col).alias("vector"), *item_cols)
     return rows, id_sql
+
+
+def item_types_of(rows: DataFrame) -> list[tuple[str, str]]:
+    """(name, Spark type) of the item columns of :func:`input_rows`' rows."""
+    return [(f.name, f.dataType.simpleString()) for f in rows.schema.fields
+            if f.name not in ("id", "vector")]
 
 
 def build_index(rows: DataFrame, id_sql: str, params: dict, txn: Transaction,
@@ -97,6 +112,11 @@ def build_index(rows: DataFrame, id_sql: str, params: dict, txn: Transaction,
     spark, root = rows.sparkSession, txn.root
     check_index_root(spark, root)
     metric = get_metric(params["metric"])
+    item_types = item_types_of(rows)
+    if item_types and params["allowDuplicateIds"]:
+        raise ValueError("itemCols cannot be stored with allowDuplicateIds=True: nearestJoin "
+                         "finds an item's columns by its id")
+    rows, with_items = rows.select("id", "vector"), rows
     with stage("validate input"):
         num_rows, dim = check_rows(rows, params)
     log.info("sparkann: indexing %d vectors of dimension %d", num_rows, dim)
@@ -136,10 +156,11 @@ def build_index(rows: DataFrame, id_sql: str, params: dict, txn: Transaction,
     threads = build_threads(spark, params, int(task_of.max()) + 1)
     try:
         with stage("build partition indexes"):
-            assigned = assign(rows, meta, metric, dim, id_sql)
-            task = build_fn(meta, params, dim, threads, held.handle if held else None)
-            table = per_partition(assigned, plan.num_partitions, task, tables.index_schema(id_sql),
-                                  task_of)
+            assigned = assign(with_items, meta, metric, dim, id_sql)
+            task = build_fn(meta, params, dim, threads, held.handle if held else None,
+                            item_types)
+            table = per_partition(assigned, plan.num_partitions, task,
+                                  tables.index_schema(id_sql, item_types), task_of)
             txn.write_partitions(table, plan.num_partitions, seconds=stage.seconds,
                                  read_back="calibration" if held else None)
         found = calibrate.found_at_fit(
@@ -150,7 +171,7 @@ def build_index(rows: DataFrame, id_sql: str, params: dict, txn: Transaction,
     with stage("write id locations"):
         txn.write_locations("replace")
     searched = calibrate.HeldOut(held.plan, found) if held and found is not None else None
-    built = Built(txn.partitions, num_clusters, max_rows, meta_value, searched)
+    built = Built(txn.partitions, num_clusters, max_rows, meta_value, searched, item_types)
     return built, num_rows, dim
 
 
@@ -321,13 +342,17 @@ def write_meta(txn: Transaction, meta: Meta) -> MetaHandle:
 
 
 def assign(rows: DataFrame, meta: MetaHandle, metric: Metric, dim: int, id_sql: str) -> DataFrame:
-    """(id, prepared vector, partition_id) of every row: one assignment pass."""
-    hashed = rows.select("id", "vector", F.xxhash64("id").alias("id_hash"))
-    return hashed.mapInArrow(_assign_fn(meta, metric, dim),
-                             f"id {id_sql}, vector array<float>, partition_id int")
+    """(id, prepared vector, partition_id, item columns...) of every row: one
+    assignment pass."""
+    carried = [f for f in rows.schema.fields if f.name not in ("id", "vector")]
+    hashed = rows.select("id", "vector", F.xxhash64("id").alias("id_hash"),
+                         *[f.name for f in carried])
+    schema = "".join(f", `{f.name}` {f.dataType.simpleString()}" for f in carried)
+    return hashed.mapInArrow(_assign_fn(meta, metric, dim, [f.name for f in carried]),
+                             f"id {id_sql}, vector array<float>, partition_id int" + schema)
 
 
-def _assign_fn(meta: MetaHandle, metric: Metric, dim: int):
+def _assign_fn(meta: MetaHandle, metric: Metric, dim: int, carried: list[str]):
     def assign_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         loaded = meta.read()
         ranker = CentroidRanker(loaded.centroids, metric, loaded.centroid_graph)
@@ -337,8 +362,9 @@ def _assign_fn(meta: MetaHandle, metric: Metric, dim: int):
             pids = plan.partition_of(ranker.nearest(vectors),
                                      batch.column("id_hash").to_numpy(zero_copy_only=False))
             yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), list_array(vectors), pa.array(pids, pa.int32())],
-                ["id", "vector", "partition_id"])
+                [batch.column("id"), list_array(vectors), pa.array(pids, pa.int32()),
+                 *[batch.column(name) for name in carried]],
+                ["id", "vector", "partition_id", *carried])
 
     return assign_rows
 
@@ -377,8 +403,10 @@ def per_partition(assigned: DataFrame, num_partitions: int, fn, schema: str,
 
 
 def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
-             calibration: calibrate.PlanHandle | None = None):
-    """The per-partition task: prepared vectors in, one index-table row out."""
+             calibration: calibrate.PlanHandle | None = None, item_types: list | None = None):
+    """The per-partition task: prepared vectors (and item columns) in, one index-table
+    row out."""
+    item_names = [name for name, _ in item_types or []]
     metric, cls = get_metric(params["metric"]), index_type(params["indexType"])
     deterministic = bool(params["deterministic"])
 
@@ -394,14 +422,18 @@ def build_fn(meta: MetaHandle, params: dict, dim: int, threads: int,
         seed = partition_seed(int(params["seed"]), pid)
         task_threads = 1 if deterministic else resolve_threads(threads)
         started = time.perf_counter()
+        values = table.select(item_names) if item_names else None
         if calibration is None:
             index = cls.build(vectors, context, seed, task_threads)
             seconds = (time.perf_counter() - started, 0.0)
-            return tables.partition_row(pid, ids, index.store(), None, seconds)
+            return tables.partition_row(pid, ids, index.store(), None, seconds, values,
+                                        item_types)
         built = calibrate.build_holding_out(cls, calibration, pid, vectors, ids, context, seed,
                                             task_threads)
         seconds = (time.perf_counter() - started - built.seconds, built.seconds)
-        return tables.partition_row(pid, built.ids, built.index.store(), built.found, seconds)
+        values = values.take(pa.array(built.order)) if values is not None else None
+        return tables.partition_row(pid, ids.take(pa.array(built.order)), built.index.store(),
+                                    built.found, seconds, values, item_types)
 
     return build_partition
 
@@ -421,7 +453,8 @@ def new_manifest(root: str, built: Built, params: dict, user_set: list[str], dim
     return Manifest.with_param_values(
         stored, list(user_set), root=root, version=0, index_type=params["indexType"],
         metric=params["metric"], dim=dim, id_type=id_sql, meta_file="", meta_sha256="",
-        partitions=built.partitions, build_seconds=build_seconds)
+        partitions=built.partitions, build_seconds=build_seconds,
+        item_types=list(built.item_types))
 
 
 def balance(sizes) -> float:

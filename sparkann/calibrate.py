@@ -409,7 +409,7 @@ class HeldOutBuild:
     """A partition index built inside a task with its held-out rows searched first."""
 
     index: PartitionIndex  # held-out rows added last
-    ids: pa.Array  # ids in label order
+    order: np.ndarray  # the input rows' positions in label order (held-out rows last)
     found: bytes | None  # the held-out searches (see search_held_out)
     seconds: float  # spent searching
 
@@ -426,8 +426,8 @@ def build_holding_out(cls, handle: PlanHandle, pid: int, vectors: np.ndarray, id
     found = search_held_out(index, plan, pid, kept, cls.search_knobs, threads)
     seconds = time.perf_counter() - started
     index.add(vectors[held], threads)
-    return HeldOutBuild(index, pa.concat_arrays([kept, ids.filter(pa.array(held))]), found,
-                        seconds)
+    order = np.concatenate([np.flatnonzero(~held), np.flatnonzero(held)])
+    return HeldOutBuild(index, order, found, seconds)
 
 
 def search_held_out(index, plan: CalibrationPlan, pid: int, ids: pa.Array, knobs_of,

@@ -84,7 +84,7 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
                  indexType=DEFAULT_INDEX_TYPE,
                  numPartitions=0, maxPartitionRows=0, sampleSize=0, seed=42, numThreads=0,
                  deterministic=False, allowDuplicateIds=False, indexPath=None,
-                 targetRecall=0.95, hnswM=16, efConstruction=200, efSearch=None,
+                 targetRecall=0.95, itemCols=None, hnswM=16, efConstruction=200, efSearch=None,
                  pqSubvectors=16, pqBits=8, pqCodebook="partition", rerankK=None, k=10,
                  numProbes=None, probeEpsilon=0.0, neighborsCol="neighbors",
                  allowedIdsCol=None, excludeSelf=False, searchStrategy="auto"):
@@ -102,7 +102,8 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
         params = self.param_values()
         root = index_root(spark, self.optional("indexPath"))
         stage = StageTimer(spark)
-        rows, id_type = build.input_rows(dataset, params["vectorCol"], params["idCol"])
+        rows, id_type = build.input_rows(dataset, params["vectorCol"], params["idCol"],
+                                         params["itemCols"])
         with Transaction(spark, root) as txn:
             built, _, dim = build.build_index(rows, id_type, params, txn, stage)
             header = build.new_manifest(root, built, params, self.user_set(), dim, id_type,
@@ -122,7 +123,8 @@ def commit_build(txn: Transaction, operation: str, built, header: Manifest, rows
             epsilon = (params["probeEpsilon"] if "probeEpsilon" in header.user_set
                        else None)  # None: calibration chooses it
             staged = with_search_defaults(txn.manifest(header), defaults)
-            chosen = calibrate.calibrate_at_fit(staged, built.meta, built.calibration, rows,
+            chosen = calibrate.calibrate_at_fit(staged, built.meta, built.calibration,
+                                                rows.select("id", "vector"),
                                                 params["targetRecall"], epsilon)
         defaults.update(chosen.params())
         report = chosen.report
@@ -249,7 +251,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             with_vectors=with_vectors, allowed_col=allowed, exclude_self=exclude,
             id_col=self.getIdCol(), strategy=strategy, reads=reads,
             location_buckets=manifest.locations.buckets if manifest.locations else 1,
-            hard_marks=drift.hard_marks(manifest.calibration))
+            hard_marks=drift.hard_marks(manifest.calibration),
+            item_types=tuple(manifest.item_types))
         log.info("sparkann: search planned (%s strategy, k=%d, numProbes=%d%s)",
                  strategy, plan.k, plan.num_probes,
                  "".join(f", {n}={v}" for n, v in knobs.settings().items()))
@@ -258,6 +261,25 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             observation = new_observation(dataset)
         self._last_search = observation
         return run_search(dataset, manifest, plan, observation)
+
+    def nearestJoin(self, queries: DataFrame, how: str = "inner",
+                    itemPrefix: str = "") -> DataFrame:
+        """The search as a join: one row per (query row, neighbour), with every query
+        column, then the neighbour's id (named as ``idCol``), its stored item columns
+        (``itemCols``), ``distance`` and ``rank`` (1 = nearest).
+
+        ``how="inner"`` gives a query without neighbours no row; ``how="left"`` gives
+        it one row whose neighbour columns are null, as ``DataFrame.nearestByJoin``
+        does. ``itemPrefix`` is put before the neighbour's id and item column names;
+        a name the query rows already have is refused. Lazy, like ``transform``:
+        works on streaming DataFrames."""
+        from .join import NEIGHBORS, check_join, nearest_join
+
+        check_join(queries, self.manifest, self.getIdCol(), how, itemPrefix)
+        searched = self.copy({self.neighborsCol: NEIGHBORS}).transform(queries)
+        return nearest_join(searched, list(queries.columns), self.manifest,
+                            self._handle(queries.sparkSession), self.getIdCol(), how,
+                            itemPrefix)
 
     def searchReport(self) -> dict | None:
         """How the queries of this model's last batch search sit against the calibration

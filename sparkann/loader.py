@@ -25,7 +25,7 @@ from . import testing
 from .index import PartitionContext, PartitionIndex, index_type
 from .metrics import Metric, get_metric
 from .partitioning.router import CentroidRanker, Router, ShardPlan
-from .storage import tables
+from .storage import items, tables
 from .storage.format import (
     MAX_MANIFEST_BYTES,
     MAX_META_BYTES,
@@ -193,7 +193,7 @@ def fresh_partition(loaded: LoadedIndex, pid: int, with_vectors: bool) -> Loaded
     columns = ["ids", "payload", "codebook", "sq_error", "checksum", "payload_sha256",
                "ids_sha256", "vectors_sha256"] + (["vectors"] if with_vectors else [])
     row = tables.read_partition_file(loaded.uri(loaded.manifest.partitions.files[pid]),
-                                     columns, pid)
+                                     digested(loaded.manifest, columns), pid)
     return partition_from_row(loaded, pid, row, with_vectors, deleted_labels(loaded, pid))
 
 
@@ -228,7 +228,7 @@ def verify(manifest: Manifest, pid: int, row: pa.Table, stored=None, ids=None,
     digests must combine to the manifest's checksum, and each part read must match
     its digest."""
     recorded = {name: row.column(name)[0].as_py() or "" for name in
-                ("payload_sha256", "ids_sha256", "vectors_sha256")}
+                digested(manifest, ["payload_sha256", "ids_sha256", "vectors_sha256"])}
     damaged = (row.column("checksum")[0].as_py() != manifest.partitions.checksums[pid]
                or tables.combined_checksum(recorded) != manifest.partitions.checksums[pid])
     actual = tables.digests(stored, ids) if stored is not None else {
@@ -246,10 +246,31 @@ def verify(manifest: Manifest, pid: int, row: pa.Table, stored=None, ids=None,
 def partition_ids(loaded: LoadedIndex, pid: int) -> pa.Array:
     """A partition's ids (label -> id), verified, without reading its payload."""
     row = tables.read_partition_file(loaded.uri(loaded.manifest.partitions.files[pid]),
-                                     tables.ID_COLUMNS, pid)
+                                     digested(loaded.manifest, tables.ID_COLUMNS), pid)
     ids = row.column("ids")[0].values
     verify(loaded.manifest, pid, row, None, ids)
     return ids
+
+
+def digested(manifest: Manifest, columns: list[str]) -> list[str]:
+    """``columns`` and, when the index stores item columns, their digest (which the
+    partition checksum covers)."""
+    return [*columns, items.ITEMS_SHA] if manifest.item_types else list(columns)
+
+
+def partition_items(loaded: LoadedIndex, pid: int) -> tuple[pa.Array, pa.Table]:
+    """A partition's ids and item columns (label order), verified against the manifest."""
+    manifest = loaded.manifest
+    row = tables.read_partition_file(loaded.uri(manifest.partitions.files[pid]),
+                                     digested(manifest, [*tables.ID_COLUMNS, items.ITEMS]), pid)
+    ids = row.column("ids")[0].values
+    verify(manifest, pid, row, None, ids)
+    values = items.items_table(row.column(items.ITEMS).combine_chunks(), manifest.item_types,
+                               len(ids), pid)
+    if items.items_digest(values) != row.column(items.ITEMS_SHA)[0].as_py():
+        raise IndexFormatError(f"index partition {pid} is damaged: its item columns do not "
+                               "match their checksum")
+    return ids, values
 
 
 def deleted_labels(loaded: LoadedIndex, pid: int) -> np.ndarray:

@@ -77,6 +77,16 @@ def _column(name: str) -> Callable[[Any], str]:
     return convert
 
 
+def _columns(name: str) -> Callable[[Any], list[str]]:
+    def convert(value) -> list[str]:
+        names = TypeConverters.toListString(value)
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"{name} must name distinct columns, got {names!r}")
+        return names
+
+    return convert
+
+
 def _param(name: str, doc: str, converter) -> Param:
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
@@ -151,11 +161,14 @@ class BuildParams(Params):
                        _column("indexPath"))
     targetRecall = _param("targetRecall", "recall@k the search defaults are calibrated to at "
                           "fit (0 = no calibration)", _float("targetRecall", 0.0, 1.0, True))
+    itemCols = _param("itemCols", "input columns stored with the index beside each vector "
+                      "(atomic types), returned by nearestJoin", _columns("itemCols"))
 
     def __init__(self, *args):
         super().__init__(*args)
         self._setDefault(numPartitions=0, maxPartitionRows=0, sampleSize=0, seed=42,
-                         deterministic=False, allowDuplicateIds=False, targetRecall=0.95)
+                         deterministic=False, allowDuplicateIds=False, targetRecall=0.95,
+                         itemCols=[])
 
     def getNumPartitions(self) -> int:
         return self.getOrDefault(self.numPartitions)
@@ -204,6 +217,12 @@ class BuildParams(Params):
 
     def setTargetRecall(self, value: float):
         return self._set(targetRecall=value)
+
+    def getItemCols(self) -> list[str]:
+        return list(self.getOrDefault(self.itemCols))
+
+    def setItemCols(self, value: list[str]):
+        return self._set(itemCols=value)
 
 
 class HNSWParams(Params):

@@ -32,6 +32,7 @@ from .loader import (
     location_map,
     open_index,
     partition_ids,
+    partition_items,
 )
 from .observe import StageTimer
 from .storage import tables
@@ -130,7 +131,9 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
     """A new version that also holds ``df``'s rows, routed to the existing centroids;
     only the partitions they reach are rewritten."""
     stage = StageTimer(spark)
-    rows, id_sql = input_rows(df, params["vectorCol"], params["idCol"])
+    rows, id_sql = input_rows(df, params["vectorCol"], params["idCol"],
+                              [name for name, _ in manifest.item_types])
+    check_item_types(rows, manifest)
     if id_sql != manifest.id_type:
         raise TypeError(f"idCol={params['idCol']!r} holds {id_sql} ids; the index holds "
                         f"{manifest.id_type} ids")
@@ -154,7 +157,8 @@ def add_rows(spark, manifest: Manifest, handle: IndexHandle, df: DataFrame,
     with Transaction(spark, manifest.root, manifest) as txn:
         with stage("update partitions"):
             table = per_partition(assigned, manifest.num_partitions,
-                                  _insert_fn(handle, threads), tables.index_schema(id_sql))
+                                  _insert_fn(handle, threads),
+                                  tables.index_schema(id_sql, manifest.item_types))
             txn.write_partitions(table)
             txn.write_locations("append")
         return txn.commit("add")
@@ -164,18 +168,34 @@ def _insert_fn(handle: IndexHandle, threads: int):
     def insert(pid: int, table: pa.Table) -> pa.Table:
         testing.inject("update")
         index = open_index(handle)
+        item_types = index.manifest.item_types
+        added = table.select([name for name, _ in item_types]) if item_types else None
         part = _existing(index, pid)
         vectors = to_matrix(table.column("vector"), index.manifest.dim, f"partition {pid}")
         if part is None:  # a partition without rows so far
             built = index.cls.build(vectors, index.context(pid),
                                     partition_seed(int(index.manifest.params["seed"]), pid),
                                     resolve_threads(threads))
-            return tables.partition_row(pid, table.column("id"), built.store())
+            return tables.partition_row(pid, table.column("id"), built.store(),
+                                        item_values=added, item_types=item_types)
         part.index.add(vectors, resolve_threads(threads))
         ids = pa.concat_arrays([part.ids, table.column("id").combine_chunks().cast(part.ids.type)])
-        return tables.partition_row(pid, ids, part.index.store())
+        values = None
+        if added is not None:
+            old = partition_items(index, pid)[1]
+            values = pa.concat_tables([old, added.cast(old.schema)])
+        return tables.partition_row(pid, ids, part.index.store(), item_values=values,
+                                    item_types=item_types)
 
     return insert
+
+
+def check_item_types(rows: DataFrame, manifest: Manifest) -> None:
+    """The added rows' item columns must have the stored types."""
+    for (name, kind), (_, given) in zip(manifest.item_types, build.item_types_of(rows)):
+        if kind != given:
+            raise ValueError(f"itemCols: column {name!r} has type {given}; the index stores it "
+                             f"as {kind} (cast it)")
 
 
 def _existing(index: LoadedIndex, pid: int):
@@ -206,7 +226,8 @@ def compact(spark, manifest: Manifest, handle: IndexHandle, min_deleted_share: f
     work = spark.createDataFrame([(pid,) for pid in touched], "partition_id int")
     with Transaction(spark, manifest.root, manifest) as txn:
         txn.write_partitions(work.repartition(len(touched), "partition_id").mapInArrow(
-            _compact_fn(handle, threads), tables.index_schema(manifest.id_type)),
+            _compact_fn(handle, threads), tables.index_schema(manifest.id_type,
+                                                              manifest.item_types)),
             clear_deletes=True)
         locations = manifest.locations
         if locations is None or max(len(f) for f in locations.files) > LOCATION_FILES_MAX:
@@ -223,8 +244,12 @@ def _compact_fn(handle: IndexHandle, threads: int):
                 keep = np.setdiff1d(np.arange(part.index.count), deleted_labels(index, pid))
                 seed = partition_seed(int(index.manifest.params["seed"]), pid)
                 fresh = part.index.compact(keep, seed, resolve_threads(threads))
+                item_types = index.manifest.item_types
+                values = (partition_items(index, pid)[1].take(pa.array(keep)) if item_types
+                          else None)
                 yield from tables.partition_row(pid, part.ids.take(pa.array(keep)),
-                                                fresh.store()).to_batches()
+                                                fresh.store(), item_values=values,
+                                                item_types=item_types).to_batches()
 
     return rebuild
 
@@ -233,27 +258,51 @@ def _compact_fn(handle: IndexHandle, threads: int):
 
 
 def live_rows(spark, manifest: Manifest, handle: IndexHandle) -> DataFrame:
-    """Every live (id, vector) of a version, recovered from its partitions."""
-    pids = [(pid,) for pid, f in enumerate(manifest.partitions.files) if f]
-    work = spark.createDataFrame(pids, "partition_id int")
-    return work.repartition(max(1, min(len(pids), 200)), "partition_id").mapInArrow(
-        _live_fn(handle), f"id {manifest.id_type}, vector array<float>")
+    """Every live (id, vector, item columns...) of a version, recovered from its
+    partitions."""
+    return per_stored_partition(spark, manifest, handle, _live_rows,
+                                f"id {manifest.id_type}, vector array<float>"
+                                + item_ddl(manifest))
 
 
-def _live_fn(handle: IndexHandle):
+def _live_rows(index: LoadedIndex, pid: int) -> pa.RecordBatch:
     from .vectors import list_array
 
-    def recover(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    part = fresh_partition(index, pid, _keeps_vectors(index))
+    keep = live_positions(index, pid, part.index.count)
+    values = (partition_items(index, pid)[1].take(keep) if index.manifest.item_types
+              else pa.table({}))
+    return pa.RecordBatch.from_arrays(
+        [part.ids.take(keep), list_array(part.index.live_vectors(keep.to_numpy())),
+         *[values.column(n).combine_chunks() for n in values.column_names]],
+        ["id", "vector", *values.column_names])
+
+
+def per_stored_partition(spark, manifest: Manifest, handle: IndexHandle, rows_of,
+                         schema: str) -> DataFrame:
+    """``rows_of(index, pid)`` (a record batch of ``schema``) of every stored partition,
+    in tasks of a few partitions each."""
+    pids = [(pid,) for pid, f in enumerate(manifest.partitions.files) if f]
+    work = spark.createDataFrame(pids, "partition_id int")
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         index = open_index(handle)
         for batch in batches:
             for pid in batch.column("partition_id").to_pylist():
-                part = fresh_partition(index, pid, _keeps_vectors(index))
-                keep = np.setdiff1d(np.arange(part.index.count), deleted_labels(index, pid))
-                vectors = part.index.live_vectors(keep)
-                yield pa.RecordBatch.from_arrays(
-                    [part.ids.take(pa.array(keep)), list_array(vectors)], ["id", "vector"])
+                yield rows_of(index, pid)
 
-    return recover
+    return work.repartition(max(1, min(len(pids), 200)), "partition_id").mapInArrow(
+        run, schema)
+
+
+def live_positions(index: LoadedIndex, pid: int, count: int) -> pa.Array:
+    """The labels of a partition's rows that are not deleted."""
+    return pa.array(np.setdiff1d(np.arange(count), deleted_labels(index, pid)))
+
+
+def item_ddl(manifest: Manifest) -> str:
+    """The stored item columns as the tail of a Spark DDL schema (", `name` type...")."""
+    return "".join(f", `{name}` {kind}" for name, kind in manifest.item_types)
 
 
 # --------------------------------------------------------------- rebalance

@@ -42,7 +42,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from .. import testing
 from ..loader import LoadedIndex, location_map, open_index, partition
-from ..storage import tables
+from ..storage import items, tables
 from ..tasks import cluster_cores, resolve_threads, threads_per_task
 from ..vectors import checked_queries
 from .binary import packed_lists, packed_rows, unpacked_lists, unpacked_rows
@@ -403,9 +403,10 @@ def joined_search(records: DataFrame, plan: SearchPlan, threads: int, schema: T.
     columns = [F.col(c) for c in (K1, K2, PID, NEED, COVER, QVEC, SELF)]
     grouped = probes.groupBy(PID, F.pmod(K1, F.lit(8)).alias("__sparkann_chunk")).agg(
         F.collect_list(F.struct(*columns)).alias("__sparkann_probes"))
-    skipped = ("partition_id", "pid") + (() if plan.with_vectors else ("vectors",))
+    skipped = ("partition_id", "pid", items.ITEMS) + (() if plan.with_vectors else ("vectors",))
     rows = spark.read.parquet(*partition_files).select(
-        F.col("pid").alias(PID), *[c for c in tables.INDEX_COLUMNS if c not in skipped])
+        F.col("pid").alias(PID),
+        *[c for c in tables.stored_columns(plan.item_types) if c not in skipped])
     joined = grouped.join(rows, PID)
     if delete_files:
         deleted = spark.read.parquet(*delete_files).groupBy(F.col("pid").alias(PID)).agg(

@@ -45,6 +45,7 @@ class SearchPlan:
     reads: str  # "task" or "join"
     location_buckets: int
     hard_marks: tuple[float, float] | None = None  # query drift: (gap, far), see .drift
+    item_types: tuple = ()  # the index's stored item columns: (name, Spark type)
 
     @property
     def allowed(self) -> bool:

@@ -22,7 +22,7 @@ def copy_index(spark, manifest: Manifest, root: str) -> tuple[Manifest, str]:
         if files:
             table = spark.read.parquet(*files).select(
                 F.col("pid").alias("partition_id"),
-                *[c for c in tables.INDEX_COLUMNS if c != "partition_id"])
+                *[c for c in tables.stored_columns(manifest.item_types) if c != "partition_id"])
             txn.write_partitions(table.repartition(len(files), "partition_id"))
         deleted = [join(source, d.file) for ds in manifest.partitions.deletes for d in ds]
         if deleted:  # one delete file per partition, however many the source has

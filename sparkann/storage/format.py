@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 FORMAT_NAME = "sparkann-index"
 # 3: length-framed payload digests, id-location file checksums; 4: the params in
 # sections (build spec, search defaults, model params, stats). Format 3 still loads.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (3, 4)
+FORMAT_VERSION = 5  # 5: item columns (itemTypes)
+READABLE_VERSIONS = (3, 4, 5)
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_META_BYTES = 8 << 30
 MAX_PARTITIONS = (1 << 31) - 1  # partition ids are int32
@@ -238,6 +238,8 @@ class Manifest:
     search_defaults: dict = field(default_factory=dict)  # calibrated (or fixed) settings
     model_params: dict = field(default_factory=dict)  # how the model searches, names columns
     stats: dict = field(default_factory=dict)  # build statistics (balanceAtBuild)
+    # (name, Spark type) of the item columns stored beside the ids, see storage.items
+    item_types: list = field(default_factory=list)
 
     @classmethod
     def with_param_values(cls, params: dict, user_set: list[str], **fields) -> "Manifest":
@@ -311,6 +313,7 @@ class Manifest:
             "calibration": self.calibration,
             "buildSeconds": self.build_seconds,
             "operation": self.operation,
+            "itemTypes": [list(pair) for pair in self.item_types],
         }
         return json.dumps(doc, sort_keys=True)
 
@@ -347,6 +350,7 @@ class Manifest:
                 calibration=_dict(doc.get("calibration", {}), "calibration"),
                 build_seconds=_dict(doc.get("buildSeconds", {}), "buildSeconds"),
                 operation=_operation(doc.get("operation", "")),
+                item_types=_item_types(doc.get("itemTypes", [])),
             )
         except IndexFormatError:
             raise
@@ -359,6 +363,10 @@ class Manifest:
                                    f"version {manifest.version}")
         if manifest.id_type not in ID_TYPES:
             raise IndexFormatError(f"{root}: unknown id type {manifest.id_type!r}")
+        if [name for name, _ in manifest.item_types] != list(
+                manifest.build_spec.get("itemCols") or []):
+            raise IndexFormatError(f"{root}: the manifest of version {version} names other item "
+                                   "columns in itemTypes than in itemCols")
         missing = [name for name in _required_params(manifest.index_type)
                    if manifest.build_spec.get(name) is None]
         if missing:
@@ -460,6 +468,27 @@ def _required_params(index_kind: str) -> tuple[str, ...]:
     cls = index_type(index_kind)
     return ("numPartitions", *(f.metadata["param"] for f in fields(cls.Params)
                                if f.default is MISSING))
+
+
+def _item_types(doc) -> list[tuple[str, str]]:
+    """(name, Spark type) pairs of the stored item columns: distinct names, known types."""
+    from .items import ITEM_TYPES, MAX_ITEM_COLUMNS
+
+    if not isinstance(doc, list) or len(doc) > MAX_ITEM_COLUMNS:
+        raise IndexFormatError("manifest field itemTypes is not a list of at most "
+                               f"{MAX_ITEM_COLUMNS} columns")
+    pairs = []
+    for pair in doc:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise IndexFormatError("manifest field itemTypes holds a malformed entry")
+        name, kind = _text(pair[0], "itemTypes"), _text(pair[1], "itemTypes")
+        if kind not in ITEM_TYPES or not name:
+            raise IndexFormatError(f"manifest field itemTypes: column {name!r} has the "
+                                   f"unsupported type {kind!r}")
+        pairs.append((name, kind))
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise IndexFormatError("manifest field itemTypes names a column twice")
+    return pairs
 
 
 def _operation(value) -> str:

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from .. import testing
 from ..index import StoredPartition
 from ..tasks import cluster_cores
+from . import items
 from .format import IndexFormatError, framed_sha256, sha256
 from .fs import arrow_fs, is_local, join, local_path, read_file
 
@@ -56,11 +57,20 @@ def few_listing_tasks(spark) -> Iterator[None]:
             spark.conf.set(LISTING_PARALLELISM, before)
 
 
-def index_schema(id_type: str) -> str:
+def stored_columns(item_types) -> list[str]:
+    """The index table's columns (with the item columns when the index has some)."""
+    return INDEX_COLUMNS + ([items.ITEMS, items.ITEMS_SHA] if item_types else [])
+
+
+def index_schema(id_type: str, item_types: list | None = None) -> str:
+    """The index table's Spark schema (``item_types``: (name, Spark type) of the item
+    columns stored beside the ids, see :mod:`.items`)."""
+    stored_items = (f", {items.ITEMS} {items.struct_ddl(item_types)}, {items.ITEMS_SHA} string"
+                    if item_types else "")
     return (f"partition_id int, pid int, num_rows long, ids array<{id_type}>, payload binary, "
             "codebook binary, vectors binary, payload_sha256 string, ids_sha256 string, "
             "vectors_sha256 string, payload_bytes long, checksum string, "
-            "sq_error double, calibration binary, task_seconds array<double>")
+            "sq_error double, calibration binary, task_seconds array<double>" + stored_items)
 
 
 def ids_digest(ids: pa.Array) -> bytes:
@@ -83,19 +93,34 @@ def digests(stored: StoredPartition, ids: pa.Array) -> dict[str, str]:
 
 
 def combined_checksum(parts: dict[str, str]) -> str:
-    """The checksum the manifest records: over the parts' digests, so each part can be
-    verified without reading the others."""
-    return sha256("|".join(parts[k] for k in ("payload_sha256", "ids_sha256",
-                                               "vectors_sha256")).encode())
+    """The checksum the manifest records: over the parts' digests (the item columns'
+    when the index stores some), so each part can be verified without reading the
+    others."""
+    names = ["payload_sha256", "ids_sha256", "vectors_sha256"]
+    if parts.get(items.ITEMS_SHA):
+        names.append(items.ITEMS_SHA)
+    return sha256("|".join(parts[k] for k in names).encode())
 
 
 def partition_row(pid: int, ids: pa.Array, stored: StoredPartition,
                   calibration: bytes | None = None,
-                  seconds: tuple[float, float] | None = None) -> pa.Table:
+                  seconds: tuple[float, float] | None = None,
+                  item_values: pa.Table | None = None,
+                  item_types: list | None = None) -> pa.Table:
     """One row of the index table (``calibration``: the fit's held-out searches;
-    ``seconds``: the task's time building the index and searching that sample)."""
+    ``seconds``: the task's time building the index and searching that sample;
+    ``item_values``: the rows' item columns, in label order, of ``item_types``)."""
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     parts = digests(stored, ids)
+    stored_items = {}
+    if item_types:
+        if item_values is None or item_values.num_rows != len(ids):
+            raise ValueError(f"partition {pid}: item columns for {len(ids)} ids are missing")
+        value = items.stored_items(item_values, item_types)
+        parts[items.ITEMS_SHA] = items.items_digest(
+            items.items_table(value, item_types, len(ids), pid))
+        stored_items = {items.ITEMS: value,
+                        items.ITEMS_SHA: pa.array([parts[items.ITEMS_SHA]], pa.string())}
     return pa.table({
         "partition_id": pa.array([pid], pa.int32()),
         "pid": pa.array([pid], pa.int32()),  # kept inside the file too (partition_id is the dir)
@@ -104,13 +129,15 @@ def partition_row(pid: int, ids: pa.Array, stored: StoredPartition,
         "payload": pa.array([stored.payload], pa.binary()),
         "codebook": pa.array([stored.codebook], pa.binary()),
         "vectors": pa.array([stored.vectors], pa.binary()),
-        **{name: pa.array([value], pa.string()) for name, value in parts.items()},
+        **{name: pa.array([parts[name]], pa.string())
+           for name in ("payload_sha256", "ids_sha256", "vectors_sha256")},
         "payload_bytes": pa.array([len(stored.payload) + len(stored.codebook)], pa.int64()),
         "checksum": pa.array([combined_checksum(parts)], pa.string()),
         "sq_error": pa.array([stored.sq_error], pa.float64()),
         "calibration": pa.array([calibration], pa.binary()),
         "task_seconds": pa.array([None if seconds is None else list(seconds)],
                                  pa.list_(pa.float64())),
+        **stored_items,
     })
 
 
