@@ -280,6 +280,18 @@ def living_index_through_connect(ctx: Context):
 
 
 @check
+def nearest_join_with_item_columns(ctx: Context):
+    from pyspark.sql import functions as F
+
+    items = ctx.items.limit(1000).withColumn("category", F.concat(F.lit("c"), F.col("id") % 5))
+    model = ANNIndex(numPartitions=2, targetRecall=0, k=3, itemCols=["category"],
+                     indexPath=ctx.path("items")).fit(items)
+    rows = model.nearestJoin(ctx.query_frame.limit(20), how="left").collect()
+    assert len(rows) == 60 and {r.rank for r in rows} == {1, 2, 3}
+    assert all(r.category == f"c{r.id % 5}" for r in rows)
+
+
+@check
 def evaluate_helpers(ctx: Context):
     from sparkann.evaluate import exact_neighbors, model_recall, recall_at_k, tune
 

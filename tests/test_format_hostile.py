@@ -289,7 +289,7 @@ def test_format_3_manifests_load_into_sections():
     assert manifest.stats == {"balanceAtBuild": 1.5}
     assert manifest.params["efSearch"] == 120 and manifest.params["indexType"] == "hnsw"
     again = parse(json.loads(manifest.to_json()))  # written back in the current format
-    assert again == manifest and json.loads(manifest.to_json())["formatVersion"] == 4
+    assert again == manifest and json.loads(manifest.to_json())["formatVersion"] == 5
 
 
 @pytest.mark.parametrize("field, value", [("indexType", "ivf"), ("metric", "manhattan")])
@@ -362,7 +362,7 @@ def test_manifest_with_the_wrong_format_name(name):
             error=IndexFormatError)
 
 
-@pytest.mark.parametrize("version", [5, 99, "5"])
+@pytest.mark.parametrize("version", [6, 99, "6"])
 def test_manifest_in_a_newer_format_says_to_upgrade(version):
     message = refused(parse, edit(formatVersion=version)(good_doc()), match="upgrade sparkann",
                       error=IndexFormatError)

@@ -49,7 +49,7 @@ def vectors():
 @pytest.fixture(scope="module")
 def fitted(spark, vectors, tmp_path_factory):
     root = tmp_path_factory.mktemp("items")
-    return ANNIndex(numPartitions=4, k=K, itemCols=ITEM_COLS, seed=2,
+    return ANNIndex(numPartitions=4, k=K, itemCols=ITEM_COLS, seed=2, targetRecall=0,
                     indexPath=str(root / "index")).fit(frame(spark, vectors[:ROWS]))
 
 
@@ -225,6 +225,16 @@ def test_changed_item_values_are_refused(spark, vectors, tmp_path):
     with pytest.raises(Exception, match="item columns do not match their checksum"):
         model.nearestJoin(q).collect()
     assert len(model.transform(q).collect()) == 5  # searching reads no item column
+
+
+def test_a_calibrated_fit_keeps_item_columns_with_their_rows(spark, vectors, tmp_path):
+    """Calibration holds rows out of each partition and adds them last: their item
+    columns move with them."""
+    model = ANNIndex(numPartitions=2, k=K, itemCols=ITEM_COLS,
+                     indexPath=str(tmp_path / "index")).fit(frame(spark, vectors[:300]))
+    assert model.summary()["calibration"]  # the held-out rows were searched
+    q = queries(spark, vectors, 20)
+    check_rows_match_items(joined(model, q), model, q)
 
 
 def test_a_manifest_whose_item_types_disagree_is_refused(spark, vectors, tmp_path):

@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 if TYPE_CHECKING:
     from ..index import IndexSpec
@@ -25,6 +26,10 @@ FORMAT_NAME = "sparkann-index"
 # sections (build spec, search defaults, model params, stats). Format 3 still loads.
 FORMAT_VERSION = 5  # 5: item columns (itemTypes)
 READABLE_VERSIONS = (3, 4, 5)
+# Spark types an item column may have (see storage.items), and how many a manifest names
+ITEM_TYPE_NAMES = ("boolean", "tinyint", "smallint", "int", "bigint", "float", "double",
+                   "string", "date")
+MAX_ITEM_COLUMNS = 64
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_META_BYTES = 8 << 30
 MAX_PARTITIONS = (1 << 31) - 1  # partition ids are int32
@@ -57,6 +62,18 @@ def framed_sha256(*parts) -> str:
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()
+
+
+def ids_digest(ids: pa.Array) -> bytes:
+    """Canonical bytes of an id column, for checksums."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if pa.types.is_integer(ids.type):
+        return np.asarray(ids.to_numpy(zero_copy_only=False), dtype="<i8").tobytes()
+    ids = ids.cast(pa.large_string())
+    offsets = np.frombuffer(ids.buffers()[1], dtype="<i8")[ids.offset:ids.offset + len(ids) + 1]
+    data = ids.buffers()[2]
+    body = b"" if data is None else data.to_pybytes()[offsets[0]:offsets[-1]]
+    return (offsets - offsets[0]).astype("<i8").tobytes() + body
 
 
 def safe_relative(path: Any, what: str) -> str:
@@ -472,8 +489,6 @@ def _required_params(index_kind: str) -> tuple[str, ...]:
 
 def _item_types(doc) -> list[tuple[str, str]]:
     """(name, Spark type) pairs of the stored item columns: distinct names, known types."""
-    from .items import ITEM_TYPES, MAX_ITEM_COLUMNS
-
     if not isinstance(doc, list) or len(doc) > MAX_ITEM_COLUMNS:
         raise IndexFormatError("manifest field itemTypes is not a list of at most "
                                f"{MAX_ITEM_COLUMNS} columns")
@@ -482,7 +497,7 @@ def _item_types(doc) -> list[tuple[str, str]]:
         if not isinstance(pair, list) or len(pair) != 2:
             raise IndexFormatError("manifest field itemTypes holds a malformed entry")
         name, kind = _text(pair[0], "itemTypes"), _text(pair[1], "itemTypes")
-        if kind not in ITEM_TYPES or not name:
+        if kind not in ITEM_TYPE_NAMES or not name:
             raise IndexFormatError(f"manifest field itemTypes: column {name!r} has the "
                                    f"unsupported type {kind!r}")
         pairs.append((name, kind))

@@ -12,16 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .format import IndexFormatError, framed_sha256
+from .format import ITEM_TYPE_NAMES, MAX_ITEM_COLUMNS, IndexFormatError, framed_sha256, ids_digest
 
 ITEMS, ITEMS_SHA = "items", "items_sha256"
 # Spark type (simpleString) -> the Arrow type of its values in a stored partition
-ITEM_TYPES = {
-    "boolean": pa.bool_(), "tinyint": pa.int8(), "smallint": pa.int16(), "int": pa.int32(),
-    "bigint": pa.int64(), "float": pa.float32(), "double": pa.float64(),
-    "string": pa.string(), "date": pa.date32(),
-}
-MAX_ITEM_COLUMNS = 64
+ITEM_TYPES = dict(zip(ITEM_TYPE_NAMES, (
+    pa.bool_(), pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.float64(),
+    pa.string(), pa.date32())))
 
 
 def item_types(schema, names: list[str], reserved: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -103,8 +100,6 @@ def items_digest(table: pa.Table) -> str:
 
 def _value_bytes(column: pa.Array) -> bytes:
     if pa.types.is_string(column.type):
-        from .tables import ids_digest
-
         return ids_digest(pc.fill_null(column, ""))
     if pa.types.is_boolean(column.type):
         return np.asarray(pc.fill_null(column, False), np.uint8).tobytes()

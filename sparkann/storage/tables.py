@@ -24,7 +24,7 @@ from .. import testing
 from ..index import StoredPartition
 from ..tasks import cluster_cores
 from . import items
-from .format import IndexFormatError, framed_sha256, sha256
+from .format import IndexFormatError, framed_sha256, ids_digest, sha256
 from .fs import arrow_fs, is_local, join, local_path, read_file
 
 INDEX_COLUMNS = ["partition_id", "pid", "num_rows", "ids", "payload", "codebook", "vectors",
@@ -71,18 +71,6 @@ def index_schema(id_type: str, item_types: list | None = None) -> str:
             "codebook binary, vectors binary, payload_sha256 string, ids_sha256 string, "
             "vectors_sha256 string, payload_bytes long, checksum string, "
             "sq_error double, calibration binary, task_seconds array<double>" + stored_items)
-
-
-def ids_digest(ids: pa.Array) -> bytes:
-    """Canonical bytes of an id column, for checksums."""
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    if pa.types.is_integer(ids.type):
-        return np.asarray(ids.to_numpy(zero_copy_only=False), dtype="<i8").tobytes()
-    ids = ids.cast(pa.large_string())
-    offsets = np.frombuffer(ids.buffers()[1], dtype="<i8")[ids.offset:ids.offset + len(ids) + 1]
-    data = ids.buffers()[2]
-    body = b"" if data is None else data.to_pybytes()[offsets[0]:offsets[-1]]
-    return (offsets - offsets[0]).astype("<i8").tobytes() + body
 
 
 def digests(stored: StoredPartition, ids: pa.Array) -> dict[str, str]:
