@@ -37,7 +37,8 @@ import shared_data  # noqa: E402
 # at the end.
 LONGEST_FIRST = ("test_connect", "test_cli", "test_lifecycle", "test_notebook",
                  "test_transaction", "test_persistence", "test_search_shapes",
-                 "test_calibration", "test_query_drift", "test_index", "test_errors",
+                 "test_calibration", "test_query_drift", "test_items", "test_index",
+                 "test_errors",
                  "test_real_data", "test_pq_index")
 
 
