@@ -28,21 +28,19 @@ def output_names(manifest: Manifest, id_col: str, prefix: str) -> list[str]:
 
 
 def check_join(queries: DataFrame, manifest: Manifest, id_col: str, how: str,
-               prefix: str) -> list[str]:
-    """The added column names; ``ValueError`` for an unknown ``how`` or a name the
-    query rows already have."""
+               prefix: str) -> None:
+    """``ValueError`` for an unknown ``how``, or for a column the join would add that
+    the query rows already have."""
     if how not in JOIN_TYPES:
         raise ValueError(f"how={how!r} must be one of {', '.join(JOIN_TYPES)}")
     if not isinstance(prefix, str):
         raise ValueError(f"itemPrefix={prefix!r} must be a string")
-    added = output_names(manifest, id_col, prefix)
-    clash = [name for name in added if name in queries.columns]
+    clash = [name for name in output_names(manifest, id_col, prefix) if name in queries.columns]
     if clash:
         raise ValueError(f"nearestJoin: the query rows already have the column(s) {clash}, "
                          "which the join adds for each neighbour; rename them, or pass "
                          "itemPrefix (for example itemPrefix='item_') to prefix the "
                          "neighbour's id and item columns")
-    return added
 
 
 def nearest_join(searched: DataFrame, query_cols: list[str], manifest: Manifest,

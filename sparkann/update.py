@@ -241,13 +241,12 @@ def _compact_fn(handle: IndexHandle, threads: int):
         for batch in batches:
             for pid in batch.column("partition_id").to_pylist():
                 part = fresh_partition(index, pid, _keeps_vectors(index))
-                keep = np.setdiff1d(np.arange(part.index.count), deleted_labels(index, pid))
+                keep = live_positions(index, pid, part.index.count)
                 seed = partition_seed(int(index.manifest.params["seed"]), pid)
-                fresh = part.index.compact(keep, seed, resolve_threads(threads))
+                fresh = part.index.compact(keep.to_numpy(), seed, resolve_threads(threads))
                 item_types = index.manifest.item_types
-                values = (partition_items(index, pid)[1].take(pa.array(keep)) if item_types
-                          else None)
-                yield from tables.partition_row(pid, part.ids.take(pa.array(keep)),
+                values = partition_items(index, pid)[1].take(keep) if item_types else None
+                yield from tables.partition_row(pid, part.ids.take(keep),
                                                 fresh.store(), item_values=values,
                                                 item_types=item_types).to_batches()
 
