@@ -308,6 +308,15 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
+def write_json(path: str, result: dict) -> None:
+    """Write ``result`` as indented JSON to ``path``, creating its folder."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=1)
+
+
 # --------------------------------------------------------------------------
 # Ground truth, recall, model fits
 # --------------------------------------------------------------------------

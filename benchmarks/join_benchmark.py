@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 
+import bench  # benchmarks/ (this script's folder): shared helpers
 import numpy as np
 import pyarrow as pa
 
@@ -63,15 +63,6 @@ def vectors_table(vectors: np.ndarray, id_name: str, with_items: bool) -> pa.Tab
     return pa.table(columns)
 
 
-def timed(run, repeats: int) -> tuple[float, pa.Table]:
-    times, table = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        table = run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), table
-
-
 def found_ids(table: pa.Table, n: int, qid: str, nid: str) -> np.ndarray:
     found = np.full((n, K), -1, np.int64)
     ranks = {}
@@ -102,14 +93,17 @@ def main(argv=None) -> int:
                          indexPath=os.path.join(work, "index")).fit(items)
         fit_seconds = time.perf_counter() - started
         model.setVectorCol("qvec")
-        ours, table = timed(lambda: model.nearestJoin(query_frame).toArrow(), args.repeats)
+        times, table = bench.timed_repeats(lambda: model.nearestJoin(query_frame).toArrow(),
+                                           args.repeats)
+        ours = bench.median(times)
         ours_recall = exact.recall_at_k(found_ids(table, args.queries, "qid", "id"), truth, K)
     sample = query_frame.where(F.col("qid") < args.spark_queries)
-    theirs, spark_table = timed(lambda: sample.nearestByJoin(
+    times, spark_table = bench.timed_repeats(lambda: sample.nearestByJoin(
         items, F.vector_l2_distance(F.col("qvec"), F.col("vector")), K, "exact",
         "distance").select("qid", "id", "category", "price",
                            F.vector_l2_distance(F.col("qvec"), F.col("vector")).alias(
-                               "distance")).toArrow(), max(1, args.repeats - 1))
+                               "distance")).toArrow(), args.repeats - 1)
+    theirs = bench.median(times)
     spark_recall = exact.recall_at_k(found_ids(spark_table, args.spark_queries, "qid", "id"),
                                      truth[:args.spark_queries], K)
     per_query = {"sparkann": ours / args.queries, "nearestByJoin": theirs / args.spark_queries}
@@ -125,9 +119,7 @@ def main(argv=None) -> int:
           f"queries in {theirs:.2f} s (recall {spark_recall:.3f}); per query sparkann is "
           f"{result['speedup_per_query']}x faster")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            json.dump(result, handle, indent=1)
+        bench.write_json(args.out, result)
     spark.stop()
     return 0
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+import bench  # benchmarks/ (this script's folder): shared helpers
 import numpy as np
 
 from sparkann import ANNIndex, datasets, vectorio
@@ -83,9 +84,7 @@ def main(argv=None) -> int:
     print(f"{args.rows:,} x {args.dim} rows: {args.few} partitions {few:.1f} s, "
           f"{args.many} partitions {many:.1f} s, ratio {many / few:.2f} (target <= 1.5)")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            json.dump(result, handle, indent=1)
+        bench.write_json(args.out, result)
     spark.stop()
     return 0
 
