@@ -230,11 +230,15 @@ def test_changed_item_values_are_refused(spark, vectors, tmp_path):
 def test_a_calibrated_fit_keeps_item_columns_with_their_rows(spark, vectors, tmp_path):
     """Calibration holds rows out of each partition and adds them last: their item
     columns move with them."""
+    rows = frame(spark, vectors[:300])
+    # the input out of shuffles: vectors joined with their items, repartitioned
+    shuffled = rows.select("id", "vector").repartition(3).join(
+        rows.drop("vector").repartition(2), "id")
     model = ANNIndex(numPartitions=2, k=K, itemCols=ITEM_COLS,
-                     indexPath=str(tmp_path / "index")).fit(frame(spark, vectors[:300]))
+                     indexPath=str(tmp_path / "index")).fit(shuffled)
     assert model.summary()["calibration"]  # the held-out rows were searched
     q = queries(spark, vectors, 20)
-    check_rows_match_items(joined(model, q), model, q)
+    check_rows_match_items(joined(model, q.repartition(4)), model, q)
 
 
 def test_a_manifest_whose_item_types_disagree_is_refused(spark, vectors, tmp_path):
