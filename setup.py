@@ -19,6 +19,7 @@ setup(
         "scikit-learn>=1.3",
         "hnswlib>=0.8,<0.9",
         "faiss-cpu>=1.8",  # the pq and hnsw_sq8 index types
+        "sqlglot>=25",  # parses item filters (Spark SQL predicates) for evaluation in tasks
     ],
     extras_require={
         # everything `python -m pytest -q tests` needs: Spark Connect client, notebook runner,

@@ -41,6 +41,7 @@ from .search import (
     payload_reads,
     run_search,
 )
+from .search.filtered import check_filter, item_filter
 from .search.plan import memory_needed
 from .storage.copying import copy_index
 from .storage.format import IndexFormatError, Manifest
@@ -87,7 +88,8 @@ class ANNIndex(Estimator, ANNParams, DefaultParamsWritable, DefaultParamsReadabl
                  targetRecall=0.95, itemCols=None, hnswM=16, efConstruction=200, efSearch=None,
                  pqSubvectors=16, pqBits=8, pqCodebook="partition", rerankK=None, k=10,
                  numProbes=None, probeEpsilon=0.0, neighborsCol="neighbors",
-                 allowedIdsCol=None, excludeSelf=False, searchStrategy="auto"):
+                 allowedIdsCol=None, excludeSelf=False, searchStrategy="auto", filter=None,
+                 matchCols=None):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
@@ -167,7 +169,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
     best first, with ``min(k, numVectors)`` entries. Distances: Euclidean for
     ``l2``, ``1 - cosine similarity`` for ``cosine``, negative inner product for
     ``ip`` (smaller is better for all three). ``transform`` is lazy: it runs no
-    Spark job and works on streaming DataFrames.
+    Spark job (with ``filter`` or ``matchCols``, one over the stored item columns, which
+    counts the passing rows) and works on streaming DataFrames.
     """
 
     def __init__(self, manifest: Manifest | None = None, manifest_sha256: str = ""):
@@ -242,8 +245,9 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
         with_vectors = knobs.needs_vectors
         strategy = choose_strategy(spark, manifest, settings["searchStrategy"], reads,
                                    with_vectors)
+        handle = self._handle(spark)
         plan = SearchPlan(
-            handle=self._handle(spark), id_type=manifest.id_type, dim=manifest.dim,
+            handle=handle, id_type=manifest.id_type, dim=manifest.dim,
             vector_col=self.getVectorCol(), neighbors_col=self.getNeighborsCol(),
             k=settings["k"], num_probes=settings["numProbes"],
             probe_epsilon=settings["probeEpsilon"],
@@ -252,7 +256,8 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             id_col=self.getIdCol(), strategy=strategy, reads=reads,
             location_buckets=manifest.locations.buckets if manifest.locations else 1,
             hard_marks=drift.hard_marks(manifest.calibration),
-            item_types=tuple(manifest.item_types))
+            item_types=tuple(manifest.item_types),
+            item_filter=self._item_filter(dataset, handle))
         log.info("sparkann: search planned (%s strategy, k=%d, numProbes=%d%s)",
                  strategy, plan.k, plan.num_probes,
                  "".join(f", {n}={v}" for n, v in knobs.settings().items()))
@@ -261,6 +266,17 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
             observation = new_observation(dataset)
         self._last_search = observation
         return run_search(dataset, manifest, plan, observation)
+
+    def _item_filter(self, queries: DataFrame, handle: IndexHandle):
+        """The search's filter and match keys, with their rows counted (one Spark job
+        over the item columns), or None without either."""
+        text, match = self.getFilter(), sorted(self.getMatchCols().items())
+        if not text and not match:
+            return None
+        manifest = self.manifest
+        check_filter(queries.schema, manifest, text, match,
+                     payload_reads(queries.sparkSession, manifest))
+        return item_filter(queries.sparkSession, manifest, handle, text, match)
 
     def nearestJoin(self, queries: DataFrame, how: str = "inner",
                     itemPrefix: str = "") -> DataFrame:

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from .loader import IndexHandle, partition_items
 from .storage.format import Manifest
-from .update import item_ddl, live_positions, per_stored_partition
+from .stored import item_ddl, live_positions, per_stored_partition
 
 JOIN_TYPES = ("inner", "left")
 NEIGHBORS = "__sparkann_neighbors"

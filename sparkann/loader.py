@@ -110,6 +110,11 @@ class LoadedPartition:
         """The index's subset search: (1, min(k, len(labels)))."""
         return self.index.search_subset(query, labels, min(k, len(labels)), knobs)
 
+    def search_filtered(self, queries: np.ndarray, passing: np.ndarray, k: int,
+                        knobs) -> tuple[np.ndarray, np.ndarray]:
+        """The index's filtered search: (nq, min(k, rows))."""
+        return self.index.search_filtered(queries, passing, min(k, self.index.count), knobs)
+
 
 class LRUCache:
     """Loaded objects kept in the Python worker, bounded by their bytes."""

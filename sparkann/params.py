@@ -29,7 +29,9 @@ CALIBRATED = ("numProbes", "probeEpsilon", *search_param_names())
 # Params a built model may change: how it searches and names its columns. Every other
 # param describes the stored index and is read from its manifest, never from the model.
 MODEL_PARAMS = frozenset({*CALIBRATED, "k", "searchStrategy", "neighborsCol", "allowedIdsCol",
-                          "excludeSelf", "numThreads", "vectorCol", "idCol"})
+                          "excludeSelf", "numThreads", "vectorCol", "idCol", "filter",
+                          "matchCols"})
+MAX_FILTER_CHARS = 10_000
 
 
 def _choice(name: str, choices) -> Callable[[Any], Any]:
@@ -85,6 +87,21 @@ def _columns(name: str) -> Callable[[Any], list[str]]:
         return names
 
     return convert
+
+
+def _predicate(value) -> str:
+    text = TypeConverters.toString(value).strip()
+    if len(text) > MAX_FILTER_CHARS:
+        raise ValueError(f"filter is {len(text)} characters long; at most {MAX_FILTER_CHARS}")
+    return text
+
+
+def _column_map(value) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
+        raise ValueError("matchCols must map item column names to query column names, "
+                         f"got {value!r}")
+    return dict(value)
 
 
 def _param(name: str, doc: str, converter) -> Param:
@@ -315,6 +332,12 @@ class SearchParams(Params):
                            "each query is answered from its own subset", _column("allowedIdsCol"))
     excludeSelf = _param("excludeSelf", "drop each query row's own id (idCol) from its "
                          "neighbours, for kNN self-joins", TypeConverters.toBoolean)
+    filter = _param("filter", "a Spark SQL predicate over the index's item columns "
+                    "(itemCols), such as \"category = 'shoes' AND price < 100\": only items for "
+                    "which it is true are returned; '' or unset: no filter", _predicate)
+    matchCols = _param("matchCols", "{item column: query column}: each query's neighbours "
+                       "come only from items whose item column equals the query's column "
+                       "(null matches nothing)", _column_map)
     searchStrategy = _param("searchStrategy", "'local' (each task searches its own rows against "
                             "the cached index), 'partition' (rows meet their partitions) or "
                             "'auto' (by index size; the Spark setting "
@@ -324,7 +347,7 @@ class SearchParams(Params):
     def __init__(self, *args):
         super().__init__(*args)
         self._setDefault(k=10, probeEpsilon=0.0, neighborsCol="neighbors", excludeSelf=False,
-                         searchStrategy="auto")
+                         searchStrategy="auto", filter="", matchCols={})
 
     def getK(self) -> int:
         return self.getOrDefault(self.k)
@@ -361,6 +384,20 @@ class SearchParams(Params):
 
     def setExcludeSelf(self, value: bool):
         return self._set(excludeSelf=value)
+
+    def getFilter(self) -> str:
+        return self.getOrDefault(self.filter)
+
+    def setFilter(self, value: str | None):
+        """Search only items for which the predicate is true (None or '' clears it)."""
+        return self._set(filter="" if value is None else value)
+
+    def getMatchCols(self) -> dict[str, str]:
+        return self.getOrDefault(self.matchCols)
+
+    def setMatchCols(self, value: dict[str, str] | None):
+        """Answer each query from items whose columns equal its own (None clears it)."""
+        return self._set(matchCols=value or {})
 
     def getSearchStrategy(self) -> str:
         return self.getOrDefault(self.searchStrategy)

@@ -39,6 +39,7 @@ from .storage import tables
 from .storage.format import Manifest
 from .storage.fs import join
 from .storage.transaction import Transaction
+from .stored import item_ddl, live_positions, per_stored_partition
 from .tasks import resolve_threads, threads_per_task
 from .vectors import to_matrix
 
@@ -275,33 +276,6 @@ def _live_rows(index: LoadedIndex, pid: int) -> pa.RecordBatch:
         [part.ids.take(keep), list_array(part.index.live_vectors(keep.to_numpy())),
          *[values.column(n).combine_chunks() for n in values.column_names]],
         ["id", "vector", *values.column_names])
-
-
-def per_stored_partition(spark, manifest: Manifest, handle: IndexHandle, rows_of,
-                         schema: str) -> DataFrame:
-    """``rows_of(index, pid)`` (a record batch of ``schema``) of every stored partition,
-    in tasks of a few partitions each."""
-    pids = [(pid,) for pid, f in enumerate(manifest.partitions.files) if f]
-    work = spark.createDataFrame(pids, "partition_id int")
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        index = open_index(handle)
-        for batch in batches:
-            for pid in batch.column("partition_id").to_pylist():
-                yield rows_of(index, pid)
-
-    return work.repartition(max(1, min(len(pids), 200)), "partition_id").mapInArrow(
-        run, schema)
-
-
-def live_positions(index: LoadedIndex, pid: int, count: int) -> pa.Array:
-    """The labels of a partition's rows that are not deleted."""
-    return pa.array(np.setdiff1d(np.arange(count), deleted_labels(index, pid)))
-
-
-def item_ddl(manifest: Manifest) -> str:
-    """The stored item columns as the tail of a Spark DDL schema (", `name` type...")."""
-    return "".join(f", `{name}` {kind}" for name, kind in manifest.item_types)
 
 
 # --------------------------------------------------------------- rebalance

@@ -292,6 +292,29 @@ def nearest_join_with_item_columns(ctx: Context):
 
 
 @check
+def filters_match_cols_and_the_sql_function(ctx: Context):
+    from pyspark.sql import functions as F
+
+    import sparkann.sql
+
+    items = ctx.items.limit(1000).withColumn("category", (F.col("id") % 5).cast("int"))
+    path = ctx.path("filtered")
+    model = ANNIndex(numPartitions=2, targetRecall=0, k=3, itemCols=["category"],
+                     indexPath=path).fit(items)
+    queries = ctx.query_frame.limit(20).withColumn("want", (F.col("qid") % 5).cast("int"))
+    found = model.setFilter("category IN (1, 2)").transform(queries).collect()
+    assert all(n.id % 5 in (1, 2) for r in found for n in r.neighbors)
+    matched = model.setFilter(None).setMatchCols({"category": "want"}).transform(
+        queries).collect()
+    assert all(n.id % 5 == r.qid % 5 for r in matched for n in r.neighbors)
+    sparkann.sql.register(ctx.spark)
+    queries.createOrReplaceTempView("connect_queries")
+    rows = ctx.spark.sql(f"""SELECT qid, id, category, rank FROM sparkann_search(
+        TABLE(connect_queries), '{path}', 3, 'category = 4')""").collect()
+    assert len(rows) == 60 and all(r.category == 4 and r.id % 5 == 4 for r in rows)
+
+
+@check
 def evaluate_helpers(ctx: Context):
     from sparkann.evaluate import exact_neighbors, model_recall, recall_at_k, tune
 

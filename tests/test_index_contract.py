@@ -252,6 +252,28 @@ def test_subset_search_is_exact_within_a_small_subset(case):
         index.search_subset(queries[0], np.array([N]), K, knobs)
 
 
+@pytest.mark.parametrize("share", [0.001, 0.01, 0.1, 0.5, 0.95])
+def test_filtered_search_returns_only_passing_rows_with_high_recall(case, share):
+    cls, context, base, queries, _, _ = case
+    index = fresh(case)
+    hidden = np.arange(1, N, 7)
+    index.hide(hidden)
+    passing = np.random.default_rng(int(share * 1000)).random(N) < share
+    live = passing.copy()
+    live[hidden] = False
+    labels, dists = index.search_filtered(queries, passing, K, best_knobs(cls, context))
+    assert labels.shape == dists.shape == (NQ, K)
+    found = labels[labels >= 0]
+    assert live[found].all()  # never a row the filter (or a deletion) excludes
+    rows = np.flatnonzero(live)
+    order, truth_dists = exact.knn(base[rows], queries, K, context.metric.name)
+    wanted = min(K, len(rows))
+    assert ((labels >= 0).sum(axis=1) == wanted).all()  # fewer than k: all of them
+    floor = 0.95 if cls.exact_distances else RECALL  # quantized: near-ties may swap
+    assert exact.recall_at_k(labels[:, :wanted], rows[order], wanted) >= floor
+    assert (np.diff(dists[:, :wanted], axis=1) >= -1e-5).all()
+
+
 def test_memory_bytes_is_positive(case):
     index = fresh(case)
     assert isinstance(index.memory_bytes(), int) and index.memory_bytes() > 0

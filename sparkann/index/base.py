@@ -28,6 +28,11 @@ from ..metrics import Metric
 # exactly instead of walking a filtered structure.
 SUBSET_SCAN_ROWS = 4096
 SUBSET_SCAN_SHARE = 0.1
+# A filtered search scans a partition's passing rows exactly up to this share of its
+# live rows (or SUBSET_SCAN_ROWS), measured cheaper than walking a graph with a filter;
+# past it, types with an in-graph filter use it, others over-fetch and drop the rest.
+FILTER_SCAN_SHARE = 0.25
+OVERFETCH = 2.0  # over-fetched candidates per expected passing neighbour
 # What every loaded row costs beside its index: its 8-byte id and its hidden-row mark.
 LOADED_ROW_BYTES = 9
 
@@ -139,6 +144,8 @@ class PartitionIndex(ABC):
     # calibration must not take as the truth).
     exact_vectors: ClassVar[bool] = True
     count: int
+    hidden: np.ndarray  # marks of deleted (hidden) rows, by label
+    context: PartitionContext
     # Memory of a loaded partition (the index, its ids and its hidden-row marks, not its
     # exact vectors) per stored byte (payload and codebook), measured for each type in
     # tests/test_memory_model.py. Types whose ratio depends on their params override
@@ -263,6 +270,60 @@ class PartitionIndex(ABC):
         """Top ``k`` of one query among ``labels`` only (hidden rows excluded):
         ``(labels, distances)`` of shape (1, k)."""
 
+    # Whether search_in_graph walks the index with a filter (else filtered searches
+    # over-fetch past FILTER_SCAN_SHARE).
+    in_graph_filter: ClassVar[bool] = False
+
+    def search_filtered(self, queries: np.ndarray, passing: np.ndarray, k: int,
+                        knobs: SearchKnobs) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` of each query among the rows ``passing`` (a mask over labels) marks,
+        hidden rows excluded: ``(labels, distances)`` of shape (nq, k), padded. The
+        method follows the passing share (:meth:`filtered_method`)."""
+        live = np.asarray(passing, dtype=bool)[:self.count] & ~self.hidden
+        labels = np.flatnonzero(live)
+        width = min(k, len(labels))
+        if width == 0 or len(queries) == 0:
+            return padded(np.empty((len(queries), 0), np.int64),
+                          np.empty((len(queries), 0), np.float32), k)
+        method = self.filtered_method(len(labels), int(self.count - self.hidden.sum()))
+        if method == "scan":
+            found = exact_batch(self.live_vectors(labels), labels, queries, width,
+                                self.context.metric)
+        elif method == "graph":
+            found = self.search_in_graph(queries, live, width, knobs)
+        else:
+            found = self._overfetched(queries, live, labels, width, knobs)
+        return padded(*found, k)
+
+    def filtered_method(self, passing: int, live: int) -> str:
+        """"scan" (exact, over the passing rows), "graph" (:meth:`search_in_graph`) or
+        "overfetch" (search deeper, keep the passing rows)."""
+        if passing <= max(SUBSET_SCAN_ROWS, FILTER_SCAN_SHARE * live):
+            return "scan"
+        return "graph" if self.in_graph_filter else "overfetch"
+
+    def search_in_graph(self, queries: np.ndarray, live: np.ndarray, k: int,
+                        knobs: SearchKnobs) -> tuple[np.ndarray, np.ndarray]:
+        """Search skipping rows outside ``live`` inside the index (types that can)."""
+        raise NotImplementedError(f"{self.name} has no in-graph filter")
+
+    def _overfetched(self, queries, live, labels, k, knobs) -> tuple[np.ndarray, np.ndarray]:
+        """Search ``k / share x OVERFETCH`` deep and keep the passing rows; a query left
+        with fewer than ``k`` of them is answered by a scan."""
+        share = len(labels) / max(1, int(self.count - self.hidden.sum()))
+        depth = int(min(self.count, math.ceil(k / share * OVERFETCH)))
+        found, dists = self.search(queries, depth, knobs)
+        keep = (found >= 0) & live[np.maximum(found, 0)]
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # passing first, in order
+        found = np.where(np.take_along_axis(keep, order, 1),
+                         np.take_along_axis(found, order, 1), -1)
+        dists = np.where(found >= 0, np.take_along_axis(dists, order, 1), np.inf)
+        short = np.flatnonzero((found < 0).any(axis=1))
+        if len(short):
+            found[short], dists[short] = exact_batch(self.live_vectors(labels), labels,
+                                                     queries[short], k, self.context.metric)
+        return found, dists.astype(np.float32)
+
     @abstractmethod
     def add(self, vectors: np.ndarray, threads: int) -> None:
         """Append prepared rows, labelled ``count..count+n-1``."""
@@ -299,6 +360,15 @@ def exact_among(vectors: np.ndarray, labels: np.ndarray, query: np.ndarray, k: i
         return padded(np.empty((1, 0), np.int64), np.empty((1, 0), np.float32), k)
     order, best = knn(vectors, query[None], k, metric)
     return padded(labels[order[0]][None], best, k)
+
+
+def exact_batch(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int,
+                metric: Metric) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of each query among ``vectors`` (rows of ``labels``): (nq, k), padded."""
+    from ..exact import knn
+
+    order, best = knn(vectors, queries, k, metric)
+    return padded(labels[order], best, k)
 
 
 def unpacked_header(data, header: struct.Struct, what: str) -> tuple[memoryview, tuple]:

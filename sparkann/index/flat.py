@@ -80,6 +80,9 @@ class FlatIndex(PartitionIndex):
         labels = labels[~self.hidden[labels]]
         return exact_among(self.vectors[labels], labels, query, k, self.context.metric)
 
+    def filtered_method(self, passing, live):
+        return "scan"
+
     def add(self, vectors, threads):
         vectors = np.asarray(vectors, np.float32).reshape(-1, self.context.dim)
         self.vectors = np.concatenate([self.vectors, vectors])

@@ -140,6 +140,11 @@ class HNSWSQIndex(HNSWSearch):
                                     self.own_knobs(knobs).ef_search, 1, allowed)
         return padded(found, dists, k)
 
+    in_graph_filter = True
+
+    def search_in_graph(self, queries, live, k, knobs):
+        return self._search(queries, k, self.own_knobs(knobs).ef_search, knobs.threads, live)
+
     # ---------------------------------------------------------------- updating
 
     def add(self, vectors, threads):

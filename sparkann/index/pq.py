@@ -351,6 +351,19 @@ class PQIndex(PartitionIndex):
         found, dists = self._adc(np.asarray(query, np.float32)[None], k, knobs.threads, allowed)
         return padded(found, dists, k)
 
+    in_graph_filter = True
+
+    def filtered_method(self, passing, live):
+        return "graph"  # the bitmap-filtered ADC scan, re-ranked like a plain search
+
+    def search_in_graph(self, queries, live, k, knobs):
+        queries = np.asarray(queries, np.float32)
+        rerank = self.own_knobs(knobs).rerank_k if self.vectors is not None else 0
+        labels, dists = self._adc(queries, max(k, rerank), knobs.threads, live)
+        if rerank:
+            labels, dists = self._rerank(queries, labels, k)
+        return labels[:, :k], dists[:, :k]
+
     # ---------------------------------------------------------------- updating
 
     def add(self, vectors, threads):

@@ -184,6 +184,30 @@ class Router:
         rows, cols = np.nonzero(self.probed(ranked, distances, num_probes, k, epsilon))
         return self.expand(rows, ranked[rows, cols])
 
+    def route_among(self, queries: np.ndarray, num_probes: int, k: int, epsilon: float,
+                    passing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`route` over only the clusters with passing rows (``passing``: rows per
+        cluster that pass a filter), ranked by brute force among them, counting ``k``
+        in passing rows."""
+        held = np.flatnonzero(passing > 0)
+        if len(held) == 0 or len(queries) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        enough = int(np.searchsorted(np.cumsum(np.sort(passing[held])), k)) + 1
+        depth = min(len(held), max(num_probes, 1) + enough)
+        order, distances = rank_brute_force(queries, self.ranker.centroids[held], self.space,
+                                            depth)
+        ranked = held[order]
+        sizes = passing[ranked]
+        before = np.cumsum(sizes, axis=1) - sizes
+        position = np.arange(depth)[None, :]
+        wanted = ((position < num_probes) & within_slack(distances, epsilon)) | (before < k)
+        rows, cols = np.nonzero(wanted)
+        return self.expand(rows, ranked[rows, cols])
+
+    @property
+    def space(self) -> str:
+        return self.ranker.space
+
     def expand(self, rows: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query positions, partition ids) of (query, cluster) pairs: every shard."""
         counts = self.plan.counts[clusters]

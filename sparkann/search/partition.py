@@ -46,12 +46,14 @@ from ..storage import items, tables
 from ..tasks import cluster_cores, resolve_threads, threads_per_task
 from ..vectors import checked_queries
 from .binary import packed_lists, packed_rows, unpacked_lists, unpacked_rows
-from .plan import ALLOWED, SELF, VEC, SearchPlan, cache_bytes, output_schema
+from .filtered import passing_mask, query_groups, routed
+from .plan import ALLOWED, MATCH, SELF, VEC, SearchPlan, cache_bytes, output_schema
 from .topk import Candidates, UnbalancedQuery, last_key_start, query_neighbours
 
 K1, K2, PID, BUCKET = "__sparkann_k1", "__sparkann_k2", "__sparkann_pid", "__sparkann_bucket"
 NEED, COVER, QVEC = "__sparkann_need", "__sparkann_cover", "__sparkann_qvec"
 CIDS, CDIST = "__sparkann_cids", "__sparkann_cdist"
+GROUP = "__sparkann_group"  # a probe record's match group (see .filtered)
 ROW, LOCATE, COVERAGE = -1, -2, -3  # record kinds that are not partition ids
 
 
@@ -67,7 +69,7 @@ def record_schema(queries: DataFrame, id_type: str) -> T.StructType:
         T.StructField(QVEC, T.BinaryType()), T.StructField(SELF, spark_id),
         T.StructField(ALLOWED, T.ArrayType(spark_id)),
         T.StructField(CIDS, T.BinaryType() if id_type == "long" else T.ArrayType(spark_id)),
-        T.StructField(CDIST, T.BinaryType()),
+        T.StructField(CDIST, T.BinaryType()), T.StructField(GROUP, T.LongType()),
     ])
 
 
@@ -75,11 +77,13 @@ def partition_side(queries: DataFrame, helpers, plan: SearchPlan, loaded_bytes: 
                    num_partitions: int, manifest_files: tuple = ()) -> DataFrame:
     """The partition-side plan of a search over ``queries``."""
     spark = queries.sparkSession
-    if plan.reads == "join" and (plan.allowed or queries.isStreaming):
+    if plan.reads == "join" and (plan.allowed or queries.isStreaming
+                                 or plan.item_filter is not None):
         raise ValueError("with spark.sparkann.payloadReads='join' (Spark reads the index), "
-                         "searches support neither allowedIdsCol nor streaming queries; use "
-                         "an index location the executors can read with pyarrow")
-    key = query_key(F.col(VEC), F.col(ALLOWED), F.col(SELF))
+                         "searches support neither allowedIdsCol, filter, matchCols nor "
+                         "streaming queries; use an index location the executors can read "
+                         "with pyarrow")
+    key = query_key(F.col(VEC), F.col(ALLOWED), F.col(SELF), F.col(MATCH))
     keyed = queries.select("*", *helpers).select("*", *key)
     schema = record_schema(queries, plan.id_type)
     own = list(queries.columns)
@@ -146,18 +150,21 @@ def route_batch(index: LoadedIndex, plan: SearchPlan, own: list[str],
                         selfs if plan.exclude_self else None, plan.id_col),
         f"query column {plan.vector_col!r}")
     allowed = batch.column(ALLOWED)
+    spec = plan.item_filter
+    groups = query_groups(spec, batch.column(MATCH), n)
     subset = np.asarray(allowed.is_valid()) if plan.allowed else np.zeros(n, dtype=bool)
     need = np.zeros(n, np.int64)
-    plain = np.flatnonzero(~subset)
+    plain = np.flatnonzero(~subset & (groups >= 0))
     if len(plain):
-        rows, pids = index.router.route(vectors[plain], plan.num_probes, plan.fetch_k,
-                                        plan.probe_epsilon)
+        rows, pids = routed(index, spec, vectors[plain], groups[plain], plan.num_probes,
+                            plan.fetch_k, plan.probe_epsilon)
         rows = plain[rows]
         need += np.bincount(rows, minlength=n)
         yield records(batch, own, plan, rows, {
             PID: pa.array(pids, pa.int32()), COVER: pa.array(np.ones(len(rows), np.int64)),
-            QVEC: packed_rows(vectors[rows]), SELF: selfs.take(pa.array(rows))})
-    for row in np.flatnonzero(subset):
+            QVEC: packed_rows(vectors[rows]), SELF: selfs.take(pa.array(rows)),
+            GROUP: pa.array(groups[rows], pa.int64())})
+    for row in np.flatnonzero(subset & (groups >= 0)):
         ids = pc.unique(allowed[int(row)].values.drop_null())
         need[row] = len(ids)
         buckets = tables.id_buckets(ids, plan.location_buckets)
@@ -167,7 +174,7 @@ def route_batch(index: LoadedIndex, plan: SearchPlan, own: list[str],
             yield records(batch, own, plan, at, {
                 PID: pa.array([LOCATE], pa.int32()), BUCKET: pa.array([bucket], pa.int32()),
                 COVER: pa.array([0], pa.int64()), QVEC: packed_rows(vectors[at]),
-                SELF: selfs.take(pa.array(at)),
+                SELF: selfs.take(pa.array(at)), GROUP: pa.array(groups[at], pa.int64()),
                 ALLOWED: pa.ListArray.from_arrays(pa.array([0, len(mine)], pa.int32()), mine)})
     everyone = np.arange(n)
     yield records(batch, own, plan, everyone, {
@@ -195,7 +202,7 @@ def assemble(source: pa.Schema, own: list[str], plan: SearchPlan, columns: dict,
     internal = {K1: pa.int64(), K2: pa.int64(), PID: pa.int32(), BUCKET: pa.int32(),
                 NEED: pa.int64(), COVER: pa.int64(), QVEC: pa.binary(),
                 SELF: arrow_id, ALLOWED: pa.list_(arrow_id), CIDS: packed_ids,
-                CDIST: pa.binary()}
+                CDIST: pa.binary(), GROUP: pa.int64()}
     names = own + list(internal)
     types = [source.field(name).type for name in own] + list(internal.values())
     arrays = [columns[name] if name in columns else pa.nulls(count, t)
@@ -249,7 +256,7 @@ def located(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.Reco
         NEED: batch.column(NEED).take(take), K1: batch.column(K1).take(take),
         K2: batch.column(K2).take(take), BUCKET: batch.column(BUCKET).take(take),
         QVEC: batch.column(QVEC).take(take),
-        SELF: batch.column(SELF).take(take),
+        SELF: batch.column(SELF).take(take), GROUP: batch.column(GROUP).take(take),
         ALLOWED: pa.ListArray.from_arrays(
             pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)),
             pa.concat_arrays(id_lists) if id_lists else pa.array([], wanted.type)),
@@ -291,7 +298,7 @@ def searched(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.Rec
         if part is None and index.manifest.partitions.files[int(pid)]:
             part = pinned[int(pid)] = partition(index, int(pid), plan.with_vectors)
         group = batch.take(pa.array(rows))
-        cids, cdist = candidate_lists(part, plan, group, knobs)
+        cids, cdist = candidate_lists(part, plan, group, knobs, index, int(pid))
         yield assemble(batch.schema, own, plan, {
             K1: group.column(K1), K2: group.column(K2), PID: group.column(PID),
             BUCKET: group.column(BUCKET), NEED: group.column(NEED), COVER: group.column(COVER),
@@ -299,7 +306,8 @@ def searched(index: LoadedIndex, plan: SearchPlan, own: list[str], batch: pa.Rec
         }, group.num_rows)
 
 
-def candidate_lists(part, plan: SearchPlan, group: pa.RecordBatch, knobs):
+def candidate_lists(part, plan: SearchPlan, group: pa.RecordBatch, knobs,
+                    index: LoadedIndex | None = None, pid: int = -1):
     """(ids, distances) list columns of each probe record of one partition."""
     n = group.num_rows
     candidates = Candidates(n, plan.arrow_id_type)
@@ -307,12 +315,26 @@ def candidate_lists(part, plan: SearchPlan, group: pa.RecordBatch, knobs):
         vectors = unpacked_rows(group.column(QVEC), plan.dim)
         allowed = group.column(ALLOWED)
         subset = np.asarray(allowed.is_valid())
+        spec = plan.item_filter
+        groups = (_numbers(group, GROUP) if spec is not None else np.zeros(n, np.int64))
+
+        def passing(of: int) -> np.ndarray:
+            assert spec is not None and index is not None
+            return passing_mask(index, spec, pid, of)
+
         plain = np.flatnonzero(~subset)
-        if len(plain):
-            labels, dists = part.search(vectors[plain], plan.fetch_k, knobs)
-            candidates.add(plain, labels, dists, part.ids)
+        for of in np.unique(groups[plain]):
+            rows = plain[groups[plain] == of]
+            if spec is None:
+                labels, dists = part.search(vectors[rows], plan.fetch_k, knobs)
+            else:
+                labels, dists = part.search_filtered(vectors[rows], passing(int(of)),
+                                                     plan.fetch_k, knobs)
+            candidates.add(rows, labels, dists, part.ids)
         for row in np.flatnonzero(subset):
             labels = _labels_of(part, allowed[int(row)].values)
+            if spec is not None:
+                labels = labels[passing(int(groups[row]))[labels]]
             found, dists = part.search_subset(vectors[row], labels, plan.fetch_k, knobs)
             candidates.add(np.array([row]), found, dists, part.ids)
     lists = candidates.best(plan.fetch_k, group.column(SELF) if plan.exclude_self else None)

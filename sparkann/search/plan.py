@@ -15,6 +15,7 @@ from ..loader import CACHE_CONF, DEFAULT_CACHE_BYTES, IndexHandle
 from ..storage.format import Manifest
 from ..storage.fs import is_local
 from ..vectors import vector_column
+from .filtered import ItemFilter
 
 STRATEGY_CONF = "spark.sparkann.searchStrategy"
 PAYLOAD_READS_CONF = "spark.sparkann.payloadReads"
@@ -23,6 +24,7 @@ PAYLOAD_READS = ("auto", "task", "join")
 TASK_READ_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 VEC, ALLOWED, SELF = "__sparkann_vector", "__sparkann_allowed", "__sparkann_self"
+MATCH = "__sparkann_match"  # the query's match key (matchCols), cast to the item types
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,7 @@ class SearchPlan:
     location_buckets: int
     hard_marks: tuple[float, float] | None = None  # query drift: (gap, far), see .drift
     item_types: tuple = ()  # the index's stored item columns: (name, Spark type)
+    item_filter: ItemFilter | None = None  # filter and matchCols (see .filtered)
 
     @property
     def allowed(self) -> bool:
@@ -75,14 +78,21 @@ def output_schema(queries: DataFrame, plan: SearchPlan) -> T.StructType:
 
 
 def helper_columns(queries: DataFrame, plan: SearchPlan) -> list[Column]:
-    """The query vector as array<float>, the allowed ids and the row's own id."""
+    """The query vector as array<float>, the allowed ids, the row's own id and its
+    match key."""
     id_type = plan.id_type
     allowed = F.lit(None).cast(f"array<{id_type}>")
     if plan.allowed:
         allowed = F.col(plan.allowed_col).cast(f"array<{id_type}>")
     own = F.col(plan.id_col).cast(id_type) if plan.exclude_self else F.lit(None).cast(id_type)
+    match = F.lit(None).cast("int")
+    spec = plan.item_filter
+    if spec is not None and spec.matched:
+        match = F.struct(*[F.col(f"`{query}`").cast(spec.key_type(item)).alias(f"m{i}")
+                           for i, (item, query)
+                           in enumerate(zip(spec.match_items, spec.match_queries))])
     return [vector_column(queries, plan.vector_col).alias(VEC), allowed.alias(ALLOWED),
-            own.alias(SELF)]
+            own.alias(SELF), match.alias(MATCH)]
 
 
 def check_query_schema(queries: DataFrame, vector_col: str, neighbors_col: str,
