@@ -35,10 +35,10 @@ import shared_data  # noqa: E402
 # Test files that take longest (each starts a JVM, or fits many indexes): collected
 # first, so that pytest-xdist starts them first and no long file is left to run alone
 # at the end.
-LONGEST_FIRST = ("test_connect", "test_cli", "test_lifecycle", "test_notebook",
-                 "test_transaction", "test_persistence", "test_search_shapes",
-                 "test_calibration", "test_query_drift", "test_items", "test_index",
-                 "test_errors",
+LONGEST_FIRST = ("test_connect", "test_cli", "test_lifecycle", "test_filtered_search",
+                 "test_notebook", "test_transaction", "test_persistence", "test_search_shapes",
+                 "test_calibration", "test_query_drift", "test_items", "test_sql_search",
+                 "test_index", "test_errors",
                  "test_real_data", "test_pq_index")
 
 

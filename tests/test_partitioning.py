@@ -327,3 +327,33 @@ def test_synthetic_data_is_seeded_and_clustered():
     np.testing.assert_array_equal(q, datasets.clustered(500, 64, rank=8, seed=2, sample_seed=3))
     variance = np.linalg.svd(a - a.mean(0), compute_uv=False) ** 2
     assert variance[:8].sum() > 0.9 * variance.sum()  # low rank
+
+
+def test_filtered_routing_probes_only_clusters_with_passing_rows():
+    centroids = np.array([[float(c), 0.0] for c in range(8)], np.float32)
+    router = l2_router(centroids, np.full(8, 100))
+    passing = np.array([0, 0, 0, 40, 0, 3, 0, 200])
+    query = np.array([[0.2, 0.0]], np.float32)  # nearest to cluster 0, which has none
+    rows, pids = router.route_among(query, 1, 10, 0.0, passing)
+    assert pids.tolist() == [3]  # the nearest cluster holding passing rows
+    rows, pids = router.route_among(query, 1, 50, 0.0, passing)
+    assert pids.tolist() == [3, 5, 7]  # on until 50 passing rows are covered
+    rows, pids = router.route_among(query, 8, 10, 0.0, passing)
+    assert sorted(pids.tolist()) == [3, 5, 7] and (rows == 0).all()
+    empty = router.route_among(query, 2, 10, 0.0, np.zeros(8, np.int64))
+    assert len(empty[0]) == len(empty[1]) == 0
+
+
+def test_filtered_probes_follow_the_passing_share():
+    from sparkann.search.filtered import WIDE_SHARE, filtered_probes
+
+    # few passing rows in all: every cluster holding one, without epsilon pruning
+    assert filtered_probes(2, 0.3, passing=500, live=10**6, clusters=37,
+                           scan_rows=1000) == (37, 0.0)
+    # most rows pass: the search's own settings
+    assert filtered_probes(2, 0.3, int(WIDE_SHARE * 10**6), 10**6, 50, 1000) == (2, 0.3)
+    # fewer pass: more probes as the share falls, capped at the clusters holding them
+    wider = [filtered_probes(4, 0.3, int(s * 10**6), 10**6, 60, 1000)[0]
+             for s in (0.2, 0.05, 0.01, 0.002)]
+    assert wider == sorted(wider) and wider[0] > 4 and wider[-1] <= 60
+    assert filtered_probes(4, 0.3, 10**4, 10**6, 60, 1000)[1] == 0.0

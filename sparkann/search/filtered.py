@@ -28,6 +28,7 @@ INTEGRAL = ("tinyint", "smallint", "int", "bigint")  # match keys compare as big
 # holding one is probed, and each scans its few passing rows, so the answer is exact.
 FILTER_SCAN_ROWS = 20_000
 SCAN_ROWS_CONF = "spark.sparkann.filterScanRows"  # overrides FILTER_SCAN_ROWS
+WIDE_SHARE = 0.25  # a filter passing at least this share routes like a plain search
 NO_GROUP = -1  # a query whose match key is null or held by no item: no neighbours
 
 
@@ -79,16 +80,19 @@ class ItemFilter:
 
 
 
-def filtered_probes(num_probes: int, passing: int, live: int, clusters: int,
-                    scan_rows: int = FILTER_SCAN_ROWS) -> int:
-    """Clusters to probe when ``passing`` of ``live`` rows pass, held by ``clusters``
-    clusters: all of them when at most ``scan_rows`` pass, else more than ``num_probes``
-    as the share falls (a query's k nearest passing rows lie as far out as its
-    k / share nearest)."""
+def filtered_probes(num_probes: int, epsilon: float, passing: int, live: int,
+                    clusters: int, scan_rows: int = FILTER_SCAN_ROWS) -> tuple[int, float]:
+    """(probes, probeEpsilon) when ``passing`` of ``live`` rows pass, held by ``clusters``
+    clusters: all of them when at most ``scan_rows`` pass; the search's own when at least
+    :data:`WIDE_SHARE` pass; else more probes as the share falls (a query's k nearest
+    passing rows lie as far out as its k / share nearest), without the epsilon pruning,
+    which measures distances from the nearest centroid, not the nearest passing rows."""
     if passing <= scan_rows:
-        return clusters
+        return clusters, 0.0
     share = passing / max(live, 1)
-    return int(min(clusters, math.ceil(num_probes * share ** -0.25)))
+    if share >= WIDE_SHARE:
+        return num_probes, epsilon
+    return int(min(clusters, math.ceil(num_probes * share ** -0.25))), 0.0
 
 
 def counted_groups(manifest: Manifest, text: str, match: list[tuple[str, str]],
@@ -194,8 +198,7 @@ def route_filtered(index: LoadedIndex, spec: ItemFilter, vectors: np.ndarray,
                    groups: np.ndarray, num_probes: int, k: int,
                    epsilon: float) -> tuple[np.ndarray, np.ndarray]:
     """(query positions, partition ids) to search: per group, only partitions holding
-    its passing rows, probed as :func:`filtered_probes` says. ``epsilon`` is not applied:
-    a query's nearest passing rows may lie well past its nearest centroid."""
+    its passing rows, probed as :func:`filtered_probes` says."""
     router = index.router
     clusters = len(router.sizes)
     live = int(router.sizes.sum())
@@ -205,9 +208,9 @@ def route_filtered(index: LoadedIndex, spec: ItemFilter, vectors: np.ndarray,
         counts = spec.partition_counts(int(group))
         per_cluster = np.bincount(index.cluster_of, weights=counts,
                                   minlength=clusters).astype(np.int64)
-        probes = filtered_probes(num_probes, int(counts.sum()), live,
-                                 int((per_cluster > 0).sum()), spec.scan_rows)
-        rows, pids = router.route_among(vectors[mine], probes, k, 0.0, per_cluster)
+        probes, slack = filtered_probes(num_probes, epsilon, int(counts.sum()), live,
+                                        int((per_cluster > 0).sum()), spec.scan_rows)
+        rows, pids = router.route_among(vectors[mine], probes, k, slack, per_cluster)
         keep = counts[pids] > 0  # a cluster's shards without passing rows
         rows_out.append(mine[rows[keep]])
         pids_out.append(pids[keep])
