@@ -229,7 +229,8 @@ def _read(root: str, text: bytes, rng: np.random.Generator) -> None:
     vectors = pa.array(list(queries), pa.list_(pa.float32()))
     allowed = pa.array([None, [1, 2, 100, 200], None, list(range(0, ROWS, 7))],
                        pa.list_(pa.int64()))
-    answer_batch(index, plan, vectors, allowed, pa.array([0, 1, 2, 3], pa.int64()), knobs)
+    answer_batch(index, plan, vectors, allowed, pa.array([0, 1, 2, 3], pa.int64()),
+                 pa.nulls(4, pa.int32()), knobs)
     if manifest.locations is not None:
         for bucket in range(manifest.locations.buckets):
             loader.location_map(index, bucket)

@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from .. import filters
-from ..loader import CACHE, LoadedIndex, cache_budget, deleted_labels, partition_items
+from ..exact import knn
+from ..loader import CACHE, LoadedIndex, cache_budget, deleted_labels, partition, partition_items
 from ..storage.format import Manifest
 
 INTEGRAL = ("tinyint", "smallint", "int", "bigint")  # match keys compare as bigint
@@ -61,6 +62,11 @@ class ItemFilter:
         """The Spark type a query's key column is cast to (integers compare as bigint)."""
         kind = dict(self.item_types)[item]
         return "bigint" if kind in INTEGRAL else kind
+
+    def scans(self, group: int) -> bool:
+        """Whether few enough rows of ``group`` pass to scan them all."""
+        span = slice(self.offsets[group], self.offsets[group + 1])
+        return int(self.counts[span].sum()) <= self.scan_rows
 
     def partition_counts(self, group: int) -> np.ndarray:
         """Passing rows of ``group`` in each partition."""
@@ -192,6 +198,39 @@ def routed(index: LoadedIndex, spec: ItemFilter | None, vectors: np.ndarray,
     if spec is None:
         return index.router.route(vectors, num_probes, k, epsilon)
     return route_filtered(index, spec, vectors, groups, num_probes, k, epsilon)
+
+
+def passing_rows(index: LoadedIndex, spec: ItemFilter, group: int,
+                 with_vectors: bool) -> tuple[np.ndarray, pa.Array]:
+    """(vectors, ids) of every passing row of ``group`` when it :meth:`~ItemFilter.scans`,
+    gathered once per worker from the partitions holding them."""
+    manifest = index.manifest
+    key = ("passing rows", manifest.root, manifest.version, spec.text, spec.match_items,
+           spec.keys[group] if spec.matched else (), with_vectors)
+
+    def gather():
+        counts = spec.partition_counts(group)
+        vectors = [np.empty((0, manifest.dim), np.float32)]
+        ids = [pa.array([], pa.int64() if manifest.id_type == "long" else pa.string())]
+        for pid in np.flatnonzero(counts):
+            part = partition(index, int(pid), with_vectors)
+            labels = np.flatnonzero(passing_mask(index, spec, int(pid), group))
+            vectors.append(part.index.live_vectors(labels))
+            ids.append(part.ids.take(pa.array(labels)))
+        rows = np.concatenate(vectors)
+        return (rows, pa.concat_arrays(ids)), rows.nbytes + 16 * len(rows) + 64
+
+    return CACHE.get(key, gather, cache_budget())
+
+
+def scan_passing(index: LoadedIndex, spec: ItemFilter, group: int, vectors: np.ndarray,
+                 rows: np.ndarray, k: int, with_vectors: bool, candidates) -> None:
+    """Exact top ``k`` of query ``rows`` among all of ``group``'s passing rows, in one
+    batched scan (for filters that pass few rows in all)."""
+    base, ids = passing_rows(index, spec, group, with_vectors)
+    if len(base):
+        order, dists = knn(base, vectors[rows], k, index.metric)
+        candidates.add(rows, order, dists, ids)
 
 
 def route_filtered(index: LoadedIndex, spec: ItemFilter, vectors: np.ndarray,

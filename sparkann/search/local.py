@@ -21,7 +21,7 @@ from ..loader import LoadedIndex, id_map, open_index, partition
 from ..tasks import resolve_threads
 from ..vectors import checked_queries
 from . import drift
-from .filtered import passing_mask, query_groups, routed
+from .filtered import passing_mask, query_groups, routed, scan_passing
 from .plan import SearchPlan
 from .topk import Candidates
 
@@ -73,6 +73,12 @@ def neighbours(index: LoadedIndex, plan: SearchPlan, vectors: np.ndarray, allowe
     groups = query_groups(spec, keys, n)
     subset = np.asarray(allowed.is_valid()) if plan.allowed else np.zeros(n, dtype=bool)
     plain = np.flatnonzero(~subset & (groups >= 0))
+    if spec is not None:
+        for group in np.unique(groups[plain]):
+            if spec.scans(int(group)):
+                scan_passing(index, spec, int(group), vectors, plain[groups[plain] == group],
+                             plan.fetch_k, plan.with_vectors, candidates)
+                plain = plain[groups[plain] != group]
     if len(plain):
         rows, pids = routed(index, spec, vectors[plain], groups[plain], plan.num_probes,
                             plan.fetch_k, plan.probe_epsilon)
