@@ -278,6 +278,18 @@ def partition_items(loaded: LoadedIndex, pid: int) -> tuple[pa.Array, pa.Table]:
     return ids, values
 
 
+def cached_items(loaded: LoadedIndex, pid: int) -> pa.Table:
+    """A partition's verified item columns (label order), kept in the worker cache."""
+    manifest = loaded.manifest
+    key = ("items", manifest.root, manifest.partitions.checksums[pid])
+
+    def read():
+        table = partition_items(loaded, pid)[1]
+        return table, table.nbytes + 64
+
+    return CACHE.get(key, read, cache_budget())
+
+
 def deleted_labels(loaded: LoadedIndex, pid: int) -> np.ndarray:
     labels = [read_deleted(loaded.uri(d.file), d.count, d.sha256, pid)
               for d in loaded.manifest.partitions.deletes[pid]]

@@ -33,7 +33,7 @@ from pyspark.sql import types as T
 from pyspark.sql.udtf import AnalyzeArgument, AnalyzeResult
 
 from . import filters
-from .loader import CACHE, IndexHandle, cache_budget, id_map, open_index, partition_items
+from .loader import CACHE, IndexHandle, cache_budget, cached_items, id_map, open_index
 from .search.filtered import count_passing, counted_groups
 from .search.local import neighbours
 from .search.plan import SearchPlan
@@ -208,23 +208,11 @@ def item_values(index, ids: pa.Array) -> list[list]:
     columns: list[list] = [[None] * len(ids) for _ in index.manifest.item_types]
     for pid in np.unique(pids):
         at = np.flatnonzero(pids == pid)
-        taken = stored_items(index, int(pid)).take(pa.array(labels[at]))
+        taken = cached_items(index, int(pid)).take(pa.array(labels[at]))
         for c, name in enumerate(taken.column_names):
             for position, value in zip(at, taken.column(name).to_pylist()):
                 columns[c][position] = value
     return columns
-
-
-def stored_items(index, pid: int) -> pa.Table:
-    """A partition's verified item columns, kept in the worker cache."""
-    manifest = index.manifest
-    key = ("items", manifest.root, manifest.partitions.checksums[pid])
-
-    def read():
-        table = partition_items(index, pid)[1]
-        return table, table.nbytes + 64
-
-    return CACHE.get(key, read, cache_budget())
 
 
 __all__ = ["register", "DEFAULT_NAME"]

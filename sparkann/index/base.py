@@ -285,14 +285,16 @@ class PartitionIndex(ABC):
         if width == 0 or len(queries) == 0:
             return padded(np.empty((len(queries), 0), np.int64),
                           np.empty((len(queries), 0), np.float32), k)
-        method = self.filtered_method(len(labels), int(self.count - self.hidden.sum()))
+        live_rows = int(self.count - self.hidden.sum())
+        method = self.filtered_method(len(labels), live_rows)
         if method == "scan":
             found = exact_batch(self.live_vectors(labels), labels, queries, width,
                                 self.context.metric)
         elif method == "graph":
             found = self.search_in_graph(queries, live, width, knobs)
         else:
-            found = self._overfetched(queries, live, labels, width, knobs)
+            found = self._overfetched(queries, live, labels, len(labels) / live_rows, width,
+                                      knobs)
         return padded(*found, k)
 
     def filtered_method(self, passing: int, live: int) -> str:
@@ -307,10 +309,10 @@ class PartitionIndex(ABC):
         """Search skipping rows outside ``live`` inside the index (types that can)."""
         raise NotImplementedError(f"{self.name} has no in-graph filter")
 
-    def _overfetched(self, queries, live, labels, k, knobs) -> tuple[np.ndarray, np.ndarray]:
+    def _overfetched(self, queries, live, labels, share, k,
+                     knobs) -> tuple[np.ndarray, np.ndarray]:
         """Search ``k / share x OVERFETCH`` deep and keep the passing rows; a query left
         with fewer than ``k`` of them is answered by a scan."""
-        share = len(labels) / max(1, int(self.count - self.hidden.sum()))
         depth = int(min(self.count, math.ceil(k / share * OVERFETCH)))
         found, dists = self.search(queries, depth, knobs)
         keep = (found >= 0) & live[np.maximum(found, 0)]

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from .. import filters
 from ..exact import knn
-from ..loader import CACHE, LoadedIndex, cache_budget, deleted_labels, partition, partition_items
+from ..loader import CACHE, LoadedIndex, cache_budget, cached_items, deleted_labels, partition
 from ..storage.format import Manifest
 
 INTEGRAL = ("tinyint", "smallint", "int", "bigint")  # match keys compare as bigint
@@ -85,7 +85,6 @@ class ItemFilter:
                          for key in zip(*fields)], np.int64).reshape(n)
 
 
-
 def filtered_probes(num_probes: int, epsilon: float, passing: int, live: int,
                     clusters: int, scan_rows: int = FILTER_SCAN_ROWS) -> tuple[int, float]:
     """(probes, probeEpsilon) when ``passing`` of ``live`` rows pass, held by ``clusters``
@@ -106,13 +105,10 @@ def counted_groups(manifest: Manifest, text: str, match: list[tuple[str, str]],
     """The plan's :class:`ItemFilter` from the counting job's rows (partition_id, count
     and the match columns)."""
     match_items = tuple(item for item, _ in match)
-    keys = list(zip(*[counted.column(c).to_pylist() for c in match_items])) or (
-        [()] * counted.num_rows)
-    groups: dict = {}
+    keys = (list(zip(*[counted.column(c).to_pylist() for c in match_items])) if match
+            else [()] * counted.num_rows)
+    groups: dict = {} if match else {(): 0}  # without matchCols, one group even when empty
     number = np.array([groups.setdefault(key, len(groups)) for key in keys], np.int64)
-    if not match:
-        groups = {(): 0}
-        number = np.zeros(counted.num_rows, np.int64)
     order = np.argsort(number, kind="stable")
     pids = np.asarray(counted.column("partition_id").to_numpy(), np.int64)[order]
     counts = np.asarray(counted.column("count").to_numpy(), np.int64)[order]
@@ -146,7 +142,7 @@ def count_passing(index: LoadedIndex, pid: int, text: str,
 
 def passing_items(index: LoadedIndex, pid: int, text: str) -> tuple[pa.Table, np.ndarray]:
     """A partition's item columns, and which labels pass ``text`` and are not deleted."""
-    _, values = partition_items(index, pid)
+    values = cached_items(index, pid)
     mask = filters.passing(values, text, index.manifest.item_types) if text else \
         np.ones(values.num_rows, dtype=bool)
     mask[deleted_labels(index, pid)] = False
