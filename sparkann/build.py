@@ -10,6 +10,7 @@ partition sizes and bytes come from the build tasks' own output.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -62,10 +63,17 @@ class MetaHandle:
     dim: int
 
     def read(self) -> Meta:
-        data = read_file(self.uri, MAX_META_BYTES)
-        if sha256(data) != self.sha256:
-            raise IndexFormatError(f"the meta file {self.uri} changed during the build")
-        return Meta.from_bytes(data, self.dim)
+        return _read_meta(self.uri, self.sha256, self.dim)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_meta(uri: str, digest: str, dim: int) -> Meta:
+    """The meta file, read, verified and parsed once per worker process: a build's tasks
+    (one per packed group of partitions) all read the same file. Not to be modified."""
+    data = read_file(uri, MAX_META_BYTES)
+    if sha256(data) != digest:
+        raise IndexFormatError(f"the meta file {uri} changed during the build")
+    return Meta.from_bytes(data, dim)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ parallel tasks), and ``S x probes x ladder`` partition searches, independent of 
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -346,10 +347,16 @@ class PlanHandle:
     sha256: str
 
     def read(self) -> CalibrationPlan:
-        data = read_file(self.uri, 1 << 30)
-        if sha256(data) != self.sha256:
-            raise IndexFormatError(f"the calibration plan {self.uri} changed during the build")
-        return CalibrationPlan.from_bytes(data)
+        return _read_plan(self.uri, self.sha256)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_plan(uri: str, digest: str) -> CalibrationPlan:
+    """The plan, read, verified and parsed once per worker process. Not to be modified."""
+    data = read_file(uri, 1 << 30)
+    if sha256(data) != digest:
+        raise IndexFormatError(f"the calibration plan {uri} changed during the build")
+    return CalibrationPlan.from_bytes(data)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from .storage.format import Manifest
 
 
 def per_stored_partition(spark, manifest: Manifest, handle: IndexHandle, rows_of,
-                         schema: str) -> DataFrame:
+                         schema: str, max_tasks: int = 200) -> DataFrame:
     """``rows_of(index, pid)`` (a record batch of ``schema``) of every stored partition,
-    in tasks of a few partitions each."""
+    in at most ``max_tasks`` tasks of a few partitions each."""
     pids = [(pid,) for pid, f in enumerate(manifest.partitions.files) if f]
     work = spark.createDataFrame(pids, "partition_id int")
 
@@ -26,7 +26,7 @@ def per_stored_partition(spark, manifest: Manifest, handle: IndexHandle, rows_of
             for pid in batch.column("partition_id").to_pylist():
                 yield rows_of(index, pid)
 
-    return work.repartition(max(1, min(len(pids), 200)), "partition_id").mapInArrow(
+    return work.repartition(max(1, min(len(pids), max_tasks)), "partition_id").mapInArrow(
         run, schema)
 
 

@@ -188,6 +188,21 @@ def test_a_build_task_ignores_the_order_its_rows_arrive_in(frames, tmp_path):
     assert one.column("num_rows")[0].as_py() == 1500
 
 
+def test_a_worker_reads_the_meta_file_once_and_checks_it(tmp_path):
+    # Every build task of a worker process reads the same meta file: it is read,
+    # verified and parsed once; a file whose bytes differ from the digest is refused.
+    meta = Meta(np.ones((2, 8), np.float32), np.array([3, 4], np.int64))
+    data = meta.to_bytes()
+    (tmp_path / "meta.bin").write_bytes(data)
+    handle = MetaHandle(str(tmp_path / "meta.bin"), sha256(data), 8)
+    first = handle.read()
+    assert handle.read() is first and np.array_equal(first.centroids, meta.centroids)
+    other = Meta(np.zeros((2, 8), np.float32), np.array([3, 4], np.int64)).to_bytes()
+    (tmp_path / "changed.bin").write_bytes(other)
+    with pytest.raises(IndexFormatError, match="changed during the build"):
+        MetaHandle(str(tmp_path / "changed.bin"), sha256(data), 8).read()
+
+
 # What may be under an index root: Spark-writer output (data, deletes, id locations,
 # and pyspark.ml's metadata), and the driver-written files of the commit protocol:
 # one JSON manifest per version, the latest-version hint and the meta files.

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from sparkann import ANNIndex, ANNIndexModel, datasets, exact
 from sparkann.metrics import get_metric
+from sparkann.search import filtered
 
 ROWS, DIM, K, NQ = 6000, 16, 10, 100
 SHARES = {0.001: "num < 0.001", 0.01: "num < 0.01", 0.1: "num < 0.1", 0.5: "num < 0.5"}
@@ -210,3 +211,23 @@ def test_a_filter_needs_item_columns(spark, data, tmp_path):
     model = ANNIndex(numPartitions=2, targetRecall=0, indexPath=str(tmp_path / "i")).fit(frame)
     with pytest.raises(ValueError, match="itemCols"):
         model.setFilter("num < 1").transform(frame)
+
+
+def test_each_index_version_counts_a_filter_once(spark, data, tmp_path):
+    # The counts of passing rows are kept per index version and filter: a second search
+    # reuses them, and a version with added rows counts its own.
+    vectors, queries = data[0][:800], data[1]
+    frame = spark.createDataFrame(
+        [(i, v.tolist(), 0.5, 1, "t1") for i, v in enumerate(vectors)], SCHEMA)
+    model = ANNIndex(numPartitions=4, k=K, targetRecall=0, itemCols=["num", "tag", "label"],
+                     indexPath=str(tmp_path / "i")).fit(frame).setFilter("num > 4")
+    assert searched(model, spark, data) == [[]] * NQ  # no row passes
+    key = next(k for k in filtered.COUNTED if k[0] == model.manifest.root and k[3] == "num > 4")
+    counts = filtered.COUNTED[key]
+    assert searched(model, spark, data) == [[]] * NQ and filtered.COUNTED[key] is counts
+    new = [(10_000 + i, (queries[i] + 1e-3).tolist(), 5.0, 1, "t1") for i in range(NQ)]
+    added = model.add(spark.createDataFrame(new, SCHEMA)).setFilter("num > 4")
+    assert added.manifest.version == model.manifest.version + 1
+    found = searched(added, spark, data)
+    assert [ids[0] for ids in found] == [10_000 + q for q in range(NQ)]
+    assert all(len(ids) == K and min(ids) >= 10_000 for ids in found)

@@ -14,6 +14,7 @@ partition evaluates the predicate once per worker into a mask over its labels
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,13 @@ FILTER_SCAN_ROWS = 20_000
 SCAN_ROWS_CONF = "spark.sparkann.filterScanRows"  # overrides FILTER_SCAN_ROWS
 WIDE_SHARE = 0.25  # a filter passing at least this share routes like a plain search
 NO_GROUP = -1  # a query whose match key is null or held by no item: no neighbours
+# The driver keeps the counts of recent filters by (index version, filter): a version's
+# files never change, so neither do its counts for one filter. Small entries only
+# (matchCols on a column of many values counts a row per key and partition).
+COUNTED: dict = {}
+COUNTED_LOCK = threading.Lock()
+COUNTED_ENTRIES = 16
+COUNTED_MAX_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -257,18 +265,36 @@ def route_filtered(index: LoadedIndex, spec: ItemFilter, vectors: np.ndarray,
 
 def item_filter(spark, manifest: Manifest, handle, text: str,
                 match: list[tuple[str, str]]) -> ItemFilter:
-    """Count each partition's passing rows (per match key) in one Spark job."""
+    """Count each partition's passing rows (per match key) in one Spark job, or take
+    the counts of an earlier search of the same index version with the same filter."""
+    scan_rows = int(spark.conf.get(SCAN_ROWS_CONF, None) or FILTER_SCAN_ROWS)
+    key = (handle.root, handle.version, handle.manifest_sha256, text, tuple(match))
+    with COUNTED_LOCK:
+        counted = COUNTED.get(key)
+    if counted is None:
+        counted = _counted(spark, manifest, handle, text, match)
+        if counted.num_rows <= COUNTED_MAX_ROWS:
+            with COUNTED_LOCK:
+                COUNTED[key] = counted
+                while len(COUNTED) > COUNTED_ENTRIES:
+                    COUNTED.pop(next(iter(COUNTED)))  # the oldest
+    return counted_groups(manifest, text, match, counted, scan_rows)
+
+
+def _counted(spark, manifest: Manifest, handle, text: str,
+             match: list[tuple[str, str]]) -> pa.Table:
+    """The counting job's rows (partition_id, count, match columns): a few tasks per
+    core, each counting its partitions from the worker cache's item columns."""
     from ..stored import per_stored_partition
+    from ..tasks import cluster_cores
 
     match_items = tuple(item for item, _ in match)
     types = dict(manifest.item_types)
     schema = "partition_id int, count long" + "".join(
         f", `{name}` {types[name]}" for name in match_items)
-    rows = per_stored_partition(spark, manifest, handle,
+    return per_stored_partition(spark, manifest, handle,
                                 lambda index, pid: count_passing(index, pid, text, match_items),
-                                schema)
-    scan_rows = int(spark.conf.get(SCAN_ROWS_CONF, None) or FILTER_SCAN_ROWS)
-    return counted_groups(manifest, text, match, rows.toArrow(), scan_rows)
+                                schema, max_tasks=4 * cluster_cores(spark)).toArrow()
 
 
 def check_filter(schema, manifest: Manifest, text: str, match: list[tuple[str, str]],
