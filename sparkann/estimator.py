@@ -169,8 +169,9 @@ class ANNIndexModel(Model, ANNParams, MLReadable, MLWritable):
     best first, with ``min(k, numVectors)`` entries. Distances: Euclidean for
     ``l2``, ``1 - cosine similarity`` for ``cosine``, negative inner product for
     ``ip`` (smaller is better for all three). ``transform`` is lazy: it runs no
-    Spark job (with ``filter`` or ``matchCols``, one over the stored item columns, which
-    counts the passing rows) and works on streaming DataFrames.
+    Spark job (with ``filter`` or ``matchCols``, the first search of an index version with
+    that filter runs one over the stored item columns, which counts the passing rows)
+    and works on streaming DataFrames.
     """
 
     def __init__(self, manifest: Manifest | None = None, manifest_sha256: str = ""):

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
+import subprocess
+import sys
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -25,6 +29,7 @@ from sparkann.metrics import get_metric
 from sparkann.search.plan import choose_strategy, memory_needed
 from sparkann.storage.format import Manifest, Partitions
 
+ROOT = Path(__file__).resolve().parents[1]
 N, SMALL, DIM, COPIES, TOLERANCE = 8000, 2000, 32, 3, 0.25
 
 CASES = {
@@ -89,6 +94,15 @@ def fresh(data):
 
 
 def measured(label: str, rows: int) -> tuple[float, int]:
+    """:func:`measured_here` in a fresh interpreter: in a long-lived test worker the
+    heap holds freed blocks that loading reuses, so its resident growth runs low."""
+    done = subprocess.run([sys.executable, "-m", "tests.test_memory_model", label, str(rows)],
+                          cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    grown, reported = json.loads(done.stdout.strip().splitlines()[-1])
+    return grown, reported
+
+
+def measured_here(label: str, rows: int) -> tuple[float, int]:
     """Resident bytes one loaded partition holds (with its ids, as the worker cache
     keeps it), and the ``memory_bytes`` + ids it reports."""
     cls, context, stored = built(label, rows)
@@ -193,3 +207,10 @@ def test_planner_uses_the_index_types_memory():
     # exact vectors for re-ranking are counted once, beside the index
     with_vectors = memory_needed(pq, with_vectors=True)
     assert with_vectors - needed == pq.num_vectors * DIM * 4
+
+
+if __name__ == "__main__":  # one measurement, for :func:`measured`
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    print(json.dumps(measured_here(sys.argv[1], int(sys.argv[2]))))
