@@ -208,7 +208,7 @@ def test_a_worker_reads_the_meta_file_once_and_checks_it(tmp_path):
 # one JSON manifest per version, the latest-version hint and the meta files.
 SPARK_OUTPUT = re.compile(
     r"(data|deletes|locations)/[0-9a-f]{32}/((partition_id|bucket)=\d+/)?"
-    r"(\.?part-[0-9]{5}-[0-9a-f-]{36}\.c000\.snappy\.parquet(\.crc)?|\.?_SUCCESS(\.crc)?)"
+    r"(\.?part-[0-9]{5}-[0-9a-f-]{36}[-.]c[0-9]{3}\.snappy\.parquet(\.crc)?|\.?_SUCCESS(\.crc)?)"
     r"|metadata/(\.?part-[0-9]{5}-[0-9a-f-]{36}-c000\.txt(\.crc)?|\.?_SUCCESS(\.crc)?)")
 COMMIT_FILES = re.compile(r"manifests/v\d{8}\.json|manifests/_latest|meta/[0-9a-f]{32}\.bin")
 
@@ -437,8 +437,8 @@ def test_standalone_cluster_with_speculation(tmp_path):
     assert layout["data_runs"] == 1
     assert sorted(layout["rows"]) == sorted(partitions)
     assert set(layout["rows"].values()) == {1}, "duplicate partition rows in the index table"
-    assert sorted(layout["files"]) == sorted(f"partition_id={p}" for p in partitions)
-    assert set(layout["files"].values()) == {1}
+    assert sorted(layout["files"]) == sorted(partitions)
+    assert set(layout["files"].values()) == {1}, "a partition's rows in several files"
     assert layout["temporary"] == []
 
 
@@ -625,21 +625,23 @@ def damage_payload(path: Path, partition: int, damage: str) -> None:
     """Damage a partition's payload: flip one byte (bit rot on an object store),
     truncate it, or overwrite its tail. The local file system's .crc sidecar is
     dropped: object stores have none, so the index's own checksums must catch it."""
-    (file,) = glob.glob(f"{path}/data/*/partition_id={partition}/*.parquet")
+    file = os.path.join(path, ANNIndexModel.load(str(path)).manifest.partitions.files[partition])
     for crc in glob.glob(f"{os.path.dirname(file)}/.*.crc"):
         os.remove(crc)
     table = pq.read_table(file, partitioning=None)
-    payload = bytearray(table.column("payload")[0].as_py())
+    row = table.column("pid").to_pylist().index(partition)
+    payloads = table.column("payload").to_pylist()
+    payload = bytearray(payloads[row])
     if damage == "flip":
         payload[len(payload) // 2] ^= 0xFF
     elif damage == "truncate":
         payload = payload[: len(payload) // 2]
     else:
         payload[-64:] = b"\x07" * 64
+    payloads[row] = bytes(payload)
     column = table.schema.get_field_index("payload")
-    table = table.set_column(column, table.schema.field(column),
-                             pa.array([bytes(payload)], pa.binary()))
-    pq.write_table(table, file)
+    table = table.set_column(column, table.schema.field(column), pa.array(payloads, pa.binary()))
+    pq.write_table(table, file, row_group_size=1)
 
 
 @pytest.mark.parametrize("damage,reads,strategy", [

@@ -34,6 +34,7 @@ from sparkann.index.hnsw import HNSWIndex, HNSWKnobs, graph_from_bytes, graph_to
 from sparkann.index.pq import PQIndex, codebook_from_bytes, codebook_to_bytes
 from sparkann.metrics import get_metric
 from sparkann.storage.format import (
+    FORMAT_VERSION,
     DeleteFile,
     IndexFormatError,
     Locations,
@@ -289,7 +290,7 @@ def test_format_3_manifests_load_into_sections():
     assert manifest.stats == {"balanceAtBuild": 1.5}
     assert manifest.params["efSearch"] == 120 and manifest.params["indexType"] == "hnsw"
     again = parse(json.loads(manifest.to_json()))  # written back in the current format
-    assert again == manifest and json.loads(manifest.to_json())["formatVersion"] == 5
+    assert again == manifest and json.loads(manifest.to_json())["formatVersion"] == FORMAT_VERSION
 
 
 @pytest.mark.parametrize("field, value", [("indexType", "ivf"), ("metric", "manhattan")])
@@ -362,7 +363,7 @@ def test_manifest_with_the_wrong_format_name(name):
             error=IndexFormatError)
 
 
-@pytest.mark.parametrize("version", [6, 99, "6"])
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99, str(FORMAT_VERSION + 1)])
 def test_manifest_in_a_newer_format_says_to_upgrade(version):
     message = refused(parse, edit(formatVersion=version)(good_doc()), match="upgrade sparkann",
                       error=IndexFormatError)
@@ -1296,13 +1297,67 @@ def test_parquet_strings_that_are_not_utf8_are_refused_on_read(tmp_path):
 
     bad = pa.array([b"\xd7\xff"], pa.binary()).view(pa.string())
     path = str(tmp_path / "part.parquet")
-    pq.write_table(pa.table({"ids": [[1, 2]], "checksum": bad}), path)
-    refused(tables.read_partition_file, path, ["ids", "checksum"], 0, match="damaged",
+    pq.write_table(pa.table({"pid": pa.array([0], pa.int32()), "ids": [[1, 2]],
+                             "checksum": bad}), path)
+    refused(tables.read_partition_file, path, ["ids", "checksum"], 0, match="Invalid UTF8",
             error=IndexFormatError)
     pq.write_table(pa.table({"labels": [[1]], "count": [1], "checksum": bad}), path)
     refused(tables.read_delete_file, path, match="unreadable", error=IndexFormatError)
     pq.write_table(pa.table({"id": bad, "partition_id": [0]}), path)
     refused(tables.read_locations_file, path, file_sha(path), match="unreadable",
+            error=IndexFormatError)
+
+
+def partition_rows(pids):
+    import pyarrow as pa
+
+    return pa.table({"pid": pa.array(pids, pa.int32()),
+                     "ids": pa.array([[10 * p, 10 * p + 1] for p in pids], pa.list_(pa.int64()))})
+
+
+def test_a_file_of_several_partitions_gives_each_its_own_row(tmp_path):
+    import pyarrow.parquet as pq
+
+    from sparkann.storage import tables
+
+    path = str(tmp_path / "part.parquet")
+    pq.write_table(partition_rows([4, 9, 2]), path, row_group_size=1)  # as the writer does
+    for pid in (4, 9, 2):
+        assert tables.read_partition_file(path, ["ids"], pid).column("ids").to_pylist() == [
+            [10 * pid, 10 * pid + 1]]
+    assert tables.row_groups_of(pq.ParquetFile(path).metadata, 9) == [1]  # one group read
+    pq.write_table(partition_rows([4, 9, 2]), path)  # one row group: still found, by value
+    assert tables.read_partition_file(path, ["ids"], 2).column("ids").to_pylist() == [[20, 21]]
+
+
+@pytest.mark.parametrize("pids,pid,reason", [
+    ([4, 9, 9], 9, "holds 2 rows of it, not 1"),  # a row twice
+    ([4, 9], 3, "holds 0 rows of it, not 1"),  # a partition the file does not hold
+    ([], 0, "holds 0 rows of it, not 1")])
+def test_a_partition_file_without_exactly_one_row_of_the_partition_is_refused(
+        tmp_path, pids, pid, reason):
+    import pyarrow.parquet as pq
+
+    from sparkann.storage import tables
+
+    path = str(tmp_path / "part.parquet")
+    pq.write_table(partition_rows(pids), path, row_group_size=1)
+    refused(tables.read_partition_file, path, ["ids"], pid, match=f"partition {pid} is "
+            f"damaged: its file {reason}", error=IndexFormatError)
+
+
+def test_a_partition_file_whose_pid_column_is_not_integers_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparkann.storage import tables
+
+    path = str(tmp_path / "part.parquet")
+    pq.write_table(pa.table({"pid": ["0"], "ids": [[1]]}), path)
+    refused(tables.read_partition_file, path, ["ids"], 0, match="pid column is not of "
+            "integers", error=IndexFormatError)
+    pq.write_table(pa.table({"ids": [[1]]}), path)
+    refused(tables.read_partition_file, path, ["ids"], 0, match="has no pid column",
             error=IndexFormatError)
 
 

@@ -86,7 +86,7 @@ def test_a_fit_of_many_small_partitions_packs_them_into_few_tasks(spark, tmp_pat
     summary = model.summary()
     assert summary["numShards"] == 120 and sum(summary["partitionSizes"]) == 3000
     files = model.manifest.partitions.files
-    assert all(files) and len(set(files)) == 120  # each partition built, in its own file
+    assert all(files) and len(set(files)) <= 120 / 4  # built in few tasks, written to few files
     found = model.transform(items.limit(200)).collect()
     assert all(row.neighbors[0].id == row.id for row in found)  # every row findable
     assert summary["calibration"]["reached"], summary["calibration"]

@@ -83,7 +83,7 @@ def test_codes_only_index_is_small_on_disk(spark, tmp_path):
     model = ANNIndex(indexType="pq", numPartitions=2, pqSubvectors=16, indexPath=path,
                      targetRecall=0)
     model.fit(vectors_frame(spark, base))
-    files = glob.glob(os.path.join(path, "data", "*", "partition_id=*", "*.parquet"))
+    files = glob.glob(os.path.join(path, "data", "*", "*.parquet"))
     on_disk = sum(os.path.getsize(f) for f in files)
     fixed = sum(_column_bytes(f, "codebook") + _column_bytes(f, "calibration") for f in files)
     assert (on_disk - fixed) / len(base) <= 28

@@ -82,6 +82,26 @@ def test_vacuum_removes_only_what_the_index_wrote(items, tmp_path):
         items.limit(3)).count() == 3
 
 
+def test_vacuum_removes_a_part_file_no_version_names_from_a_named_run(items, tmp_path):
+    """A data run a version names keeps the files it names; an old part file of that
+    run no version names (the rows of partitions rewritten since) goes with its
+    checksum sidecar; a file of the user's there stays."""
+    model = build(items, tmp_path)
+    named = sorted({f for f in model.manifest.partitions.files if f})
+    run = tmp_path / os.path.dirname(named[0])
+    unnamed = "part-00009-0c3d8f1e-6a3e-4f7b-9f52-3b8e1b7c9a11-c000.snappy.parquet"
+    for name in (unnamed, f".{unnamed}.crc", "user-notes.parquet"):
+        write_file(run / name)
+        os.utime(run / name, (OLD, OLD))
+    report = model.vacuum(retentionHours=0)
+    relative = os.path.relpath(run / unnamed, tmp_path)
+    assert report["removedPaths"] == [relative]
+    assert not (run / unnamed).exists() and not (run / f".{unnamed}.crc").exists()
+    assert (run / "user-notes.parquet").read_bytes() == b"user data"
+    assert all((tmp_path / f).is_file() for f in named)
+    assert ANNIndexModel.load(str(tmp_path)).transform(items.limit(3)).count() == 3
+
+
 # ------------------------------------------------------ a commit that raised
 
 

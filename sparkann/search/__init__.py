@@ -59,7 +59,7 @@ def run_search(queries: DataFrame, manifest: Manifest, plan: SearchPlan,
     files: tuple = ()
     if plan.reads == "join":
         root = manifest.root
-        files = (tuple(join(root, f) for f in manifest.partitions.files if f),
+        files = (root, tuple(manifest.partitions.files),
                  tuple(join(root, d.file) for ds in manifest.partitions.deletes for d in ds))
     return partition_side(queries, helper_columns(queries, plan), plan,
                           memory_needed(manifest, plan.with_vectors), manifest.num_partitions,

@@ -43,6 +43,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from .. import testing
 from ..loader import LoadedIndex, location_map, open_index, partition
 from ..storage import items, tables
+from ..storage.fs import join
 from ..tasks import cluster_cores, resolve_threads, threads_per_task
 from ..vectors import checked_queries
 from .binary import packed_lists, packed_rows, unpacked_lists, unpacked_rows
@@ -419,14 +420,16 @@ def joined_search(records: DataFrame, plan: SearchPlan, threads: int, schema: T.
     """The search stage when Spark, not the tasks, reads the index: probe records are
     grouped per partition and joined with that partition's row (and deletions)."""
     spark = records.sparkSession
-    partition_files, delete_files = files
+    root, partition_files, delete_files = files
     probes = records.where(F.col(PID) >= 0)
     others = records.where(F.col(PID) < 0)
     columns = [F.col(c) for c in (K1, K2, PID, NEED, COVER, QVEC, SELF)]
     grouped = probes.groupBy(PID, F.pmod(K1, F.lit(8)).alias("__sparkann_chunk")).agg(
         F.collect_list(F.struct(*columns)).alias("__sparkann_probes"))
     skipped = ("partition_id", "pid", items.ITEMS) + (() if plan.with_vectors else ("vectors",))
-    rows = spark.read.parquet(*partition_files).select(
+    with tables.few_listing_tasks(spark):
+        read = spark.read.parquet(*sorted({join(root, f) for f in partition_files if f}))
+    rows = tables.named_rows(read, root, list(partition_files)).select(
         F.col("pid").alias(PID),
         *[c for c in tables.stored_columns(plan.item_types) if c not in skipped])
     joined = grouped.join(rows, PID)

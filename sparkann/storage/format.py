@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 FORMAT_NAME = "sparkann-index"
 # 3: length-framed payload digests, id-location file checksums; 4: the params in
 # sections (build spec, search defaults, model params, stats). Format 3 still loads.
-FORMAT_VERSION = 5  # 5: item columns (itemTypes)
-READABLE_VERSIONS = (3, 4, 5)
+# 5: item columns (itemTypes); 6: partition files shared by several partitions' rows.
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (3, 4, 5, 6)
 # Spark types an item column may have (see storage.items), and how many a manifest names
 ITEM_TYPE_NAMES = ("boolean", "tinyint", "smallint", "int", "bigint", "float", "double",
                    "string", "date")

@@ -5,7 +5,7 @@ another root -- is a :class:`Transaction`::
 
     with Transaction(spark, root, base) as txn:       # base: None for a first fit
         txn.write_meta(...)                           # meta/<run>.bin
-        txn.write_partitions(table)                   # data/<run>/partition_id=N/
+        txn.write_partitions(table)                   # data/<run>/part-*.parquet
         txn.write_deletes(labels)                     # deletes/<run>/partition_id=N/
         txn.write_locations("replace" | "append")     # locations/<run>/bucket=B/
         manifest, digest = txn.commit("add", search_defaults, calibration)
@@ -116,7 +116,7 @@ class Transaction:
         non-null values are read with the facts, into ``read_back_values`` (by
         partition). Returns the run directory."""
         run = self._new("data")
-        tables.write_table(table, join(self.root, run), "partition_id")
+        tables.write_partition_rows(table, join(self.root, run))
         count = num_partitions if num_partitions is not None else len(self.partitions)
         facts = self._partition_facts(run, count, seconds, read_back)
         if num_partitions is not None:
@@ -200,8 +200,9 @@ class Transaction:
         """Write the locations of the ids in ``files`` and return the table they join."""
         run = self._new("locations")
         with tables.few_listing_tasks(self.spark):  # the listing runs when the frame is made
-            ids = self.spark.read.parquet(*[join(self.root, f) for f in files]).select(
-                F.posexplode("ids").alias("position", "id"), F.col("pid").alias("partition_id"))
+            read = self.spark.read.parquet(*[join(self.root, f) for f in sorted(set(files))])
+        ids = tables.named_rows(read, self.root, self.partitions.files).select(
+            F.posexplode("ids").alias("position", "id"), F.col("pid").alias("partition_id"))
         if first_new is not None:
             starts = self.spark.createDataFrame(sorted(first_new.items()),
                                                 "partition_id int, start int")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 
 from .format import IndexFormatError
@@ -27,6 +28,7 @@ from .versions import (
 )
 
 DEFAULT_RETENTION_HOURS = 168.0  # what vacuum leaves for readers and running writers
+PART_FILE = re.compile(r"part-[0-9]+-[0-9a-f-]+[-.]c[0-9]+(\.[a-z0-9]+)*\.parquet")  # Spark's
 log = logging.getLogger(__name__)
 
 
@@ -82,7 +84,9 @@ def vacuum(spark, root: str, retain_versions: int,
 
 def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
                  cutoff: float) -> list[str]:
-    """Unreferenced run directories of one kind, and unreferenced partitions in the rest."""
+    """Unreferenced run directories of one kind, and in the rest, unreferenced partition
+    directories and part files (with their checksum sidecars): a file of several
+    partitions' rows stays while a kept version names it for one of them."""
     removed = []
     for run in store.list(join(root, kind)):
         if not is_run_name(kind, run.name):  # not written by sparkann: never touched
@@ -100,6 +104,13 @@ def _vacuum_runs(store: Store, root: str, kind: str, needed: set[str],
                     and newest_mtime(store, join(root, path), part.mtime) < cutoff:
                 store.delete(join(root, path))
                 removed.append(path)
+            elif not part.is_dir and PART_FILE.fullmatch(part.name) and path not in wanted \
+                    and part.mtime < cutoff:
+                store.delete(join(root, path))
+                removed.append(path)
+                sidecar = f"{prefix}.{part.name}.crc"  # the local file system's checksum
+                if store.exists(join(root, sidecar)):
+                    store.delete(join(root, sidecar))
     return removed
 
 

@@ -5,7 +5,8 @@ Layout under an index root (any URI Spark can write)::
     manifests/v00000007.json                         one file per committed version
     manifests/_latest                                hint: the newest version number
     meta/<run>.bin                                   centroids, shards, centroid graph
-    data/<run>/partition_id=N/part-*.parquet         partition indexes (Spark's writer)
+    data/<run>/part-*.parquet                        partition indexes (Spark's writer;
+                                                     a row group per partition)
     deletes/<run>/partition_id=N/part-*.parquet      deleted row labels (Spark's writer)
     locations/<run>/bucket=B/part-*.parquet          id -> partition (Spark's writer)
 

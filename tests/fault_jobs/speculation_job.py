@@ -38,8 +38,8 @@ SHUFFLE_PARTITIONS = 4
 
 
 def table_layout(model) -> dict:
-    """Rows and files per partition_id of the index table a version names, read
-    without Spark, and any committer leftovers in its run directories."""
+    """Rows and files per partition id in the data runs a version names (every file
+    there, read without Spark), and any committer leftovers in its run directories."""
     manifest = model.manifest
     rows, files, temporary = Counter(), Counter(), []
     runs = {os.path.join(manifest.root, *f.split("/")[:2]) for f in manifest.partitions.files
@@ -50,14 +50,13 @@ def table_layout(model) -> dict:
     for run in sorted(runs):
         temporary += glob.glob(f"{run}/_temporary*") + glob.glob(f"{run}/**/.spark-staging*",
                                                                   recursive=True)
-    for relative in manifest.partitions.files:
-        if not relative:
-            continue
-        directory = os.path.dirname(os.path.join(manifest.root, relative))
-        for file in glob.glob(f"{directory}/*.parquet"):
-            files[os.path.basename(directory)] += 1
-            table = pq.read_table(file, columns=["pid"], partitioning=None)
-            rows.update(str(p) for p in table.column("pid").to_pylist())
+    data = {os.path.join(manifest.root, *f.split("/")[:2]) for f in manifest.partitions.files
+            if f}
+    for run in sorted(data):
+        for file in glob.glob(f"{run}/**/*.parquet", recursive=True):
+            pids = pq.read_table(file, columns=["pid"], partitioning=None).column("pid")
+            rows.update(str(p) for p in pids.to_pylist())
+            files.update(str(p) for p in set(pids.to_pylist()))
     data_runs = {f.split("/")[1] for f in manifest.partitions.files if f}
     return {"rows": dict(rows), "files": dict(files), "temporary": temporary,
             "data_runs": len(data_runs)}
