@@ -43,7 +43,6 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from .. import testing
 from ..loader import LoadedIndex, location_map, open_index, partition
 from ..storage import items, tables
-from ..storage.fs import join
 from ..tasks import cluster_cores, resolve_threads, threads_per_task
 from ..vectors import checked_queries
 from .binary import packed_lists, packed_rows, unpacked_lists, unpacked_rows
@@ -427,9 +426,7 @@ def joined_search(records: DataFrame, plan: SearchPlan, threads: int, schema: T.
     grouped = probes.groupBy(PID, F.pmod(K1, F.lit(8)).alias("__sparkann_chunk")).agg(
         F.collect_list(F.struct(*columns)).alias("__sparkann_probes"))
     skipped = ("partition_id", "pid", items.ITEMS) + (() if plan.with_vectors else ("vectors",))
-    with tables.few_listing_tasks(spark):
-        read = spark.read.parquet(*sorted({join(root, f) for f in partition_files if f}))
-    rows = tables.named_rows(read, root, list(partition_files)).select(
+    rows = tables.named_rows(spark, root, list(partition_files)).select(
         F.col("pid").alias(PID),
         *[c for c in tables.stored_columns(plan.item_types) if c not in skipped])
     joined = grouped.join(rows, PID)

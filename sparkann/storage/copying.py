@@ -18,11 +18,9 @@ def copy_index(spark, manifest: Manifest, root: str) -> tuple[Manifest, str]:
     with Transaction(spark, root, start=manifest) as txn:
         txn.write_meta(store_for(spark, source).read(join(source, manifest.meta_file),
                                                      MAX_META_BYTES))
-        files = sorted({join(source, f) for f in manifest.partitions.files if f})
+        files = {f for f in manifest.partitions.files if f}
         if files:
-            with tables.few_listing_tasks(spark):
-                read = spark.read.parquet(*files)
-            table = tables.named_rows(read, source, manifest.partitions.files).select(
+            table = tables.named_rows(spark, source, manifest.partitions.files).select(
                 F.col("pid").alias("partition_id"),
                 *[c for c in tables.stored_columns(manifest.item_types) if c != "partition_id"])
             txn.write_partitions(table.repartition(len(files), "partition_id"))

@@ -158,12 +158,14 @@ def write_partition_rows(frame: DataFrame, path: str) -> None:
      .option("parquet.block.row.count.limit", 1).parquet(path))
 
 
-def named_rows(frame: DataFrame, root: str, files: list[str]) -> DataFrame:
-    """The rows of ``frame`` (read from partition files under ``root``, with a ``pid``
-    column) that the manifest's ``files`` (each partition's file, relative to ``root``;
-    "" for none) still name: a shared file keeps the rows of partitions rewritten
-    since. Only the file path and ``pid`` (one row per partition) reach Python."""
+def named_rows(spark, root: str, files: list[str]) -> DataFrame:
+    """The index-table rows that ``files`` (each partition's file, relative to ``root``;
+    "" for none) name, read by Spark: each named file once, and of it only the rows of
+    the partitions that name it (a shared file keeps the rows of partitions rewritten
+    since). Only the file path and ``pid`` (one row per partition) reach Python."""
     named = {(f, pid) for pid, f in enumerate(files) if f}
+    with few_listing_tasks(spark):  # the listing runs when the frame is made
+        frame = spark.read.parquet(*sorted({join(root, f) for f, _ in named}))
 
     def is_named(uri: str, pid: int) -> bool:
         return (relative_file(root, uri), pid) in named

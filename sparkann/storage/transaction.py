@@ -183,8 +183,7 @@ class Transaction:
             raise ValueError(f"mode={mode!r} must be one of {', '.join(LOCATION_MODES)}")
         if mode == "replace":
             count = buckets or location_buckets(self.spark, sum(self.partitions.rows))
-            files = [f for f in self.partitions.files if f]
-            self.locations = self._located(count, files, None, None)
+            self.locations = self._located(count, self.partitions.files, None, None)
             return
         if not self.rewritten:
             return
@@ -192,16 +191,16 @@ class Transaction:
         old_rows = self.start.partitions.rows if self.start else []
         first_new = {pid: old_rows[pid] if pid < len(old_rows) else 0
                      for pid in self.rewritten}
-        self.locations = self._located(count, sorted(self.rewritten.values()), first_new,
-                                       self.locations)
+        rewritten = [f if pid in self.rewritten else ""
+                     for pid, f in enumerate(self.partitions.files)]
+        self.locations = self._located(count, rewritten, first_new, self.locations)
 
     def _located(self, buckets: int, files: list[str], first_new: dict | None,
                  known: Locations | None) -> Locations:
-        """Write the locations of the ids in ``files`` and return the table they join."""
+        """Write the locations of the ids in ``files`` (each partition's file, "" for
+        none) and return the table they join."""
         run = self._new("locations")
-        with tables.few_listing_tasks(self.spark):  # the listing runs when the frame is made
-            read = self.spark.read.parquet(*[join(self.root, f) for f in sorted(set(files))])
-        ids = tables.named_rows(read, self.root, self.partitions.files).select(
+        ids = tables.named_rows(self.spark, self.root, files).select(
             F.posexplode("ids").alias("position", "id"), F.col("pid").alias("partition_id"))
         if first_new is not None:
             starts = self.spark.createDataFrame(sorted(first_new.items()),

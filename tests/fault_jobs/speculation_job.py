@@ -42,24 +42,22 @@ def table_layout(model) -> dict:
     there, read without Spark), and any committer leftovers in its run directories."""
     manifest = model.manifest
     rows, files, temporary = Counter(), Counter(), []
-    runs = {os.path.join(manifest.root, *f.split("/")[:2]) for f in manifest.partitions.files
+    data = {os.path.join(manifest.root, *f.split("/")[:2]) for f in manifest.partitions.files
             if f}
+    runs = set(data)
     if manifest.locations is not None:
         runs |= {os.path.join(manifest.root, *f.split("/")[:2])
                  for fs in manifest.locations.files for f in fs}
     for run in sorted(runs):
         temporary += glob.glob(f"{run}/_temporary*") + glob.glob(f"{run}/**/.spark-staging*",
                                                                   recursive=True)
-    data = {os.path.join(manifest.root, *f.split("/")[:2]) for f in manifest.partitions.files
-            if f}
     for run in sorted(data):
         for file in glob.glob(f"{run}/**/*.parquet", recursive=True):
             pids = pq.read_table(file, columns=["pid"], partitioning=None).column("pid")
             rows.update(str(p) for p in pids.to_pylist())
             files.update(str(p) for p in set(pids.to_pylist()))
-    data_runs = {f.split("/")[1] for f in manifest.partitions.files if f}
     return {"rows": dict(rows), "files": dict(files), "temporary": temporary,
-            "data_runs": len(data_runs)}
+            "data_runs": len(data)}
 
 
 def speculated(spark, group: str) -> dict:
